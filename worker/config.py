@@ -1,0 +1,139 @@
+"""Settings: environment (`EDGE_WORKER_*`, nested with `__`) over an optional TOML file.
+
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "EDGE_WORKER_"
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the setting and what it accepts."""
+
+
+class ModelSpec(BaseModel):
+    """One entry of the model table: a GGUF file and, optionally, its expected sha256."""
+
+    model_config = {"extra": "forbid"}
+
+    path: Path | None = Field(
+        default=None, description="GGUF file; unset only for the built-in default model"
+    )
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class Settings(BaseSettings):
+    """Everything the daemon and the CLI can be told. See README, 'Configuration'."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="jobs.db, models/, the folders")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite")
+    pipelines_dir: Path = Field(default=REPO_ROOT / "pipelines")
+    models_dir: Path | None = Field(default=None, description="default: <data_dir>/models")
+
+    model: str = Field(default=DEFAULT_MODEL_NAME, description="model used by pipelines")
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+
+    n_ctx: int = Field(default=2048, ge=64, le=1_048_576)
+    n_threads: int | None = Field(default=None, ge=1, le=1024)
+    n_gpu_layers: int = Field(default=0, ge=-1)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    lease_seconds: float = Field(default=60.0, gt=1)
+    poll_interval: float = Field(default=0.5, gt=0, le=60)
+    sweep_interval: float = Field(default=5.0, gt=0)
+    settle_seconds: float = Field(default=1.0, ge=0)
+    rescan_interval: float = Field(default=10.0, gt=0)
+    max_input_bytes: int = Field(default=1_000_000, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_base_seconds: float = Field(default=5.0, ge=0)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then environment, then the TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    # Derived locations -------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in effect: the setting, or SQLite at `<data_dir>/jobs.db`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'jobs.db').resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    def folder(self, kind: Literal["inbox", "outbox", "done", "failed"], pipeline: str) -> Path:
+        """`<data_dir>/<kind>/<pipeline>/`."""
+        return self.data_dir / kind / pipeline
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
+    got = error.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"setting {loc} ({env_name}): {error['msg']}{got_text}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and the TOML file (`--config` or `EDGE_WORKER_CONFIG`).
+
+    Raises ConfigError with one line per bad setting.
+    """
+    path = config_file or (
+        Path(os.environ[ENV_PREFIX + "CONFIG"]) if os.environ.get(ENV_PREFIX + "CONFIG") else None
+    )
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        loaded = _FileSettings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(dict(err)) for err in exc.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return loaded

@@ -1,0 +1,81 @@
+"""Start-up and shutdown of the daemon, in order: config, pipelines, model, database, sources."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import uuid
+from types import FrameType
+
+from worker.config import Settings
+from worker.db.engine import make_engine
+from worker.db.migrate import upgrade
+from worker.engine.llama import EngineOptions, LlamaEngine
+from worker.engine.model_files import resolve_model
+from worker.logs import event
+from worker.pipelines import load_pipelines
+from worker.runner import Runner, StopFlags
+from worker.sources.watch_folder import InboxWatcher
+from worker.store import JobStore
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        seed=settings.seed,
+    )
+
+
+def run_daemon(settings: Settings, once: bool = False) -> None:
+    """Run until SIGTERM/SIGINT (or, with `once`, until the queue and inboxes are drained).
+
+    Raises PipelineError, ModelError or a database error before any job is claimed.
+    """
+    pipelines = load_pipelines(settings.pipelines_dir)
+    model = resolve_model(settings)
+    engine = LlamaEngine(model, engine_options(settings))
+    event("model.loaded", model=model.name, path=str(model.path),
+          seconds=round(engine.load_seconds, 2))  # fmt: skip
+
+    url = settings.resolved_database_url
+    upgrade(url)
+    store = JobStore(make_engine(url))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    store.register_worker(worker_id, socket.gethostname(), os.getpid(), model.name, 1)
+
+    stop = StopFlags()
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.request()
+        wake.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watcher = InboxWatcher(settings, store, pipelines, on_enqueued=wake.set)
+    watcher.start()
+    event("daemon.ready", worker=worker_id, inbox=str((settings.data_dir / "inbox").resolve()),
+          pipelines=sorted(pipelines), database=make_engine_label(url))  # fmt: skip
+    runner = Runner(settings, store, engine, pipelines, worker_id, stop, wake)
+    try:
+        runner.run(once=once, inputs_pending=watcher.pending)
+    finally:
+        event("daemon.stopping", worker=worker_id)
+        watcher.stop()
+        try:
+            store.worker_heartbeat(worker_id, state="stopped")
+        except Exception as exc:
+            event("worker.heartbeat_failed", error=str(exc))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    event("daemon.stopped", worker=worker_id)
+
+
+def make_engine_label(url: str) -> str:
+    """The database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

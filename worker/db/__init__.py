@@ -1,0 +1,1 @@
+"""Database layer: SQLAlchemy models, engine set-up and migrations."""

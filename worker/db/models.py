@@ -1,0 +1,113 @@
+"""SQLAlchemy 2.0 models. The schema itself is created only by Alembic migrations.
+
+The `jobs` table is a public interface: `INSERT INTO jobs (pipeline, input_text)`
+is enough, so every other column has a server-side default.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Job statuses. `queued` and `running` are live; the rest are final.
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+DEAD = "dead"
+CANCELLED = "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED)
+FINAL_STATUSES = (SUCCEEDED, FAILED, DEAD, CANCELLED)
+
+
+class Job(Base):
+    """One unit of work: a file, a table row or a batch line, and its result."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    input_text: Mapped[str | None] = mapped_column(Text)
+    # Where the job came from: 'table' (another program's INSERT), 'file' (watch folder).
+    source: Mapped[str] = mapped_column(String(20), server_default=text("'table'"))
+    # For file jobs: '<pipeline>/<name>' relative to the inbox root.
+    source_path: Mapped[str | None] = mapped_column(Text)
+    # Makes enqueue idempotent: a second enqueue with the same key is a no-op.
+    idempotency_key: Mapped[str | None] = mapped_column(String(500), unique=True)
+    status: Mapped[str] = mapped_column(String(20), server_default=text("'queued'"))
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Attempts that ended with the process dying; counted when the lease is recovered.
+    crashes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    result_text: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_path: Mapped[str | None] = mapped_column(Text)
+    archived_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_jobs_claim", "status", "priority", "run_after"),
+        Index("ix_jobs_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_pipeline_status", "pipeline", "status"),
+    )
+
+
+class Worker(Base):
+    """A daemon that is or was running: its heartbeat, host, model and slots."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(255))
+    slots: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), server_default=text("'running'"))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

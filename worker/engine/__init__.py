@@ -1,0 +1,55 @@
+"""The inference engine: llama.cpp behind a small interface. No job or file logic here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.inputs import InputError
+from worker.pipelines import Generation
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Generated text and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class PromptTooLong(InputError):
+    """The rendered prompt does not fit the context window beside max_tokens."""
+
+
+class GenerationInterrupted(Exception):
+    """Generation stopped early because the caller asked (shutdown, lost lease, cancel)."""
+
+
+class ModelError(Exception):
+    """The model is missing, corrupt or cannot be loaded. Start-up stops with this message."""
+
+
+class Engine(Protocol):
+    """What the runner needs from an engine."""
+
+    n_ctx: int
+
+    def complete(
+        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
+    ) -> Completion:
+        """Generate a completion of `prompt`; raise PromptTooLong or GenerationInterrupted."""
+        ...
+
+
+def context_error(prompt_tokens: int, n_ctx: int, max_tokens: int) -> PromptTooLong | None:
+    """The error for a prompt that leaves no room for `max_tokens`, or None if it fits."""
+    allowed = n_ctx - max_tokens
+    if prompt_tokens <= allowed:
+        return None
+    return PromptTooLong(
+        f"input is {prompt_tokens} tokens; the context allows {max(allowed, 0)} "
+        f"(n_ctx {n_ctx} minus max_tokens {max_tokens})"
+    )

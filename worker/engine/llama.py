@@ -1,0 +1,104 @@
+"""llama.cpp through llama-cpp-python: the model is loaded once and stays resident."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from worker.engine import (
+    Completion,
+    GenerationInterrupted,
+    ModelError,
+    context_error,
+)
+from worker.engine.model_files import ModelFile, verify_model
+from worker.pipelines import Generation
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """llama.cpp parameters that the settings control."""
+
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    seed: int = 0
+
+
+class LlamaEngine:
+    """One resident llama.cpp model."""
+
+    def __init__(self, model: ModelFile, options: EngineOptions, verify: bool = True) -> None:
+        if verify:
+            verify_model(model)
+        from llama_cpp import Llama
+
+        self.model = model
+        self.options = options
+        self.n_ctx = options.n_ctx
+        started = time.monotonic()
+        try:
+            self._llm: Any = Llama(
+                model_path=str(model.path),
+                n_ctx=options.n_ctx,
+                n_threads=options.n_threads or os.cpu_count() or 1,
+                n_gpu_layers=options.n_gpu_layers,
+                seed=options.seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"cannot load model {model.path}: {exc}") from None
+        self.load_seconds = time.monotonic() - started
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """GGUF metadata (architecture, trained context length, ...)."""
+        return dict(self._llm.metadata)
+
+    def tokenize(self, text: str) -> list[int]:
+        # special=False: text inside the input can never become control tokens.
+        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        return tokens
+
+    def complete(
+        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
+    ) -> Completion:
+        """Complete `prompt`; PromptTooLong if it cannot fit, GenerationInterrupted if stopped."""
+        tokens = self.tokenize(prompt)
+        too_long = context_error(len(tokens), self.n_ctx, generation.max_tokens)
+        if too_long is not None:
+            raise too_long
+        from llama_cpp import StoppingCriteriaList
+
+        interrupted = False
+
+        def stop_requested(_ids: Any, _logits: Any) -> bool:
+            nonlocal interrupted
+            interrupted = interrupted or should_stop()
+            return interrupted
+
+        result: Any = self._llm.create_completion(
+            prompt=tokens,
+            max_tokens=generation.max_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            top_k=generation.top_k,
+            min_p=generation.min_p,
+            repeat_penalty=generation.repeat_penalty,
+            seed=generation.seed if generation.seed is not None else self.options.seed,
+            stop=list(generation.stop) or None,
+            stopping_criteria=StoppingCriteriaList([stop_requested]),
+        )
+        if interrupted:
+            raise GenerationInterrupted("generation stopped before it finished")
+        choice = result["choices"][0]
+        usage = result["usage"]
+        return Completion(
+            text=choice["text"],
+            prompt_tokens=int(usage["prompt_tokens"]),
+            completion_tokens=int(usage["completion_tokens"]),
+            finish_reason=str(choice.get("finish_reason") or "stop"),
+        )

@@ -1,0 +1,108 @@
+"""Pipeline specs from `pipelines/*.toml`, validated at start-up; errors name file and field."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+PIPELINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class PipelineError(Exception):
+    """A pipeline file is invalid; the message names the file and the field."""
+
+
+class Generation(BaseModel):
+    """Sampling parameters for one completion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0, le=5)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0, le=1)
+    repeat_penalty: float = Field(default=1.1, gt=0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    stop: tuple[str, ...] = ()
+
+
+class Pipeline(BaseModel):
+    """What to do with one kind of input: prompt, generation parameters, output format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=PIPELINE_NAME)
+    description: str = ""
+    mode: Literal["completion"] = "completion"
+    model: str | None = None
+    prompt: str = Field(min_length=1, description="Jinja2 template; the input is `{{ input }}`")
+    output_format: Literal["text", "markdown", "json"] = "text"
+    # Start of the answer, written after the prompt so a base model continues it
+    # (e.g. "-" to begin a bullet list). It is part of the result.
+    answer_prefix: str = ""
+    generation: Generation = Generation()
+
+    @field_validator("prompt")
+    @classmethod
+    def _template_compiles(cls, value: str) -> str:
+        try:
+            _JINJA.from_string(value)
+        except TemplateError as exc:
+            raise ValueError(f"prompt template does not compile: {exc}") from None
+        if "input" not in value:
+            raise ValueError("prompt template never uses {{ input }}")
+        return value
+
+    def render(self, input_text: str, **variables: str) -> str:
+        """The prompt for `input_text`. The input is passed as data, never parsed as a template."""
+        rendered = _JINJA.from_string(self.prompt).render(input=input_text, **variables)
+        return rendered + self.answer_prefix
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """Load one pipeline file; its name defaults to the file's stem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read pipeline: {exc}") from None
+    raw.setdefault("name", path.stem)
+    try:
+        pipeline = Pipeline.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: field {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise PipelineError("\n".join(lines)) from None
+    if pipeline.name != path.stem:
+        raise PipelineError(
+            f"{path}: field name: {pipeline.name!r} must match the file name {path.stem!r}"
+        )
+    return pipeline
+
+
+def load_pipelines(folder: Path) -> dict[str, Pipeline]:
+    """Every `*.toml` in `folder`, by name. All errors are reported together."""
+    if not folder.is_dir():
+        raise PipelineError(f"pipelines folder {folder} does not exist")
+    pipelines: dict[str, Pipeline] = {}
+    errors: list[str] = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            pipeline = load_pipeline(path)
+        except PipelineError as exc:
+            errors.append(str(exc))
+            continue
+        pipelines[pipeline.name] = pipeline
+    if errors:
+        raise PipelineError("\n".join(errors))
+    if not pipelines:
+        raise PipelineError(f"no pipelines (*.toml) in {folder}")
+    return pipelines

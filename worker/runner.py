@@ -1,0 +1,309 @@
+"""The loop that ties store, pipelines, engine and sinks together.
+
+One thread claims and runs jobs; a lease keeper thread renews their leases. Signal
+handlers only set the events on `StopFlags`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.config import Settings
+from worker.engine import Completion, Engine, GenerationInterrupted
+from worker.file_jobs import FileRef, archive_original, content_digest, digest_of_key
+from worker.inputs import InputError, decode_text, read_input_file
+from worker.logs import event
+from worker.pipelines import Pipeline
+from worker.retry import decide_retry
+from worker.sinks import write_atomic
+from worker.store import ClaimedJob, JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StopFlags:
+    """Set by signal handlers. `soft`: stop claiming, finish within the timeout. `hard`: now."""
+
+    soft: threading.Event = field(default_factory=threading.Event)
+    hard: threading.Event = field(default_factory=threading.Event)
+    soft_at: float | None = None
+
+    def request(self) -> None:
+        """First request stops claiming; a second one stops at once."""
+        if self.soft.is_set():
+            self.hard.set()
+        else:
+            self.soft_at = time.monotonic()
+            self.soft.set()
+
+
+class JobVanished(Exception):
+    """A file job's input was removed, or replaced by a newer version, before it ran."""
+
+
+class LeaseKeeper:
+    """Renews the leases of the jobs in hand; remembers which ones were lost."""
+
+    def __init__(self, store: JobStore, worker_id: str, lease_seconds: float) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self._held: dict[int, str] = {}
+        self._lost: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, job: ClaimedJob) -> None:
+        with self._lock:
+            self._held[job.id] = job.lease_token
+
+    def drop(self, job_id: int) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+            self._lost.discard(job_id)
+
+    def is_lost(self, job_id: int) -> bool:
+        with self._lock:
+            return job_id in self._lost
+
+    def renew(self, job_id: int, token: str) -> bool:
+        """Renew one lease now; False (and remembered) if it is lost."""
+        try:
+            kept = self.store.heartbeat(job_id, token, self.lease_seconds)
+        except Exception as exc:  # database outage: keep working, the lease may still hold
+            event("lease.renew_failed", logging.WARNING, job_id=job_id, error=str(exc))
+            return True
+        if not kept:
+            with self._lock:
+                self._lost.add(job_id)
+            event("job.lease_lost", logging.WARNING, job_id=job_id)
+        return kept
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                held = list(self._held.items())
+            for job_id, token in held:
+                self.renew(job_id, token)
+            try:
+                self.store.worker_heartbeat(self.worker_id)
+            except Exception as exc:
+                event("worker.heartbeat_failed", logging.WARNING, error=str(exc))
+
+
+class Runner:
+    """Claims jobs and runs them to a recorded outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        engine: Engine,
+        pipelines: Mapping[str, Pipeline],
+        worker_id: str,
+        stop: StopFlags,
+        wake: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.pipelines = pipelines
+        self.worker_id = worker_id
+        self.stop = stop
+        self.wake = wake
+        self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
+
+    def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
+        """Claim and run jobs until stopped (or, with `once`, until nothing is left to do)."""
+        self.leases.start()
+        last_sweep = float("-inf")
+        db_down_since: float | None = None
+        try:
+            while not self.stop.soft.is_set():
+                try:
+                    if time.monotonic() - last_sweep >= self.settings.sweep_interval:
+                        last_sweep = time.monotonic()
+                        self._recover()
+                    jobs = self.store.claim(self.worker_id, 1, self.settings.lease_seconds)
+                    if db_down_since is not None:
+                        event("db.recovered", down_seconds=round(time.monotonic() - db_down_since))
+                        db_down_since = None
+                except Exception as exc:
+                    if db_down_since is None:  # log once per outage
+                        db_down_since = time.monotonic()
+                        event("db.unavailable", logging.ERROR, error=str(exc))
+                    self.stop.soft.wait(min(2 ** min(time.monotonic() - db_down_since, 5), 30))
+                    continue
+                if not jobs:
+                    if once and inputs_pending() == 0 and not self.store.has_ready():
+                        return
+                    self.wake.wait(self.settings.poll_interval)
+                    self.wake.clear()
+                    continue
+                for job in jobs:
+                    self._run_one(job)
+        finally:
+            self.leases.stop()
+
+    def _recover(self) -> None:
+        for recovered in self.store.recover_expired(max_crashes=self.settings.max_attempts):
+            event("job.recovered", job_id=recovered.id, status=recovered.status)
+
+    # One job -----------------------------------------------------------------
+    def _should_stop(self, job_id: int) -> bool:
+        if self.stop.hard.is_set() or self.leases.is_lost(job_id):
+            return True
+        soft_at = self.stop.soft_at
+        return soft_at is not None and time.monotonic() - soft_at > self.settings.shutdown_timeout
+
+    def _run_one(self, job: ClaimedJob) -> None:
+        event("job.claimed", job_id=job.id, pipeline=job.pipeline, attempt=job.attempts)
+        self.leases.hold(job)
+        started = time.monotonic()
+        try:
+            self._execute(job, started)
+        except JobVanished as exc:
+            self.store.fail(job.id, job.lease_token, str(exc), retry_at=None)
+            event("job.skipped", job_id=job.id, reason=str(exc))
+        except InputError as exc:
+            self._fail(job, str(exc), retryable=False)
+        except GenerationInterrupted:
+            if self.leases.is_lost(job.id):
+                event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
+            else:
+                self.store.release(job.id, job.lease_token)
+                event("job.released", job_id=job.id, reason="shutdown")
+        except OSError as exc:  # disk full, unwritable outbox: the input stays, try later
+            self._fail(job, f"cannot write output: {exc}", retryable=True)
+        except Exception as exc:
+            log.exception("job %s crashed", job.id)
+            self._fail(job, f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+        finally:
+            self.leases.drop(job.id)
+
+    def _read_input(self, job: ClaimedJob) -> str:
+        if job.source != "file" or job.source_path is None:
+            if job.input_text is None:
+                raise InputError("input_text is NULL: nothing to process")
+            return decode_text(job.input_text.encode("utf-8", errors="surrogatepass"))
+        ref = FileRef.parse(job.source_path)
+        try:
+            text, data = read_input_file(
+                ref.inbox_path(self.settings), self.settings.max_input_bytes
+            )
+        except FileNotFoundError:
+            raise JobVanished("input file was removed before it was processed") from None
+        except InputError:
+            raise
+        expected = digest_of_key(job.idempotency_key)
+        if expected not in (None, "oversize") and expected != content_digest(data):
+            raise JobVanished("input file changed after it was queued; the new version runs")
+        return text
+
+    def _execute(self, job: ClaimedJob, started: float) -> None:
+        pipeline = self.pipelines.get(job.pipeline)
+        if pipeline is None:
+            known = ", ".join(sorted(self.pipelines))
+            raise InputError(f"unknown pipeline {job.pipeline!r} (known: {known})")
+        text = self._read_input(job)
+        prompt = pipeline.render(text)
+        completion = self.engine.complete(
+            prompt, pipeline.generation, should_stop=lambda: self._should_stop(job.id)
+        )
+        result = (pipeline.answer_prefix + completion.text).strip()
+        output: Path | None = None
+        if job.source == "file" and job.source_path:
+            ref = FileRef.parse(job.source_path)
+            output = ref.output_path(self.settings, pipeline.output_format)
+            # Renew first: a worker whose lease is gone must not publish the output again.
+            if not self.leases.renew(job.id, job.lease_token):
+                raise GenerationInterrupted("lease lost before publishing")
+            write_atomic(output, (result + "\n").encode("utf-8"))
+        self._succeed(job, completion, result, output, started)
+
+    def _succeed(
+        self,
+        job: ClaimedJob,
+        completion: Completion,
+        result: str,
+        output: Path | None,
+        started: float,
+    ) -> None:
+        recorded = self.store.complete(
+            job.id,
+            job.lease_token,
+            result,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            str(output) if output else None,
+        )
+        if not recorded:
+            event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
+            return
+        if job.source == "file" and job.source_path:
+            self._archive(job, succeeded=True)
+        event(
+            "job.succeeded",
+            job_id=job.id,
+            pipeline=job.pipeline,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            seconds=round(time.monotonic() - started, 3),
+            output=str(output) if output else None,
+        )
+
+    def _fail(self, job: ClaimedJob, error: str, retryable: bool) -> None:
+        decision = decide_retry(
+            attempts=job.attempts,
+            max_attempts=self.settings.max_attempts,
+            retryable=retryable,
+            now=self.store.clock(),
+            base_seconds=self.settings.retry_base_seconds,
+        )
+        if decision.dead:
+            error = f"gave up after {job.attempts} attempts: {error}"
+        if not self.store.fail(job.id, job.lease_token, error, decision.retry_at, decision.dead):
+            event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
+            return
+        final = decision.retry_at is None
+        if final and job.source == "file" and job.source_path:
+            self._archive(job, succeeded=False, error=error)
+        event(
+            "job.failed" if final else "job.retrying",
+            logging.WARNING,
+            job_id=job.id,
+            pipeline=job.pipeline,
+            error=error,
+            retry_at=decision.retry_at.isoformat() if decision.retry_at else None,
+        )
+
+    def _archive(self, job: ClaimedJob, succeeded: bool, error: str | None = None) -> None:
+        assert job.source_path is not None
+        try:
+            archived = archive_original(
+                self.settings,
+                FileRef.parse(job.source_path),
+                job.id,
+                succeeded,
+                error,
+                self.store.clock(),
+            )
+        except OSError as exc:  # the watcher finishes the move on a later rescan
+            event("job.archive_failed", logging.WARNING, job_id=job.id, error=str(exc))
+            return
+        if archived is not None:
+            self.store.set_archived_path(job.id, str(archived))

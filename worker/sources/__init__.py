@@ -1,0 +1,1 @@
+"""Where work comes from: watch folders (and, later, schedules)."""

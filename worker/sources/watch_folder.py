@@ -1,0 +1,194 @@
+"""Watch folders: files that finish arriving in `inbox/<pipeline>/` become jobs.
+
+watchdog events make it prompt; a start-up scan and a periodic rescan make it
+complete (inotify overflow, network file systems, files that arrived while down).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+from worker.config import Settings
+from worker.db.models import FINAL_STATUSES, SUCCEEDED
+from worker.file_jobs import FileRef, archive_original, content_digest, file_key
+from worker.logs import event
+from worker.naming import is_ignored_name
+from worker.sources.settle import Observation, is_settled, observe
+from worker.store import JobStore, NewJob
+
+TICK_SECONDS = 0.2
+
+
+class InboxWatcher:
+    """Finds settled files in the inboxes and enqueues one job per file version."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        pipelines: Collection[str],
+        on_enqueued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.pipelines = set(pipelines)
+        self.on_enqueued = on_enqueued
+        self.root = settings.data_dir / "inbox"
+        self._lock = threading.Lock()
+        self._touched: dict[Path, bool] = {}  # path -> close-after-write seen
+        self._candidates: dict[Path, Observation] = {}
+        self._warned: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._observer: Any = None
+        self._last_rescan = float("-inf")
+
+    # Life cycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Create the inboxes, start watchdog and the settle/rescan thread."""
+        for name in self.pipelines:
+            self.settings.folder("inbox", name).mkdir(parents=True, exist_ok=True)
+        self._start_observer()
+        self.tick()  # the start-up scan, so --once sees what is already there
+        self._thread = threading.Thread(target=self._loop, name="inbox-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def pending(self) -> int:
+        """Files seen in the inboxes that are not yet jobs (still arriving or not yet checked)."""
+        with self._lock:
+            return len(self._candidates) + len(self._touched)
+
+    def _start_observer(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                closed = event.event_type == "closed"
+                for raw in (event.src_path, getattr(event, "dest_path", "")):
+                    if raw:
+                        watcher._touch(Path(os.fsdecode(raw)), closed)
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(self.root), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def _touch(self, path: Path, closed: bool) -> None:
+        if path.parent.parent != self.root:
+            return  # only inbox/<pipeline>/<name>
+        with self._lock:
+            self._touched[path] = self._touched.get(path, False) or closed
+
+    # One pass ----------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except Exception:  # a database outage must not kill the watcher
+                logging.getLogger(__name__).exception("watcher tick failed")
+                event("inbox.error", logging.ERROR)
+
+    def tick(self) -> None:
+        """Rescan if due, then enqueue every candidate that has settled."""
+        now = time.monotonic()
+        if now - self._last_rescan >= self.settings.rescan_interval:
+            self._last_rescan = now
+            for path in self._scan():
+                self._touch(path, False)
+        with self._lock:
+            touched, self._touched = self._touched, {}
+        for path, closed in touched.items():
+            self._consider(path, closed, now)
+        for path in list(self._candidates):
+            self._consider(path, False, now)
+
+    def _scan(self) -> list[Path]:
+        found: list[Path] = []
+        try:
+            folders = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return found
+        for folder in folders:
+            try:
+                found.extend(Path(e.path) for e in os.scandir(folder.path))
+            except OSError:
+                continue
+        return found
+
+    def _consider(self, path: Path, closed: bool, now: float) -> None:
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self._candidates.pop(path, None)
+            return
+        if is_ignored_name(path.name) or not stat.S_ISREG(info.st_mode):
+            self._candidates.pop(path, None)
+            if not is_ignored_name(path.name) and path not in self._warned:
+                self._warned.add(path)
+                kind = "symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+                event("inbox.ignored", logging.WARNING, path=str(path), reason=kind)
+            return
+        obs = observe(self._candidates.get(path), info.st_size, info.st_mtime_ns, now, closed)
+        self._candidates[path] = obs
+        if not is_settled(obs, now, time.time_ns(), self.settings.settle_seconds):
+            return
+        del self._candidates[path]
+        self._enqueue(path, info)
+
+    def _enqueue(self, path: Path, info: os.stat_result) -> None:
+        ref = FileRef(pipeline=path.parent.name, name=path.name)
+        if info.st_size > self.settings.max_input_bytes:
+            digest = "oversize"  # not read: the runner fails it with the size limit
+        else:
+            try:
+                digest = content_digest(path.read_bytes())
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                event("inbox.unreadable", logging.WARNING, path=str(path), error=str(exc))
+                return
+        key = file_key(ref, info.st_size, info.st_mtime_ns, digest)
+        job_id = self.store.enqueue(
+            NewJob(
+                pipeline=ref.pipeline,
+                source="file",
+                source_path=ref.source_path,
+                idempotency_key=key,
+            )
+        )
+        if job_id is not None:
+            event("job.enqueued", job_id=job_id, pipeline=ref.pipeline, file=ref.name)
+            self.on_enqueued()
+            return
+        self._finish_leftover(ref, key)
+
+    def _finish_leftover(self, ref: FileRef, key: str) -> None:
+        # This file version already has a job. If that job is final, a crash came between
+        # recording its outcome and moving the original: finish the move now.
+        job = self.store.get_by_key(key)
+        if job is None or job.status not in FINAL_STATUSES:
+            return
+        archived = archive_original(
+            self.settings, ref, job.id, job.status == SUCCEEDED, job.error, job.finished_at
+        )
+        if archived is not None:
+            self.store.set_archived_path(job.id, str(archived))
+            event("inbox.archived_leftover", job_id=job.id, file=ref.name, to=str(archived))
