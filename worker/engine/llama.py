@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +17,32 @@ from worker.engine import (
 )
 from worker.engine.model_files import ModelFile, verify_model
 from worker.pipelines import Generation
+
+
+_llama_log = logging.getLogger("edge_worker.llama_cpp")
+_log_callback: Any = None
+
+
+def _route_llama_logs() -> None:
+    """Send llama.cpp's own log lines to our logger (debug), not raw to stderr.
+
+    The daemon's stderr is one JSON object per line; stray C-level lines would break that.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            _llama_log.log(logging.WARNING if level in (2, 3) else logging.DEBUG, line)
+
+    _log_callback = forward  # keep a reference: ctypes callbacks must outlive their use
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,8 @@ class LlamaEngine:
         if verify:
             verify_model(model)
         from llama_cpp import Llama
+
+        _route_llama_logs()
 
         self.model = model
         self.options = options
@@ -80,6 +109,11 @@ class LlamaEngine:
             interrupted = interrupted or should_stop()
             return interrupted
 
+        # No KV reuse across jobs: with Gemma 3 (sliding-window attention) llama-cpp-python's
+        # automatic prefix reuse changes greedy outputs depending on the previous job
+        # (measured: same prompt, different text after a different prompt). A result must
+        # not depend on which job ran before it.
+        self._llm.reset()
         result: Any = self._llm.create_completion(
             prompt=tokens,
             max_tokens=generation.max_tokens,

@@ -1,0 +1,74 @@
+"""Shared fixtures: settings on a temp data dir, the real model, SQLite and PostgreSQL stores."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from worker.config import Settings, load_settings
+from worker.db.engine import make_engine
+from worker.db.migrate import upgrade
+from worker.store import JobStore
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "var" / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+
+def model_path() -> Path:
+    """The real Gemma GGUF that `make test` prepares (EDGE_WORKER_TEST_MODEL overrides)."""
+    path = Path(os.environ.get("EDGE_WORKER_TEST_MODEL", DEFAULT_MODEL))
+    if not path.is_file():
+        pytest.fail(f"model {path} is missing: run `make model` (make test does it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gguf() -> Path:
+    return model_path()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, gguf: Path) -> Settings:
+    """Settings on an empty temp data dir, using the prepared model file."""
+    return load_settings(
+        data_dir=tmp_path / "data",
+        models_dir=gguf.parent,
+        settle_seconds=0.2,
+        rescan_interval=1.0,
+        sweep_interval=0.5,
+        poll_interval=0.1,
+        retry_base_seconds=0.1,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    """A migrated SQLite store in the temp data dir."""
+    url = settings.resolved_database_url
+    upgrade(url)
+    return JobStore(make_engine(url))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (skips without EDGE_WORKER_TEST_PG_URL)."""
+    base = os.environ.get("EDGE_WORKER_TEST_PG_URL")
+    if not base:
+        pytest.skip("EDGE_WORKER_TEST_PG_URL is not set (CI sets it; no PostgreSQL here)")
+    name = f"ew_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

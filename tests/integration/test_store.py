@@ -1,0 +1,161 @@
+"""The job store on real databases: SQLite always, PostgreSQL when EDGE_WORKER_TEST_PG_URL is set."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from worker.db.engine import make_engine
+from worker.db.migrate import check, upgrade
+from worker.store import JobStore, NewJob, utcnow
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def job_store(db_url: str) -> JobStore:
+    upgrade(db_url)
+    return JobStore(make_engine(db_url))
+
+
+def test_migrations_build_an_empty_database_without_drift(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    tables = set(inspect(engine).get_table_names())
+    assert {"jobs", "workers", "alembic_version"} <= tables
+    check(db_url)  # raises if models and migrations disagree (alembic check)
+
+
+def test_a_plain_sql_insert_is_enough(job_store: JobStore) -> None:
+    with job_store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (pipeline, input_text) VALUES ('summarize', 'hi')"))
+    (job,) = job_store.list_jobs()
+    assert (job.status, job.priority, job.attempts, job.source) == ("queued", 0, 0, "table")
+    assert job.created_at is not None and job.run_after is not None
+    claimed = job_store.claim("w1", 5, lease_seconds=30)
+    assert [c.input_text for c in claimed] == ["hi"]
+
+
+def test_enqueue_is_idempotent_by_key(job_store: JobStore) -> None:
+    first = job_store.enqueue(NewJob("p", "x", idempotency_key="k"))
+    again = job_store.enqueue(NewJob("p", "x", idempotency_key="k"))
+    assert first is not None and again is None
+    assert len(job_store.list_jobs()) == 1
+
+
+def test_claim_order_priority_then_age(job_store: JobStore) -> None:
+    low = job_store.enqueue(NewJob("p", "low"))
+    high = job_store.enqueue(NewJob("p", "high", priority=5))
+    claimed = job_store.claim("w", 2, 30)
+    assert [c.id for c in claimed] == [high, low]
+
+
+def test_only_the_lease_holder_can_finish_a_job(job_store: JobStore) -> None:
+    job_id = job_store.enqueue(NewJob("p", "x"))
+    assert job_id is not None
+    (job,) = job_store.claim("w1", 1, 30)
+    assert not job_store.complete(job.id, "wrong-token", "r", 1, 1)
+    assert job_store.complete(job.id, job.lease_token, "r", 3, 4)
+    assert not job_store.complete(job.id, job.lease_token, "again", 1, 1)  # already done
+    done = job_store.get(job_id)
+    assert done is not None
+    assert (done.status, done.result_text, done.prompt_tokens, done.completion_tokens) == (
+        "succeeded", "r", 3, 4,
+    )  # fmt: skip
+    assert done.finished_at is not None and done.lease_token is None
+
+
+def test_expired_lease_returns_the_job_to_the_queue(job_store: JobStore) -> None:
+    job_id = job_store.enqueue(NewJob("p", "x"))
+    (job,) = job_store.claim("dead-worker", 1, lease_seconds=30)
+    assert job_store.recover_expired(max_crashes=3) == []  # lease still valid
+    later = utcnow() + timedelta(seconds=31)
+    job_store.clock = lambda: later
+    recovered = job_store.recover_expired(max_crashes=3)
+    assert [(r.id, r.status) for r in recovered] == [(job_id, "queued")]
+    # the dead worker's token is useless now; a new claim gets the job
+    assert not job_store.complete(job.id, job.lease_token, "late", 1, 1)
+    (again,) = job_store.claim("w2", 1, 30)
+    assert again.id == job_id and again.attempts == 2
+
+
+def test_a_job_that_keeps_killing_its_worker_is_quarantined(job_store: JobStore) -> None:
+    job_id = job_store.enqueue(NewJob("p", "x"))
+    when = utcnow()
+    for _ in range(3):
+        job_store.clock = lambda: when
+        assert job_store.claim("w", 1, lease_seconds=5)
+        when = when + timedelta(seconds=10)
+        job_store.clock = lambda: when
+        job_store.recover_expired(max_crashes=3)
+    job = job_store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None
+    assert job.status == "dead" and job.error == "crashed the worker 3 times"
+
+
+def test_release_does_not_count_the_attempt(job_store: JobStore) -> None:
+    job_store.enqueue(NewJob("p", "x"))
+    (job,) = job_store.claim("w", 1, 30)
+    assert job_store.release(job.id, job.lease_token)
+    (again,) = job_store.claim("w", 1, 30)
+    assert again.attempts == 1
+
+
+def test_cancel_makes_the_lease_holder_lose_the_job(job_store: JobStore) -> None:
+    job_store.enqueue(NewJob("p", "x"))
+    (job,) = job_store.claim("w", 1, 30)
+    assert job_store.cancel(job.id)
+    assert not job_store.heartbeat(job.id, job.lease_token, 30)
+    assert not job_store.complete(job.id, job.lease_token, "r", 1, 1)
+    assert job_store.retry(job.id)
+    assert job_store.claim("w", 1, 30)
+
+
+def _claim_all(url: str, owner: str, out: multiprocessing.Queue[list[int]]) -> None:
+    store = JobStore(make_engine(url))
+    mine: list[int] = []
+    idle = 0
+    while idle < 3:
+        jobs = store.claim(owner, 3, 60)
+        if not jobs:
+            idle += 1
+            continue
+        idle = 0
+        for job in jobs:
+            assert store.complete(job.id, job.lease_token, owner, 0, 0)
+            mine.append(job.id)
+    out.put(mine)
+
+
+def test_two_processes_never_claim_the_same_job(job_store: JobStore, db_url: str) -> None:
+    total = 2000
+    with job_store.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO jobs (pipeline, input_text) VALUES ('p', :t)"),
+            [{"t": str(i)} for i in range(total)],
+        )
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[list[int]] = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(db_url, f"w{i}", out)) for i in range(2)]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=240) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    claimed = [job_id for result in results for job_id in result]
+    print(f"claims per process: {[len(r) for r in results]}")
+    assert len(claimed) == total
+    assert len(set(claimed)) == total
+    assert all(len(r) > 0 for r in results), "both processes should have claimed work"
