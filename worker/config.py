@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         return self.data_dir / kind / pipeline
 
 
+def systemd_notify_socket() -> tuple[str | None, float | None]:
+    """systemd's NOTIFY_SOCKET and the watchdog interval in seconds (WATCHDOG_USEC), if set."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    return os.environ.get("NOTIFY_SOCKET") or None, int(usec) / 1e6 if usec else None
+
+
 def _describe(error: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()

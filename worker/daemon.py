@@ -9,12 +9,13 @@ import threading
 import uuid
 from types import FrameType
 
-from worker.config import Settings
+from worker.config import Settings, systemd_notify_socket
 from worker.db.engine import make_engine
 from worker.db.migrate import upgrade
 from worker.engine.llama import EngineOptions, LlamaEngine
 from worker.engine.model_files import resolve_model
 from worker.logs import event
+from worker.notify import Notifier, Progress, Watchdog
 from worker.pipelines import load_pipelines
 from worker.runner import Runner, StopFlags
 from worker.sources.watch_folder import InboxWatcher
@@ -35,6 +36,7 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
 
     Raises PipelineError, ModelError or a database error before any job is claimed.
     """
+    notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = load_pipelines(settings.pipelines_dir)
     model = resolve_model(settings)
     engine = LlamaEngine(model, engine_options(settings))
@@ -49,6 +51,8 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
 
     stop = StopFlags()
     wake = threading.Event()
+    progress = Progress()
+    notifier = Notifier(notify_address)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.request()
@@ -59,11 +63,24 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     watcher.start()
     event("daemon.ready", worker=worker_id, inbox=str((settings.data_dir / "inbox").resolve()),
           pipelines=sorted(pipelines), database=make_engine_label(url))  # fmt: skip
-    runner = Runner(settings, store, engine, pipelines, worker_id, stop, wake)
+    runner = Runner(settings, store, engine, pipelines, worker_id, stop, wake, progress)
+    notifier.send("READY=1", f"STATUS=ready; inbox {settings.data_dir / 'inbox'}")
+    watchdog = Watchdog(
+        notifier,
+        interval=(watchdog_seconds or 10.0) / 2,
+        progress=progress,
+        status=lambda: queue_status(store),
+        stale_after=(watchdog_seconds or 10.0) / 2,
+    )
+    if watchdog_seconds:
+        watchdog.start()
     try:
         runner.run(once=once, inputs_pending=watcher.pending)
     finally:
+        notifier.send("STOPPING=1", "STATUS=stopping")
         event("daemon.stopping", worker=worker_id)
+        if watchdog_seconds:
+            watchdog.stop()
         watcher.stop()
         try:
             store.worker_heartbeat(worker_id, state="stopped")
@@ -72,6 +89,14 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     event("daemon.stopped", worker=worker_id)
+
+
+def queue_status(store: JobStore) -> str:
+    """`queued 3, running 1, ...` for systemd's STATUS= line."""
+    totals: dict[str, int] = {}
+    for (_pipeline, status), count in store.counts().items():
+        totals[status] = totals.get(status, 0) + count
+    return ", ".join(f"{status} {totals[status]}" for status in sorted(totals)) or "idle"
 
 
 def make_engine_label(url: str) -> str:

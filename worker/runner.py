@@ -18,6 +18,7 @@ from worker.engine import Completion, Engine, GenerationInterrupted
 from worker.file_jobs import FileRef, archive_original, content_digest, digest_of_key
 from worker.inputs import InputError, decode_text, read_input_file
 from worker.logs import event
+from worker.notify import Progress
 from worker.pipelines import Pipeline
 from worker.retry import decide_retry
 from worker.sinks import write_atomic
@@ -58,14 +59,17 @@ class LeaseKeeper:
         self._lost: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def hold(self, job: ClaimedJob) -> None:
         with self._lock:
@@ -117,6 +121,7 @@ class Runner:
         worker_id: str,
         stop: StopFlags,
         wake: threading.Event,
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -125,6 +130,7 @@ class Runner:
         self.worker_id = worker_id
         self.stop = stop
         self.wake = wake
+        self.progress = progress or Progress()
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
@@ -134,6 +140,7 @@ class Runner:
         db_down_since: float | None = None
         try:
             while not self.stop.soft.is_set():
+                self.progress.touch()
                 try:
                     if time.monotonic() - last_sweep >= self.settings.sweep_interval:
                         last_sweep = time.monotonic()
@@ -165,6 +172,7 @@ class Runner:
 
     # One job -----------------------------------------------------------------
     def _should_stop(self, job_id: int) -> bool:
+        self.progress.touch()  # called once per generated token
         if self.stop.hard.is_set() or self.leases.is_lost(job_id):
             return True
         soft_at = self.stop.soft_at

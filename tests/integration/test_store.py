@@ -1,4 +1,4 @@
-"""The job store on real databases: SQLite always, PostgreSQL when EDGE_WORKER_TEST_PG_URL is set."""
+"""The job store on real databases: SQLite, and PostgreSQL when EDGE_WORKER_TEST_PG_URL is set."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
+from tests.clock import frozen
 from worker.db.engine import make_engine
 from worker.db.migrate import check, upgrade
 from worker.store import JobStore, NewJob, utcnow
@@ -81,7 +82,7 @@ def test_expired_lease_returns_the_job_to_the_queue(job_store: JobStore) -> None
     (job,) = job_store.claim("dead-worker", 1, lease_seconds=30)
     assert job_store.recover_expired(max_crashes=3) == []  # lease still valid
     later = utcnow() + timedelta(seconds=31)
-    job_store.clock = lambda: later
+    job_store.clock = frozen(later)
     recovered = job_store.recover_expired(max_crashes=3)
     assert [(r.id, r.status) for r in recovered] == [(job_id, "queued")]
     # the dead worker's token is useless now; a new claim gets the job
@@ -94,10 +95,10 @@ def test_a_job_that_keeps_killing_its_worker_is_quarantined(job_store: JobStore)
     job_id = job_store.enqueue(NewJob("p", "x"))
     when = utcnow()
     for _ in range(3):
-        job_store.clock = lambda: when
+        job_store.clock = frozen(when)
         assert job_store.claim("w", 1, lease_seconds=5)
         when = when + timedelta(seconds=10)
-        job_store.clock = lambda: when
+        job_store.clock = frozen(when)
         job_store.recover_expired(max_crashes=3)
     job = job_store.get(job_id)  # type: ignore[arg-type]
     assert job is not None

@@ -11,9 +11,7 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_non_retryable_errors_fail_at_once() -> None:
-    decision = decide_retry(
-        attempts=1, max_attempts=5, retryable=False, now=NOW, base_seconds=5
-    )
+    decision = decide_retry(attempts=1, max_attempts=5, retryable=False, now=NOW, base_seconds=5)
     assert decision.retry_at is None and not decision.dead
 
 

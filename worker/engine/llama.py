@@ -18,7 +18,6 @@ from worker.engine import (
 from worker.engine.model_files import ModelFile, verify_model
 from worker.pipelines import Generation
 
-
 _llama_log = logging.getLogger("edge_worker.llama_cpp")
 _log_callback: Any = None
 

@@ -1,0 +1,194 @@
+"""The runner with a fake engine over a real (temp) SQLite store: fast, no model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from tests.clock import frozen
+from worker.config import Settings
+from worker.engine import Completion, GenerationInterrupted, PromptTooLong
+from worker.file_jobs import FileRef, content_digest, file_key
+from worker.pipelines import Generation, Pipeline
+from worker.runner import Runner, StopFlags
+from worker.store import JobStore, NewJob, utcnow
+
+PIPELINES = {"echo": Pipeline(name="echo", prompt="Q: {{ input }}\nA:", output_format="text")}
+
+
+class FakeEngine:
+    """Answers with the prompt's length; can be told to fail or to block."""
+
+    n_ctx = 2048
+
+    def __init__(self, fail: Exception | None = None, block: threading.Event | None = None):
+        self.fail = fail
+        self.block = block
+        self.prompts: list[str] = []
+        self.interrupted = threading.Event()
+
+    def complete(
+        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
+    ) -> Completion:
+        self.prompts.append(prompt)
+        if self.fail is not None:
+            raise self.fail
+        if self.block is not None:
+            while not should_stop():
+                self.block.wait(0.01)
+            self.interrupted.set()
+            raise GenerationInterrupted("stopped")
+        return Completion(f"len={len(prompt)}", len(prompt), 3, "stop")
+
+
+def make_runner(settings: Settings, store: JobStore, engine: FakeEngine) -> Runner:
+    return Runner(settings, store, engine, PIPELINES, "w1", StopFlags(), threading.Event())
+
+
+def drop(settings: Settings, store: JobStore, name: str, data: bytes) -> int:
+    folder = settings.folder("inbox", "echo")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    info = (folder / name).stat()
+    ref = FileRef("echo", name)
+    key = file_key(ref, info.st_size, info.st_mtime_ns, content_digest(data))
+    job_id = store.enqueue(NewJob("echo", source="file", source_path=ref.source_path,
+                                  idempotency_key=key))  # fmt: skip
+    assert job_id is not None
+    return job_id
+
+
+def test_file_job_writes_output_and_moves_original(settings: Settings, store: JobStore) -> None:
+    job_id = drop(settings, store, "a.txt", b"hello")
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)
+    assert job is not None and job.status == "succeeded"
+    output = settings.folder("outbox", "echo") / "a.txt.txt"
+    prompt = "Q: hello\nA:"
+    assert output.read_text() == f"len={len(prompt)}\n"
+    assert (settings.folder("done", "echo") / "a.txt").read_bytes() == b"hello"
+    assert not (settings.folder("inbox", "echo") / "a.txt").exists()
+    assert job.output_path == str(output)
+
+
+def test_bad_input_fails_at_once_with_error_file(settings: Settings, store: JobStore) -> None:
+    job_id = drop(settings, store, "bin.dat", b"\x00\x01")
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.attempts) == ("failed", 1)
+    failed = settings.folder("failed", "echo")
+    reason = json.loads((failed / "bin.dat.error.json").read_text())
+    assert reason["error"].startswith("binary content: NUL byte at offset 0")
+    assert (failed / "bin.dat").read_bytes() == b"\x00\x01"
+
+
+def test_prompt_too_long_is_not_retried(settings: Settings, store: JobStore) -> None:
+    job_id = store.enqueue(NewJob("echo", "x"))
+    engine = FakeEngine(fail=PromptTooLong("input is 5000 tokens; the context allows 1792"))
+    make_runner(settings, store, engine).run(once=True)
+    job = store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.status == "failed"
+    assert job.error == "input is 5000 tokens; the context allows 1792"
+    assert len(engine.prompts) == 1
+
+
+def test_unknown_pipeline_fails_with_the_known_names(settings: Settings, store: JobStore) -> None:
+    job_id = store.enqueue(NewJob("nope", "x"))
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.status == "failed"
+    assert job.error == "unknown pipeline 'nope' (known: echo)"
+
+
+def test_engine_crash_is_retried_then_dead(settings: Settings, store: JobStore) -> None:
+    job_id = store.enqueue(NewJob("echo", "x"))
+    engine = FakeEngine(fail=RuntimeError("boom"))
+    runner = make_runner(settings, store, engine)
+    for attempt in range(settings.max_attempts):
+        runner.run(once=True)
+        later = utcnow() + timedelta(hours=attempt + 1)  # past the backoff
+        store.clock = frozen(later)
+    job = store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.status == "dead"
+    assert job.error == "gave up after 3 attempts: internal error: RuntimeError: boom"
+    assert len(engine.prompts) == 3
+
+
+def test_unwritable_outbox_is_retryable_and_leaves_input(
+    settings: Settings, store: JobStore
+) -> None:
+    job_id = drop(settings, store, "a.txt", b"hello")
+    outbox = settings.folder("outbox", "echo")
+    outbox.parent.mkdir(parents=True, exist_ok=True)
+    outbox.write_text("a file where the folder should be")
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)
+    assert job is not None and job.status == "queued"
+    assert job.error is not None and job.error.startswith("cannot write output:")
+    assert (settings.folder("inbox", "echo") / "a.txt").exists()
+
+
+def test_table_job_with_null_input(settings: Settings, store: JobStore) -> None:
+    job_id = store.enqueue(NewJob("echo", None))
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.status == "failed"
+    assert job.error == "input_text is NULL: nothing to process"
+
+
+def test_removed_and_changed_inputs_are_skipped(settings: Settings, store: JobStore) -> None:
+    gone = drop(settings, store, "gone.txt", b"one")
+    changed = drop(settings, store, "changed.txt", b"two")
+    (settings.folder("inbox", "echo") / "gone.txt").unlink()
+    (settings.folder("inbox", "echo") / "changed.txt").write_bytes(b"three")
+    engine = FakeEngine()
+    make_runner(settings, store, engine).run(once=True)
+    assert engine.prompts == []
+    gone_job, changed_job = store.get(gone), store.get(changed)
+    assert gone_job is not None and gone_job.error == (
+        "input file was removed before it was processed"
+    )
+    assert changed_job is not None and changed_job.error is not None
+    assert "changed after it was queued" in changed_job.error
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_releases_a_running_job_without_counting_it(
+    settings: Settings, store: JobStore
+) -> None:
+    settings = settings.model_copy(update={"shutdown_timeout": 0.2})
+    job_id = store.enqueue(NewJob("echo", "x"))
+    runner = make_runner(settings, store, FakeEngine(block=threading.Event()))
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while not store.list_jobs(status="running"):
+        threading.Event().wait(0.01)
+    runner.stop.request()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    job = store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and (job.status, job.attempts) == ("queued", 0)
+
+
+@pytest.mark.timeout(20)
+def test_a_cancelled_job_stops_and_is_not_completed(settings: Settings, store: JobStore) -> None:
+    settings = settings.model_copy(update={"lease_seconds": 1.5})
+    job_id = store.enqueue(NewJob("echo", "x"))
+    assert job_id is not None
+    engine = FakeEngine(block=threading.Event())
+    runner = make_runner(settings, store, engine)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while not store.list_jobs(status="running"):
+        threading.Event().wait(0.01)
+    assert store.cancel(job_id)
+    # the lease keeper notices within lease/3 and the engine sees should_stop()
+    assert engine.interrupted.wait(10)
+    runner.stop.request()
+    thread.join(timeout=10)
+    job = store.get(job_id)
+    assert job is not None and job.status == "cancelled"
