@@ -1,0 +1,36 @@
+"""Acceptance tests run the real `edge-worker` process on a temp data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.daemon import Daemon, daemon_env
+
+DOCUMENT = (
+    "The city council met on Tuesday to discuss the new public library. The library will "
+    "open in March 2027 and will have 40,000 books, a children's reading room and free "
+    "internet access. Construction cost 12 million dollars, paid by a state grant and local "
+    "taxes. Mayor Anna Weber said the library would be a place for everyone.\n"
+)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def env(data_dir: Path, gguf: Path) -> dict[str, str]:
+    return daemon_env(data_dir, gguf.parent)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    """Daemons started by a test; any still running at the end are killed."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()

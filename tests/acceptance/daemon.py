@@ -1,0 +1,120 @@
+"""Driving the real `edge-worker` process in acceptance tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
+
+
+def daemon_env(data_dir: Path, models_dir: Path, **settings: object) -> dict[str, str]:
+    """Environment for a daemon on `data_dir` with fast settle/poll times for tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_WORKER_")}
+    env.update(
+        EDGE_WORKER_DATA_DIR=str(data_dir),
+        EDGE_WORKER_MODELS_DIR=str(models_dir),
+        EDGE_WORKER_SETTLE_SECONDS="0.5",
+        EDGE_WORKER_RESCAN_INTERVAL="2",
+        EDGE_WORKER_SWEEP_INTERVAL="1",
+        EDGE_WORKER_LOG_FORMAT="json",
+        EDGE_WORKER_N_THREADS="2",
+        COLUMNS="200",  # rich tables unwrapped, so tests can read them
+    )
+    env.update({f"EDGE_WORKER_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `edge-worker ARGS` to completion."""
+    return subprocess.run(
+        [EDGE_WORKER, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+class Daemon:
+    """A running `edge-worker run`, its JSON log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.env = env
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [EDGE_WORKER, "run", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def wait_for(self, event: str, timeout: float = 60, count: int = 1) -> dict[str, Any]:
+        """Wait until `event` has been logged `count` times; returns the last one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            matches = [e for e in self.events() if e.get("event") == event]
+            if len(matches) >= count:
+                return matches[-1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode} before {event}:\n"
+                                     + self.log_path.read_text())  # fmt: skip
+            time.sleep(0.1)
+        raise AssertionError(f"no {event} within {timeout}s:\n" + self.log_path.read_text())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send `sig` and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+def db_rows(data_dir: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Query the daemon's SQLite database directly, as another program would."""
+    with sqlite3.connect(data_dir / "jobs.db", timeout=30) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def wait_until_final(data_dir: Path, count: int, timeout: float = 120) -> list[tuple[Any, ...]]:
+    """Wait until `count` jobs exist and none is queued or running; returns (id, status)."""
+    deadline = time.monotonic() + timeout
+    rows: list[tuple[Any, ...]] = []
+    while time.monotonic() < deadline:
+        if (data_dir / "jobs.db").exists():
+            rows = db_rows(data_dir, "SELECT id, status FROM jobs ORDER BY id")
+            if len(rows) >= count and all(s not in ("queued", "running") for _, s in rows):
+                return rows
+        time.sleep(0.2)
+    raise AssertionError(f"jobs not final within {timeout}s: {rows}")
+
+
+def write_slowly(path: Path, data: bytes, chunks: int, pause: float) -> None:
+    """Write a file the way a slow copy does: several writes with pauses, then close."""
+    step = max(1, len(data) // chunks)
+    with path.open("wb") as handle:
+        for start in range(0, len(data), step):
+            handle.write(data[start : start + step])
+            handle.flush()
+            time.sleep(pause)

@@ -1,0 +1,102 @@
+"""Shutdown under signals, and systemd notification over a real datagram socket."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.daemon import Daemon, db_rows
+
+pytestmark = pytest.mark.timeout(180)
+
+# A pipeline that generates for a long time, so a signal lands mid-generation.
+LONG = """
+prompt = "Count from one to one thousand in words, one number per line.\\n\\n{{ input }}\\n"
+[generation]
+max_tokens = 1500
+temperature = 0.0
+"""
+
+
+@pytest.fixture
+def long_pipelines(tmp_path: Path) -> Path:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "long.toml").write_text(LONG)
+    return folder
+
+
+def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, long_pipelines: Path,
+    daemons: list[Daemon],
+) -> None:  # fmt: skip
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(0.2)
+    env = {
+        **env,
+        "EDGE_WORKER_PIPELINES_DIR": str(long_pipelines),
+        "EDGE_WORKER_N_CTX": "2048",
+        "EDGE_WORKER_SHUTDOWN_TIMEOUT": "2",
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "1000000",
+    }
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    daemon.wait_for("daemon.ready")
+    with sqlite3.connect(data_dir / "jobs.db") as conn:
+        conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES ('long', 'one')")
+    daemon.wait_for("job.claimed")
+    time.sleep(2.0)  # generating by now, and the watchdog has pinged
+
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 2 + 10, f"exit took {elapsed:.1f}s with shutdown_timeout 2"
+
+    ((status, attempts),) = db_rows(data_dir, "SELECT status, attempts FROM jobs")
+    assert (status, attempts) == ("queued", 0)  # released, the attempt not counted
+    assert any(e["event"] == "job.released" for e in daemon.events())
+
+    messages: list[str] = []
+    while True:
+        try:
+            messages.extend(sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            break
+    sock.close()
+    kinds = [m for m in messages if m in ("READY=1", "WATCHDOG=1", "STOPPING=1")]
+    assert "READY=1" in kinds and "WATCHDOG=1" in kinds and "STOPPING=1" in kinds, messages
+    assert kinds.index("READY=1") < kinds.index("WATCHDOG=1") < kinds.index("STOPPING=1")
+    assert kinds[-1] == "STOPPING=1"
+    assert any(m.startswith("STATUS=") and "running 1" in m for m in messages), messages
+
+
+def test_second_sigterm_stops_at_once(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, long_pipelines: Path,
+    daemons: list[Daemon],
+) -> None:  # fmt: skip
+    env = {
+        **env,
+        "EDGE_WORKER_PIPELINES_DIR": str(long_pipelines),
+        "EDGE_WORKER_SHUTDOWN_TIMEOUT": "600",
+    }
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    daemon.wait_for("daemon.ready")
+    with sqlite3.connect(data_dir / "jobs.db") as conn:
+        conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES ('long', 'one')")
+    daemon.wait_for("job.claimed")
+    time.sleep(0.5)
+    daemon.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - started < 10
+    assert db_rows(data_dir, "SELECT status, attempts FROM jobs") == [("queued", 0)]
