@@ -38,7 +38,8 @@ def _route_llama_logs() -> None:
     def forward(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", errors="replace").rstrip()
         if line:
-            _llama_log.log(logging.WARNING if level in (2, 3) else logging.DEBUG, line)
+            # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
+            _llama_log.log({3: logging.WARNING, 4: logging.ERROR}.get(level, logging.DEBUG), line)
 
     _log_callback = forward  # keep a reference: ctypes callbacks must outlive their use
     llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
