@@ -26,6 +26,18 @@ PIPELINES = {
 }
 
 
+def enqueue(store: JobStore, pipeline: str, text: str) -> int:
+    job_id = store.enqueue(NewJob(pipeline, text))
+    assert job_id is not None
+    return job_id
+
+
+def status(store: JobStore, job_id: int) -> str:
+    job = store.get(job_id)
+    assert job is not None
+    return job.status
+
+
 def runner(settings: Settings, store: JobStore, engine: FakeEngine) -> Runner:
     return Runner(settings, store, engine, PIPELINES, "w1", StopFlags(), threading.Event())
 
@@ -71,9 +83,9 @@ def test_a_swept_file_changed_after_queueing_is_skipped(
 
 
 def test_jobs_outside_their_window_wait_queued(settings: Settings, store: JobStore) -> None:
-    night = store.enqueue(NewJob("night", "a"))
-    anytime = store.enqueue(NewJob("any", "b"))
-    unknown = store.enqueue(NewJob("typo", "c"))
+    night = enqueue(store, "night", "a")
+    anytime = enqueue(store, "any", "b")
+    unknown = enqueue(store, "typo", "c")
     store.clock = frozen(NOON)
     engine = FakeEngine()
     runner(settings, store, engine).run(once=True)  # returns: nothing it may claim is left
@@ -83,8 +95,7 @@ def test_jobs_outside_their_window_wait_queued(settings: Settings, store: JobSto
     assert statuses[unknown][0] == "failed"  # unknown pipelines still fail clearly
     store.clock = frozen(NIGHT)
     runner(settings, store, engine).run(once=True)
-    job = store.get(night)  # type: ignore[arg-type]
-    assert job is not None and job.status == "succeeded"
+    assert status(store, night) == "succeeded"
 
 
 class WindowClosingEngine(FakeEngine):
@@ -102,11 +113,11 @@ class WindowClosingEngine(FakeEngine):
 
 
 def test_a_job_running_when_the_window_closes_finishes(settings: Settings, store: JobStore) -> None:
-    first = store.enqueue(NewJob("night", "a"))
-    second = store.enqueue(NewJob("night", "b"))
+    first = enqueue(store, "night", "a")
+    second = enqueue(store, "night", "b")
     store.clock = frozen(NIGHT)
     engine = WindowClosingEngine(store)
     runner(settings, store, engine).run(once=True)
     assert len(engine.prompts) == 1
-    assert store.get(first).status == "succeeded"  # type: ignore[union-attr]
-    assert store.get(second).status == "queued"  # type: ignore[union-attr]
+    assert status(store, first) == "succeeded"
+    assert status(store, second) == "queued"
