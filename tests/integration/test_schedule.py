@@ -202,6 +202,10 @@ def test_sweep_enqueues_new_and_changed_files_once(settings: Settings, tmp_path:
         f"sweep:sweeper:{one.resolve()}:"
     )
     assert one.read_text() == "first, edited"  # swept files stay where they are
+    restarted = daemon(settings, url, pipelines, "b")  # knows nothing but the database
+    assert restarted.fire("sweeper", t0 + timedelta(seconds=4)) == []
+    (outside / "deep" / "notes.md").write_text("notes, edited")
+    assert len(restarted.fire("sweeper", t0 + timedelta(seconds=5)) or []) == 1
 
 
 def test_a_file_still_being_written_waits_for_the_next_fire(tmp_path: Path) -> None:

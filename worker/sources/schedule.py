@@ -89,13 +89,18 @@ class Scheduler:
         made: list[tuple[str, datetime]] = []
         now = self.store.clock()
         for name, trigger in self.triggers.items():
-            last = self.fires.last_fire(name)
+            last = self.fires.last_fire(name)  # a database error here stops start-up
             grace = timedelta(seconds=self.pipelines[name].misfire_grace)
             missed = missed_fire(last.fire_time if last else None, now, trigger, grace)
             if missed is None:
                 continue
-            if self.fire(name, missed, catch_up=True) is not None:
-                made.append((name, missed))
+            try:
+                if self.fire(name, missed, catch_up=True) is not None:
+                    made.append((name, missed))
+            except Exception as exc:  # the next fire sweeps the same files: keep starting
+                log.exception("catch-up fire failed")
+                event("schedule.error", logging.ERROR, pipeline=name,
+                      fire_time=missed.isoformat(), error=str(exc))  # fmt: skip
         return made
 
     def _on_time(self, name: str) -> None:

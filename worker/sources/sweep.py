@@ -50,6 +50,9 @@ class Sweeper:
         self.settings = settings
         self.store = store
         self._warned: set[Path] = set()
+        # (size, mtime_ns) of files whose current content is known to have a job: they
+        # are skipped without being read again, so a frequent sweep of a big tree is cheap.
+        self._known: dict[tuple[str, Path], tuple[int, int]] = {}
 
     def sweep(self, pipeline: str, patterns: Sequence[str]) -> list[int]:
         """Enqueue every matching file whose content has no job yet; returns the new job ids.
@@ -69,22 +72,31 @@ class Sweeper:
                 continue
             if time.time_ns() - info.st_mtime_ns < self.settings.settle_seconds * 1e9:
                 continue
-            job_id = self._enqueue(pipeline, path, info.st_size)
+            signature = (info.st_size, info.st_mtime_ns)
+            if self._known.get((pipeline, path)) == signature:
+                continue
+            digest = self._digest(path, info.st_size)
+            if digest is None:
+                continue
+            job_id = self._enqueue(pipeline, path, digest)
+            self._known[(pipeline, path)] = signature
             if job_id is not None:
                 job_ids.append(job_id)
         return job_ids
 
-    def _enqueue(self, pipeline: str, path: Path, size: int) -> int | None:
+    def _digest(self, path: Path, size: int) -> str | None:
+        """sha256 of the content (`oversize`: too large to read); None if unreadable."""
         if size > self.settings.max_input_bytes:
-            digest = "oversize"  # not read: the runner fails it with the size limit
-        else:
-            try:
-                digest = content_digest(path.read_bytes())
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                event("sweep.unreadable", logging.WARNING, path=str(path), error=str(exc))
-                return None
+            return "oversize"  # not read: the runner fails it with the size limit
+        try:
+            return content_digest(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            event("sweep.unreadable", logging.WARNING, path=str(path), error=str(exc))
+            return None
+
+    def _enqueue(self, pipeline: str, path: Path, digest: str) -> int | None:
         job_id = self.store.enqueue(
             NewJob(
                 pipeline=pipeline,
