@@ -219,6 +219,29 @@ def jobs_cancel(job_id: int) -> None:
     console.print(f"job {job_id} cancelled")
 
 
+# schedules -----------------------------------------------------------------------
+@app.command()
+def schedules(
+    count: Annotated[int, typer.Option("--next", "-n", help="How many next fire times.")] = 3,
+) -> None:
+    """Scheduled pipelines: their next fire times, the last fire and its outcome."""
+    from worker.pipelines import load_pipelines
+    from worker.schedule_report import schedules_table
+    from worker.schedule_store import FireStore
+    from worker.store import utcnow
+
+    settings = _settings()
+    try:
+        pipelines = load_pipelines(settings.pipelines_dir)
+    except PipelineError as exc:
+        raise _fatal(str(exc), 2) from None
+    store = _store(settings)
+    if not any(p.schedule for p in pipelines.values()):
+        console.print("no scheduled pipelines")
+        return
+    console.print(schedules_table(pipelines, FireStore(store.engine), utcnow(), count))
+
+
 # pipelines, db, model -------------------------------------------------------------
 @pipelines_app.command("list")
 def pipelines_list() -> None:

@@ -18,6 +18,7 @@ from worker.logs import event
 from worker.notify import Notifier, Progress, Watchdog
 from worker.pipelines import load_pipelines
 from worker.runner import Runner, StopFlags
+from worker.sources.schedule import Scheduler
 from worker.sources.watch_folder import InboxWatcher
 from worker.store import JobStore
 
@@ -59,8 +60,12 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
         wake.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    watcher = InboxWatcher(settings, store, pipelines, on_enqueued=wake.set)
+    held = [n for n, p in pipelines.items() if p.schedule and p.inbox_mode == "scheduled"]
+    watcher = InboxWatcher(settings, store, pipelines, on_enqueued=wake.set, held=held)
     watcher.start()
+    schedules = Scheduler(settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set)
+    if not once:  # --once drains what is there; schedules fire only in a running daemon
+        schedules.start()
     event("daemon.ready", worker=worker_id, inbox=str((settings.data_dir / "inbox").resolve()),
           pipelines=sorted(pipelines), database=make_engine_label(url))  # fmt: skip
     runner = Runner(settings, store, engine, pipelines, worker_id, stop, wake, progress)
@@ -81,6 +86,7 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
         event("daemon.stopping", worker=worker_id)
         if watchdog_seconds:
             watchdog.stop()
+        schedules.stop()
         watcher.stop()
         try:
             store.worker_heartbeat(worker_id, state="stopped")

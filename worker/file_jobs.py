@@ -1,4 +1,9 @@
-"""The file side of a watch-folder job: its key, its output path, archiving the original."""
+"""The file side of file jobs: keys, input and output paths, archiving the original.
+
+Two sources are files: `file` (the watch folder; `source_path` is `<pipeline>/<name>`
+under the inbox, and the original is archived afterwards) and `sweep` (a schedule's
+globs; `source_path` is the absolute path, read in place and never moved).
+"""
 
 from __future__ import annotations
 
@@ -50,7 +55,28 @@ def file_key(ref: FileRef, size: int, mtime_ns: int, digest: str) -> str:
 
 
 def digest_of_key(key: str | None) -> str | None:
-    return key.rsplit(":", 1)[1] if key and key.startswith("file:") else None
+    """The content digest a file or sweep job was queued with (`oversize`: not read)."""
+    return key.rsplit(":", 1)[1] if key and key.startswith(("file:", "sweep:")) else None
+
+
+FILE_SOURCES = ("file", "sweep")
+
+
+def input_location(settings: Settings, source: str, source_path: str) -> Path:
+    """Where a file job's input is: in the inbox, or (sweep) where it was found."""
+    if source == "sweep":
+        return Path(source_path)
+    return FileRef.parse(source_path).inbox_path(settings)
+
+
+def output_location(
+    settings: Settings, pipeline: str, source: str, source_path: str, output_format: str
+) -> Path:
+    """`outbox/<pipeline>/<output name>` for a file or sweep job."""
+    if source == "sweep":
+        name = output_name(Path(source_path).name, output_format)
+        return settings.folder("outbox", pipeline) / name
+    return FileRef.parse(source_path).output_path(settings, output_format)
 
 
 def archive_original(

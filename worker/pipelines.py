@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from worker.schedule_time import cron_trigger, in_window, parse_window, zone
 
 _JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 PIPELINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -49,6 +52,57 @@ class Pipeline(BaseModel):
     answer_prefix: str = ""
     generation: Generation = Generation()
 
+    # Schedules (README, "Schedules"): at each cron fire, enqueue the files matching
+    # `sweep` that are new or changed, and/or (inbox_mode "scheduled") the waiting inbox.
+    timezone: str = Field(default="UTC", description="IANA time zone of schedule and window")
+    schedule: str | None = Field(default=None, description="cron: 5 fields, or 6 (seconds first)")
+    sweep: tuple[str, ...] = Field(default=(), description="globs, absolute or under data_dir")
+    inbox_mode: Literal["continuous", "scheduled"] = "continuous"
+    window: str | None = Field(default=None, description="'HH:MM-HH:MM': when jobs are claimed")
+    misfire_grace: float = Field(default=3600, ge=0, description="seconds; catch-up limit")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            cron_trigger(value)
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_window(value)
+        return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _patterns_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("an empty glob pattern would match nothing")
+        return value
+
+    def open_at(self, now: datetime) -> bool:
+        """Whether jobs of this pipeline may be claimed at `now` (no window: always)."""
+        return self.window is None or in_window(self.window, now, zone(self.timezone))
+
+    def schedule_problem(self) -> str | None:
+        """What is inconsistent between the schedule fields, naming the field; None if fine."""
+        if self.schedule is None:
+            if self.sweep:
+                return "field sweep: needs a schedule (when to sweep)"
+            if self.inbox_mode == "scheduled":
+                return "field inbox_mode: 'scheduled' needs a schedule (when to take the inbox)"
+        elif not self.sweep and self.inbox_mode == "continuous":
+            return "field schedule: nothing to do at a fire: set sweep and/or inbox_mode"
+        return None
+
     @field_validator("prompt")
     @classmethod
     def _template_compiles(cls, value: str) -> str:
@@ -85,6 +139,8 @@ def load_pipeline(path: Path) -> Pipeline:
         raise PipelineError(
             f"{path}: field name: {pipeline.name!r} must match the file name {path.stem!r}"
         )
+    if (problem := pipeline.schedule_problem()) is not None:
+        raise PipelineError(f"{path}: {problem}")
     return pipeline
 
 

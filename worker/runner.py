@@ -15,7 +15,15 @@ from pathlib import Path
 
 from worker.config import Settings
 from worker.engine import Completion, Engine, GenerationInterrupted
-from worker.file_jobs import FileRef, archive_original, content_digest, digest_of_key
+from worker.file_jobs import (
+    FILE_SOURCES,
+    FileRef,
+    archive_original,
+    content_digest,
+    digest_of_key,
+    input_location,
+    output_location,
+)
 from worker.inputs import InputError, decode_text, read_input_file
 from worker.logs import event
 from worker.notify import Progress
@@ -145,7 +153,12 @@ class Runner:
                     if time.monotonic() - last_sweep >= self.settings.sweep_interval:
                         last_sweep = time.monotonic()
                         self._recover()
-                    jobs = self.store.claim(self.worker_id, 1, self.settings.lease_seconds)
+                    # Pipelines outside their run window wait, queued (README, "Schedules").
+                    now = self.store.clock()
+                    closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
+                    jobs = self.store.claim(
+                        self.worker_id, 1, self.settings.lease_seconds, exclude_pipelines=closed
+                    )
                     if db_down_since is not None:
                         event("db.recovered", down_seconds=round(time.monotonic() - db_down_since))
                         db_down_since = None
@@ -156,7 +169,7 @@ class Runner:
                     self.stop.soft.wait(min(2 ** min(time.monotonic() - db_down_since, 5), 30))
                     continue
                 if not jobs:
-                    if once and inputs_pending() == 0 and not self.store.has_ready():
+                    if once and inputs_pending() == 0 and not self.store.has_ready(closed):
                         return
                     self.wake.wait(self.settings.poll_interval)
                     self.wake.clear()
@@ -204,15 +217,13 @@ class Runner:
             self.leases.drop(job.id)
 
     def _read_input(self, job: ClaimedJob) -> str:
-        if job.source != "file" or job.source_path is None:
+        if job.source not in FILE_SOURCES or job.source_path is None:
             if job.input_text is None:
                 raise InputError("input_text is NULL: nothing to process")
             return decode_text(job.input_text.encode("utf-8", errors="surrogatepass"))
-        ref = FileRef.parse(job.source_path)
+        path = input_location(self.settings, job.source, job.source_path)
         try:
-            text, data = read_input_file(
-                ref.inbox_path(self.settings), self.settings.max_input_bytes
-            )
+            text, data = read_input_file(path, self.settings.max_input_bytes)
         except FileNotFoundError:
             raise JobVanished("input file was removed before it was processed") from None
         except InputError:
@@ -234,9 +245,10 @@ class Runner:
         )
         result = (pipeline.answer_prefix + completion.text).strip()
         output: Path | None = None
-        if job.source == "file" and job.source_path:
-            ref = FileRef.parse(job.source_path)
-            output = ref.output_path(self.settings, pipeline.output_format)
+        if job.source in FILE_SOURCES and job.source_path:
+            output = output_location(
+                self.settings, job.pipeline, job.source, job.source_path, pipeline.output_format
+            )
             # Renew first: a worker whose lease is gone must not publish the output again.
             if not self.leases.renew(job.id, job.lease_token):
                 raise GenerationInterrupted("lease lost before publishing")

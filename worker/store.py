@@ -103,8 +103,14 @@ class JobStore:
         limit: int,
         lease_seconds: float,
         pipelines: Collection[str] | None = None,
+        exclude_pipelines: Collection[str] = (),
     ) -> list[ClaimedJob]:
-        """Lease up to `limit` ready jobs, highest priority first, oldest first."""
+        """Lease up to `limit` ready jobs, highest priority first, oldest first.
+
+        `pipelines` limits the claim to those pipelines; `exclude_pipelines` leaves
+        those out (e.g. outside their run window), so jobs of unknown pipelines still
+        get claimed and failed with a clear error.
+        """
         if limit <= 0:
             return []
         now = self.clock()
@@ -117,6 +123,8 @@ class JobStore:
         )
         if pipelines is not None:
             ready = ready.where(Job.pipeline.in_(list(pipelines)))
+        if exclude_pipelines:
+            ready = ready.where(Job.pipeline.not_in(list(exclude_pipelines)))
         if self._postgres:
             ready = ready.with_for_update(skip_locked=True)
         stmt = (
@@ -317,9 +325,11 @@ class JobStore:
         with self.engine.connect() as conn:
             return {(p, s): n for p, s, n in conn.execute(stmt)}
 
-    def has_ready(self) -> bool:
-        """Whether any job is queued and due now."""
+    def has_ready(self, exclude_pipelines: Collection[str] = ()) -> bool:
+        """Whether any job is queued and due now (leaving out `exclude_pipelines`)."""
         stmt = select(Job.id).where(Job.status == QUEUED, Job.run_after <= self.clock()).limit(1)
+        if exclude_pipelines:
+            stmt = stmt.where(Job.pipeline.not_in(list(exclude_pipelines)))
         with self.engine.connect() as conn:
             return conn.execute(stmt).first() is not None
 

@@ -10,13 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -111,3 +115,38 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(20), server_default=text("'running'"))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class ScheduleFire(Base):
+    """One fire of a pipeline's schedule, recorded by the daemon that acted on it.
+
+    The unique (pipeline, fire_time) is what lets daemons share a database: each
+    tries to insert the fire, and only the one whose insert succeeds enqueues.
+    """
+
+    __tablename__ = "schedule_fires"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    fire_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    # True for the one fire made at start-up for fires missed while no daemon ran.
+    catch_up: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    worker: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    jobs_enqueued: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+    __table_args__ = (
+        UniqueConstraint("pipeline", "fire_time", name="uq_schedule_fires_pipeline_fire_time"),
+    )
+
+
+class ScheduleFireJob(Base):
+    """A job enqueued by a fire. A link table, so the `jobs` table stays as it is."""
+
+    __tablename__ = "schedule_fire_jobs"
+
+    fire_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("schedule_fires.id", ondelete="CASCADE"), primary_key=True
+    )
+    # No foreign key: jobs may be purged without touching the fire history.
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)

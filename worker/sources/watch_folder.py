@@ -35,10 +35,13 @@ class InboxWatcher:
         store: JobStore,
         pipelines: Collection[str],
         on_enqueued: Callable[[], None] = lambda: None,
+        held: Collection[str] = (),
     ) -> None:
         self.settings = settings
         self.store = store
         self.pipelines = set(pipelines)
+        # Inboxes with inbox_mode "scheduled": enqueued only by `enqueue_inbox` at fires.
+        self.held = frozenset(held)
         self.on_enqueued = on_enqueued
         self.root = settings.data_dir / "inbox"
         self._lock = threading.Lock()
@@ -92,8 +95,8 @@ class InboxWatcher:
         self._observer.start()
 
     def _touch(self, path: Path, closed: bool) -> None:
-        if path.parent.parent != self.root:
-            return  # only inbox/<pipeline>/<name>
+        if path.parent.parent != self.root or path.parent.name in self.held:
+            return  # only inbox/<pipeline>/<name>, and not the inboxes taken at fires
         with self._lock:
             self._touched[path] = self._touched.get(path, False) or closed
 
@@ -153,7 +156,34 @@ class InboxWatcher:
         del self._candidates[path]
         self._enqueue(path, info)
 
-    def _enqueue(self, path: Path, info: os.stat_result) -> None:
+    def enqueue_inbox(self, pipeline: str) -> list[int]:
+        """Enqueue every file waiting in `inbox/<pipeline>/` now (a schedule fire).
+
+        Files written to within the settle time are left for the next fire.
+        Returns the ids of the new jobs.
+        """
+        folder = self.settings.folder("inbox", pipeline)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            return []
+        job_ids: list[int] = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if is_ignored_name(path.name) or not stat.S_ISREG(info.st_mode):
+                continue
+            if time.time_ns() - info.st_mtime_ns < self.settings.settle_seconds * 1e9:
+                continue
+            job_id = self._enqueue(path, info)
+            if job_id is not None:
+                job_ids.append(job_id)
+        return job_ids
+
+    def _enqueue(self, path: Path, info: os.stat_result) -> int | None:
         ref = FileRef(pipeline=path.parent.name, name=path.name)
         if info.st_size > self.settings.max_input_bytes:
             digest = "oversize"  # not read: the runner fails it with the size limit
@@ -161,10 +191,10 @@ class InboxWatcher:
             try:
                 digest = content_digest(path.read_bytes())
             except FileNotFoundError:
-                return
+                return None
             except OSError as exc:
                 event("inbox.unreadable", logging.WARNING, path=str(path), error=str(exc))
-                return
+                return None
         key = file_key(ref, info.st_size, info.st_mtime_ns, digest)
         job_id = self.store.enqueue(
             NewJob(
@@ -177,8 +207,9 @@ class InboxWatcher:
         if job_id is not None:
             event("job.enqueued", job_id=job_id, pipeline=ref.pipeline, file=ref.name)
             self.on_enqueued()
-            return
+            return job_id
         self._finish_leftover(ref, key)
+        return None
 
     def _finish_leftover(self, ref: FileRef, key: str) -> None:
         # This file version already has a job. If that job is final, a crash came between
