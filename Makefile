@@ -53,8 +53,12 @@ format: install
 test: lint model
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/pytest $(PYTEST_ARGS)
 
+# Throughput: plain llama-cpp-python loop vs edge-worker (medians of 3 runs; ~30 min on 2 cores).
+# BENCH_ARGS="--runs 1 --jobs 16" for a quick look.
+BENCH_ARGS ?=
 bench: install model
-	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/python bench/run.py
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

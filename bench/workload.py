@@ -74,7 +74,9 @@ def documents(count: int = 64, seed: int = 7) -> list[str]:
         sentences = [_sentence(rng) for _ in range(n_sentences)]
         for start in range(0, len(sentences), 4):
             paragraphs.append(" ".join(sentences[start : start + 4]))
-        docs.append(f"Quarterly report, site {site}, Q{1 + i % 4} 2026.\n\n" + "\n\n".join(paragraphs))
+        docs.append(
+            f"Quarterly report, site {site}, Q{1 + i % 4} 2026.\n\n" + "\n\n".join(paragraphs)
+        )
     return docs
 
 

@@ -44,6 +44,7 @@ def settings(tmp_path: Path, gguf: Path) -> Settings:
         sweep_interval=0.5,
         poll_interval=0.1,
         retry_base_seconds=0.1,
+        parallel=1,  # one slot: runner tests reason about one job at a time
     )
 
 

@@ -282,14 +282,13 @@ def model_prepare() -> None:
 @model_app.command("info")
 def model_info() -> None:
     """Path, size, sha256, architecture and trained context length of the model."""
-    from worker.daemon import engine_options
-    from worker.engine.llama import LlamaEngine
+    from worker.daemon import engine_options, open_engine
     from worker.engine.model_files import resolve_model, sha256_file
 
     settings = _settings()
     try:
         model = resolve_model(settings)
-        engine = LlamaEngine(model, engine_options(settings))
+        engine = open_engine(settings, model)
     except ModelError as exc:
         raise _fatal(str(exc), 3) from None
     meta = engine.metadata
@@ -305,8 +304,13 @@ def model_info() -> None:
         "n_ctx (in effect)": str(options.n_ctx),
         "n_threads (in effect)": str(options.n_threads or os.cpu_count()),
         "n_gpu_layers": str(options.n_gpu_layers),
+        "parallel (slots)": str(engine.parallel),
+        "n_batch / n_ubatch": f"{settings.n_batch} / {settings.n_ubatch}",
+        "n_threads_batch": str(settings.n_threads_batch or options.n_threads or os.cpu_count()),
+        "KV cache (all slots)": f"{engine.n_ctx * engine.parallel} tokens",
         "load time": f"{engine.load_seconds:.2f} s",
     }
+    engine.close()
     table = Table("", "", show_header=False)
     for key, value in rows.items():
         table.add_row(key, value)

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(default=None, ge=1, le=1024)
     n_gpu_layers: int = Field(default=0, ge=-1)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    parallel: int = Field(default=8, ge=1, le=256, description="sequences decoded at once")
+    n_batch: int = Field(default=512, ge=16, description="tokens per llama_decode call")
+    n_ubatch: int = Field(default=512, ge=16, description="physical batch size")
+    n_threads_batch: int | None = Field(default=None, ge=1, le=1024)
 
     lease_seconds: float = Field(default=60.0, gt=1)
     poll_interval: float = Field(default=0.5, gt=0, le=60)

@@ -12,8 +12,9 @@ from types import FrameType
 from worker.config import Settings, systemd_notify_socket
 from worker.db.engine import make_engine
 from worker.db.migrate import upgrade
-from worker.engine.llama import EngineOptions, LlamaEngine
-from worker.engine.model_files import resolve_model
+from worker.engine.batched import BatchedEngine, BatchOptions
+from worker.engine.llama import EngineOptions
+from worker.engine.model_files import ModelFile, resolve_model
 from worker.logs import event
 from worker.notify import Notifier, Progress, Watchdog
 from worker.pipelines import load_pipelines
@@ -32,6 +33,17 @@ def engine_options(settings: Settings) -> EngineOptions:
     )
 
 
+def open_engine(settings: Settings, model: ModelFile, parallel: int | None = None) -> BatchedEngine:
+    """Load `model` with the settings' llama.cpp and batching parameters."""
+    batch = BatchOptions(
+        parallel=parallel or settings.parallel,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        n_threads_batch=settings.n_threads_batch,
+    )
+    return BatchedEngine(model, engine_options(settings), batch)
+
+
 def run_daemon(settings: Settings, once: bool = False) -> None:
     """Run until SIGTERM/SIGINT (or, with `once`, until the queue and inboxes are drained).
 
@@ -40,7 +52,7 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = load_pipelines(settings.pipelines_dir)
     model = resolve_model(settings)
-    engine = LlamaEngine(model, engine_options(settings))
+    engine = open_engine(settings, model)
     event("model.loaded", model=model.name, path=str(model.path),
           seconds=round(engine.load_seconds, 2))  # fmt: skip
 
@@ -48,7 +60,9 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     upgrade(url)
     store = JobStore(make_engine(url))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    store.register_worker(worker_id, socket.gethostname(), os.getpid(), model.name, 1)
+    store.register_worker(
+        worker_id, socket.gethostname(), os.getpid(), model.name, settings.parallel
+    )
 
     stop = StopFlags()
     wake = threading.Event()
@@ -88,6 +102,7 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
             watchdog.stop()
         schedules.stop()
         watcher.stop()
+        engine.close()
         try:
             store.worker_heartbeat(worker_id, state="stopped")
         except Exception as exc:

@@ -114,6 +114,13 @@ class Pipeline(BaseModel):
             raise ValueError("prompt template never uses {{ input }}")
         return value
 
+    def shared_prefix(self, **variables: str) -> str:
+        """The rendered prompt up to the input: the part every job of this pipeline shares."""
+        sentinel = "\x00INPUT\x00"
+        return (
+            _JINJA.from_string(self.prompt).render(input=sentinel, **variables).split(sentinel)[0]
+        )
+
     def render(self, input_text: str, **variables: str) -> str:
         """The prompt for `input_text`. The input is passed as data, never parsed as a template."""
         rendered = _JINJA.from_string(self.prompt).render(input=input_text, **variables)

@@ -140,44 +140,76 @@ class Runner:
         self.wake = wake
         self.progress = progress or Progress()
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
+        self._db_lock = threading.Lock()
+        self._db_down_since: float | None = None
+        self._in_flight = 0  # jobs inside engine.complete (read without a lock: a hint)
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
-        """Claim and run jobs until stopped (or, with `once`, until nothing is left to do)."""
+        """Claim and run jobs until stopped (or, with `once`, until nothing is left to do).
+
+        One thread per slot (`parallel`): each claims a job when it is free and runs it,
+        so the engine always has as many sequences as there are slots, and never more
+        leases are held than the slots can finish.
+        """
         self.leases.start()
-        last_sweep = float("-inf")
-        db_down_since: float | None = None
+        slots = [
+            threading.Thread(
+                target=self._slot_loop, args=(i, once, inputs_pending), name=f"slot-{i}"
+            )
+            for i in range(max(1, self.settings.parallel))
+        ]
         try:
-            while not self.stop.soft.is_set():
-                self.progress.touch()
-                try:
-                    if time.monotonic() - last_sweep >= self.settings.sweep_interval:
-                        last_sweep = time.monotonic()
-                        self._recover()
-                    # Pipelines outside their run window wait, queued (README, "Schedules").
-                    now = self.store.clock()
-                    closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
-                    jobs = self.store.claim(
-                        self.worker_id, 1, self.settings.lease_seconds, exclude_pipelines=closed
-                    )
-                    if db_down_since is not None:
-                        event("db.recovered", down_seconds=round(time.monotonic() - db_down_since))
-                        db_down_since = None
-                except Exception as exc:
-                    if db_down_since is None:  # log once per outage
-                        db_down_since = time.monotonic()
-                        event("db.unavailable", logging.ERROR, error=str(exc))
-                    self.stop.soft.wait(min(2 ** min(time.monotonic() - db_down_since, 5), 30))
-                    continue
-                if not jobs:
-                    if once and inputs_pending() == 0 and not self.store.has_ready(closed):
-                        return
-                    self.wake.wait(self.settings.poll_interval)
-                    self.wake.clear()
-                    continue
-                for job in jobs:
-                    self._run_one(job)
+            for thread in slots:
+                thread.start()
+            for thread in slots:
+                thread.join()
         finally:
             self.leases.stop()
+
+    def _slot_loop(self, slot: int, once: bool, inputs_pending: Callable[[], int]) -> None:
+        last_sweep = float("-inf")
+        while not self.stop.soft.is_set():
+            if self._in_flight == 0:  # with work in flight, the engine touches progress
+                self.progress.touch()
+            try:
+                if slot == 0 and time.monotonic() - last_sweep >= self.settings.sweep_interval:
+                    last_sweep = time.monotonic()
+                    self._recover()
+                # Pipelines outside their run window wait, queued (README, "Schedules").
+                now = self.store.clock()
+                closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
+                jobs = self.store.claim(
+                    self.worker_id, 1, self.settings.lease_seconds, exclude_pipelines=closed
+                )
+                self._db_ok()
+            except Exception as exc:
+                pause = self._db_failed(exc)
+                self.stop.soft.wait(pause)
+                continue
+            if not jobs:
+                if once and inputs_pending() == 0 and not self.store.has_ready(closed):
+                    return
+                self.wake.wait(self.settings.poll_interval)
+                self.wake.clear()
+                continue
+            for job in jobs:
+                self._run_one(job)
+
+    def _db_ok(self) -> None:
+        with self._db_lock:
+            if self._db_down_since is not None:
+                down = time.monotonic() - self._db_down_since
+                self._db_down_since = None
+                event("db.recovered", down_seconds=round(down))
+
+    def _db_failed(self, exc: Exception) -> float:
+        """Log an outage once; returns the backoff before the next try."""
+        with self._db_lock:
+            if self._db_down_since is None:
+                self._db_down_since = time.monotonic()
+                event("db.unavailable", logging.ERROR, error=str(exc))
+            down = time.monotonic() - self._db_down_since
+        return float(min(2 ** min(down, 5), 30))
 
     def _recover(self) -> None:
         for recovered in self.store.recover_expired(max_crashes=self.settings.max_attempts):
@@ -240,9 +272,16 @@ class Runner:
             raise InputError(f"unknown pipeline {job.pipeline!r} (known: {known})")
         text = self._read_input(job)
         prompt = pipeline.render(text)
-        completion = self.engine.complete(
-            prompt, pipeline.generation, should_stop=lambda: self._should_stop(job.id)
-        )
+        self._in_flight += 1
+        try:
+            completion = self.engine.complete(
+                prompt,
+                pipeline.generation,
+                should_stop=lambda: self._should_stop(job.id),
+                shared_prefix=pipeline.shared_prefix(),
+            )
+        finally:
+            self._in_flight -= 1
         result = (pipeline.answer_prefix + completion.text).strip()
         output: Path | None = None
         if job.source in FILE_SOURCES and job.source_path:

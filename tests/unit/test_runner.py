@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
 from tests.clock import frozen
+from tests.fakes import FakeEngine
 from worker.config import Settings
-from worker.engine import Completion, GenerationInterrupted, PromptTooLong
+from worker.engine import PromptTooLong
 from worker.file_jobs import FileRef, content_digest, file_key
-from worker.pipelines import Generation, Pipeline
+from worker.pipelines import Pipeline
 from worker.runner import Runner, StopFlags
 from worker.store import JobStore, NewJob, utcnow
 
 PIPELINES = {"echo": Pipeline(name="echo", prompt="Q: {{ input }}\nA:", output_format="text")}
-
-
-class FakeEngine:
-    """Answers with the prompt's length; can be told to fail or to block."""
-
-    n_ctx = 2048
-
-    def __init__(self, fail: Exception | None = None, block: threading.Event | None = None):
-        self.fail = fail
-        self.block = block
-        self.prompts: list[str] = []
-        self.interrupted = threading.Event()
-
-    def complete(
-        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
-    ) -> Completion:
-        self.prompts.append(prompt)
-        if self.fail is not None:
-            raise self.fail
-        if self.block is not None:
-            while not should_stop():
-                self.block.wait(0.01)
-            self.interrupted.set()
-            raise GenerationInterrupted("stopped")
-        return Completion(f"len={len(prompt)}", len(prompt), 3, "stop")
 
 
 def make_runner(settings: Settings, store: JobStore, engine: FakeEngine) -> Runner:

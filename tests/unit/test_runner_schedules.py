@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.clock import frozen
-from tests.unit.test_runner import FakeEngine
+from tests.fakes import FakeEngine
 from worker.config import Settings
 from worker.engine import Completion
 from worker.pipelines import Generation, Pipeline
@@ -106,7 +106,11 @@ class WindowClosingEngine(FakeEngine):
         self.store = store
 
     def complete(
-        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        generation: Generation,
+        should_stop: Callable[[], bool],
+        shared_prefix: str | None = None,
     ) -> Completion:
         self.store.clock = frozen(NOON)
         return super().complete(prompt, generation, should_stop)

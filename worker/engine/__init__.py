@@ -38,9 +38,21 @@ class Engine(Protocol):
     n_ctx: int
 
     def complete(
-        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        generation: Generation,
+        should_stop: Callable[[], bool],
+        shared_prefix: str | None = None,
     ) -> Completion:
-        """Generate a completion of `prompt`; raise PromptTooLong or GenerationInterrupted."""
+        """Generate a completion of `prompt`; raise PromptTooLong or GenerationInterrupted.
+
+        `shared_prefix`: the start of `prompt` that many jobs share (a pipeline's
+        instructions); an engine may compute it once and reuse it.
+        """
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in a prompt (with BOS)."""
         ...
 
 

@@ -13,6 +13,7 @@ sequence and copied into each new sequence with `llama_memory_seq_cp`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -177,6 +178,7 @@ class BatchedEngine:
         return list(buf[:n])
 
     def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in a prompt (with BOS)."""
         return len(self.tokenize(text))
 
     def complete(
@@ -219,10 +221,8 @@ class BatchedEngine:
             try:
                 self._admit()
                 if not self._active:
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         self._waiting.append(self._incoming.get(timeout=0.1))
-                    except queue.Empty:
-                        pass
                     continue
                 self._step()
             except Exception as exc:  # fail what is in hand, keep serving
@@ -253,7 +253,7 @@ class BatchedEngine:
         """Copy a cached prefix into the sequence; returns how many prompt tokens it covers."""
         prefix = seq.request.prefix_tokens
         tokens = seq.request.tokens
-        if not prefix or not self._cache_seqs and not self._prefixes:
+        if not prefix or (not self._cache_seqs and not self._prefixes):
             return 0
         # The prompt's tokens may differ from the prefix's at the seam: use the common part.
         common = 0
@@ -297,7 +297,7 @@ class BatchedEngine:
 
     def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
         b = self._batch
-        i = b.n_tokens
+        i: int = b.n_tokens
         b.token[i] = token
         b.pos[i] = pos
         b.n_seq_id[i] = 1

@@ -92,8 +92,15 @@ class LlamaEngine:
         tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         return tokens
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
     def complete(
-        self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        generation: Generation,
+        should_stop: Callable[[], bool],
+        shared_prefix: str | None = None,
     ) -> Completion:
         """Complete `prompt`; PromptTooLong if it cannot fit, GenerationInterrupted if stopped."""
         tokens = self.tokenize(prompt)
