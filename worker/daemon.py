@@ -15,9 +15,11 @@ from worker.db.migrate import upgrade
 from worker.engine.llama import EngineOptions, LlamaEngine
 from worker.engine.model_files import resolve_model
 from worker.logs import event
+from worker.metrics import start_metrics
 from worker.notify import Notifier, Progress, Watchdog
 from worker.pipelines import load_pipelines
 from worker.runner import Runner, StopFlags
+from worker.sources.pg_notify import start_listener
 from worker.sources.watch_folder import InboxWatcher
 from worker.store import JobStore
 
@@ -47,6 +49,9 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     upgrade(url)
     store = JobStore(make_engine(url))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    metrics = start_metrics(store, worker_id, model.name, 1, engine.load_seconds,
+                            settings.resolved_metrics_file, settings.metrics_interval,
+                            settings.metrics_port)  # fmt: skip
     store.register_worker(worker_id, socket.gethostname(), os.getpid(), model.name, 1)
 
     stop = StopFlags()
@@ -61,6 +66,7 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     watcher = InboxWatcher(settings, store, pipelines, on_enqueued=wake.set)
     watcher.start()
+    listener = start_listener(url, wake)  # PostgreSQL: NOTIFY wakes an idle runner at once
     event("daemon.ready", worker=worker_id, inbox=str((settings.data_dir / "inbox").resolve()),
           pipelines=sorted(pipelines), database=make_engine_label(url))  # fmt: skip
     runner = Runner(settings, store, engine, pipelines, worker_id, stop, wake, progress)
@@ -82,12 +88,15 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
         if watchdog_seconds:
             watchdog.stop()
         watcher.stop()
+        if listener is not None:
+            listener.stop()
         try:
             store.worker_heartbeat(worker_id, state="stopped")
         except Exception as exc:
             event("worker.heartbeat_failed", error=str(exc))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        metrics.stop()  # the final numbers, after the last job
     event("daemon.stopped", worker=worker_id)
 
 
