@@ -125,7 +125,7 @@ def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
     pg_url: str, gguf: Path, tmp_path: Path, tiny_pipelines: Path, daemons: list[Daemon]
 ) -> None:
     # Polling every 30 s: a row claimed within seconds was announced by NOTIFY.
-    env = pg_env(tmp_path, "d", gguf, pg_url, tiny_pipelines, poll_interval=30)
+    env = pg_env(tmp_path, "d", gguf, pg_url, tiny_pipelines, poll_interval=30, n_threads=1)
     daemon = Daemon(env, tmp_path / "d.log")
     daemons.append(daemon)
     daemon.wait_for("daemon.ready")
@@ -133,7 +133,8 @@ def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
     time.sleep(1.0)  # the runner is now idle in its 30 s wait
 
     pg_rows(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('tiny', 'first')")
-    done = daemon.wait_for("job.succeeded", timeout=10)
+    daemon.wait_for("job.claimed", timeout=10)  # not 30 s: NOTIFY woke it
+    done = daemon.wait_for("job.succeeded", timeout=60)
 
     # The server drops the listening session (as at a restart): the daemon reconnects.
     terminated = pg_rows(
@@ -148,7 +149,8 @@ def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
     time.sleep(1.0)  # the catch-up wake-up has passed; the runner waits 30 s again
 
     pg_rows(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('tiny', 'second')")
-    second = daemon.wait_for("job.succeeded", timeout=10, count=2)
+    daemon.wait_for("job.claimed", timeout=10, count=2)
+    second = daemon.wait_for("job.succeeded", timeout=60, count=2)
     assert second["job_id"] != done["job_id"]
     assert pg_rows(pg_url, "SELECT status, attempts FROM jobs ORDER BY id") == [
         ("succeeded", 1), ("succeeded", 1),
