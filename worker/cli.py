@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worker.config import ConfigError, Settings, load_settings
-from worker.db.models import STATUSES, SUCCEEDED
+from worker.db.models import SUCCEEDED
 from worker.engine import ModelError
 from worker.pipelines import PipelineError
 
@@ -81,6 +80,7 @@ def run(
     """Run the daemon in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from worker import logs
     from worker.daemon import run_daemon
+    from worker.metrics import MetricsError
 
     settings = _settings()
     logs.configure(settings.log_format, settings.log_level)
@@ -90,6 +90,8 @@ def run(
         raise _fatal(f"invalid pipeline:\n{exc}", 2) from None
     except ModelError as exc:
         raise _fatal(str(exc), 3) from None
+    except MetricsError as exc:
+        raise _fatal(str(exc), 2) from None
 
 
 # submit ------------------------------------------------------------------------
@@ -133,30 +135,19 @@ def submit(
 
 # status ------------------------------------------------------------------------
 @app.command()
-def status() -> None:
-    """Jobs by pipeline and status, and the daemons seen recently."""
-    from worker.store import utcnow
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON with stable keys (one object per refresh).")
+    ] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.2)] = 2.0,
+) -> None:
+    """Queue by pipeline, the last minute's throughput, running jobs and the daemons."""
+    from worker.status import watch_status
 
     settings = _settings()
-    store = _store(settings)
-    counts = store.counts()
-    pipelines = sorted({p for p, _ in counts})
-    table = Table("pipeline", *STATUSES, title="jobs")
-    for name in pipelines:
-        table.add_row(name, *(str(counts.get((name, s), 0)) for s in STATUSES))
-    console.print(table)
-    workers = Table("daemon", "state", "model", "slots", "last heartbeat", title="daemons")
-    now = utcnow()
-    for worker in store.list_workers():
-        age = now - worker.heartbeat_at
-        if worker.state == "running" and age > timedelta(seconds=settings.lease_seconds):
-            state = "gone"
-        else:
-            state = worker.state
-        if age < timedelta(hours=24):
-            workers.add_row(worker.id, state, worker.model, str(worker.slots),
-                            f"{int(age.total_seconds())} s ago")  # fmt: skip
-    console.print(workers)
+    watch_status(settings, _store(settings), console, as_json=as_json, watch=watch,
+                 interval=interval)  # fmt: skip
 
 
 # jobs --------------------------------------------------------------------------

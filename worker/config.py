@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
 
+    metrics_file: Path | None = Field(
+        default=None, description="Prometheus text file; default <data_dir>/metrics.prom"
+    )
+    metrics_interval: float = Field(default=5.0, gt=0, description="seconds between rewrites")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="127.0.0.1 only")
+
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -105,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def resolved_metrics_file(self) -> Path:
+        return self.metrics_file or self.data_dir / "metrics.prom"
 
     def folder(self, kind: Literal["inbox", "outbox", "done", "failed"], pipeline: str) -> Path:
         """`<data_dir>/<kind>/<pipeline>/`."""

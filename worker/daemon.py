@@ -16,9 +16,11 @@ from worker.engine.batched import BatchedEngine, BatchOptions
 from worker.engine.llama import EngineOptions
 from worker.engine.model_files import ModelFile, resolve_model
 from worker.logs import event
+from worker.metrics import start_metrics
 from worker.notify import Notifier, Progress, Watchdog
 from worker.pipelines import load_pipelines
 from worker.runner import Runner, StopFlags
+from worker.sources.pg_notify import start_listener
 from worker.sources.schedule import Scheduler
 from worker.sources.watch_folder import InboxWatcher
 from worker.store import JobStore
@@ -60,6 +62,9 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     upgrade(url)
     store = JobStore(make_engine(url))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    metrics = start_metrics(store, worker_id, model.name, settings.parallel,
+                            engine.load_seconds, settings.resolved_metrics_file,
+                            settings.metrics_interval, settings.metrics_port)  # fmt: skip
     store.register_worker(
         worker_id, socket.gethostname(), os.getpid(), model.name, settings.parallel
     )
@@ -80,6 +85,7 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     schedules = Scheduler(settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set)
     if not once:  # --once drains what is there; schedules fire only in a running daemon
         schedules.start()
+    listener = start_listener(url, wake)  # PostgreSQL: NOTIFY wakes an idle runner at once
     event("daemon.ready", worker=worker_id, inbox=str((settings.data_dir / "inbox").resolve()),
           pipelines=sorted(pipelines), database=make_engine_label(url))  # fmt: skip
     runner = Runner(settings, store, engine, pipelines, worker_id, stop, wake, progress)
@@ -103,12 +109,15 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
         schedules.stop()
         watcher.stop()
         engine.close()
+        if listener is not None:
+            listener.stop()
         try:
             store.worker_heartbeat(worker_id, state="stopped")
         except Exception as exc:
             event("worker.heartbeat_failed", error=str(exc))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        metrics.stop()  # the final numbers, after the last job
     event("daemon.stopped", worker=worker_id)
 
 

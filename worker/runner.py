@@ -101,6 +101,8 @@ class LeaseKeeper:
             return True
         if not kept:
             with self._lock:
+                if job_id not in self._held:
+                    return kept  # finished meanwhile: its lease was released, not lost
                 self._lost.add(job_id)
             event("job.lease_lost", logging.WARNING, job_id=job_id)
         return kept

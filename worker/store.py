@@ -126,10 +126,18 @@ class JobStore:
         if exclude_pipelines:
             ready = ready.where(Job.pipeline.not_in(list(exclude_pipelines)))
         if self._postgres:
-            ready = ready.with_for_update(skip_locked=True)
+            # A materialized CTE runs once. As `id IN (subquery)` PostgreSQL may run the
+            # SKIP LOCKED subquery again for each candidate row and claim far more than
+            # `limit` rows (seen: 298 rows for limit 1 with three claimers).
+            locked = (
+                ready.with_for_update(skip_locked=True).cte("ready").prefix_with("MATERIALIZED")
+            )
+            chosen = Job.id == locked.c.id
+        else:
+            chosen = Job.id.in_(ready.scalar_subquery())
         stmt = (
             update(Job)
-            .where(Job.id.in_(ready.scalar_subquery()), Job.status == QUEUED)
+            .where(chosen, Job.status == QUEUED)
             .values(
                 status=RUNNING,
                 attempts=Job.attempts + 1,

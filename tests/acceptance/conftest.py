@@ -17,6 +17,25 @@ DOCUMENT = (
 )
 
 
+# A pipeline that generates a few tokens from a short prompt: many jobs finish quickly.
+TINY_PIPELINE = """
+description = "tests: a few tokens"
+prompt = "Question: {{ input }}\\nAnswer:"
+[generation]
+max_tokens = 4
+temperature = 0.0
+"""
+
+
+@pytest.fixture
+def tiny_pipelines(tmp_path: Path) -> Path:
+    """A pipelines folder with only `tiny` (max_tokens 4)."""
+    folder = tmp_path / "tiny-pipelines"
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(TINY_PIPELINE)
+    return folder
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"

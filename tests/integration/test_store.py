@@ -123,9 +123,10 @@ def test_cancel_makes_the_lease_holder_lose_the_job(job_store: JobStore) -> None
     assert job_store.claim("w", 1, 30)
 
 
-def _claim_all(url: str, owner: str, out: multiprocessing.Queue[list[int]]) -> None:
+def _claim_all(url: str, owner: str, out: multiprocessing.Queue[tuple[list[int], int]]) -> None:
     store = JobStore(make_engine(url))
     mine: list[int] = []
+    biggest = 0
     idle = 0
     while idle < 3:
         jobs = store.claim(owner, 3, 60)
@@ -133,10 +134,11 @@ def _claim_all(url: str, owner: str, out: multiprocessing.Queue[list[int]]) -> N
             idle += 1
             continue
         idle = 0
+        biggest = max(biggest, len(jobs))
         for job in jobs:
             assert store.complete(job.id, job.lease_token, owner, 0, 0)
             mine.append(job.id)
-    out.put(mine)
+    out.put((mine, biggest))
 
 
 def test_two_processes_never_claim_the_same_job(job_store: JobStore, db_url: str) -> None:
@@ -147,11 +149,13 @@ def test_two_processes_never_claim_the_same_job(job_store: JobStore, db_url: str
             [{"t": str(i)} for i in range(total)],
         )
     ctx = multiprocessing.get_context("spawn")
-    out: multiprocessing.Queue[list[int]] = ctx.Queue()
+    out: multiprocessing.Queue[tuple[list[int], int]] = ctx.Queue()
     procs = [ctx.Process(target=_claim_all, args=(db_url, f"w{i}", out)) for i in range(2)]
     for proc in procs:
         proc.start()
-    results = [out.get(timeout=240) for _ in procs]
+    reports = [out.get(timeout=240) for _ in procs]
+    results = [mine for mine, _biggest in reports]
+    assert max(biggest for _mine, biggest in reports) <= 3  # never more than asked for
     for proc in procs:
         proc.join(timeout=30)
         assert proc.exitcode == 0

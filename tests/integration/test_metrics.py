@@ -1,0 +1,124 @@
+"""Metrics from log events and the job table, on a real SQLite store; the loopback port."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.logs import LOGGER_NAME, event
+from worker.metrics import DaemonMetrics, MetricsError, MetricsPublisher
+from worker.store import JobStore, NewJob
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} from Prometheus text."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.fixture
+def quiet_logger() -> Iterator[logging.Logger]:
+    """The daemon's logger as `log_level = "WARNING"` leaves it, restored afterwards."""
+    log = logging.getLogger(LOGGER_NAME)
+    saved = (log.level, list(log.handlers), log.propagate)
+    log.handlers[:] = [logging.NullHandler()]
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    yield log
+    log.setLevel(saved[0])
+    log.handlers[:] = saved[1]
+    log.propagate = saved[2]
+
+
+def test_counters_follow_events_and_gauges_follow_the_table(
+    store: JobStore, tmp_path: Path, quiet_logger: logging.Logger
+) -> None:
+    for text in ("a", "b", "c"):
+        store.enqueue(NewJob("summarize", text))
+    (held,) = store.claim("me", 1, 30)
+    store.claim("someone-else", 1, 30)
+    now = [100.0]
+    metrics = DaemonMetrics(store, "me", "gemma", slots=1, model_load_seconds=0.42,
+                            clock=lambda: now[0])  # fmt: skip
+    publisher = MetricsPublisher(metrics, tmp_path / "m" / "metrics.prom", 60, port=None)
+    publisher.start()
+    # Events reach the metrics although the log level hides INFO from the log itself.
+    event("job.succeeded", job_id=held.id, pipeline="summarize", prompt_tokens=20,
+          completion_tokens=8, seconds=2.0)  # fmt: skip
+    event("job.succeeded", job_id=9, pipeline="summarize", prompt_tokens=5,
+          completion_tokens=4, seconds=0.05)  # fmt: skip
+    event("job.failed", logging.WARNING, job_id=10, pipeline="x", error="bad")
+    event("job.retrying", logging.WARNING, job_id=11, pipeline="x", error="later")
+    event("job.recovered", job_id=12, status="queued")
+    assert quiet_logger.handlers[0].level == logging.WARNING  # the log still says less
+    publisher.stop()
+
+    got = samples((tmp_path / "m" / "metrics.prom").read_text())
+    processed = "edge_worker_jobs_processed_total"
+    assert got[(processed, (("outcome", "succeeded"), ("pipeline", "summarize")))] == 2
+    assert got[(processed, (("outcome", "failed"), ("pipeline", "x")))] == 1
+    assert got[(processed, (("outcome", "retrying"), ("pipeline", "x")))] == 1
+    assert got[("edge_worker_prompt_tokens_total", (("pipeline", "summarize"),))] == 25
+    assert got[("edge_worker_generated_tokens_total", (("pipeline", "summarize"),))] == 12
+    assert got[("edge_worker_jobs_recovered_total", ())] == 1
+    assert got[("edge_worker_tokens_per_second", ())] == pytest.approx(12 / 2.05)
+    duration = "edge_worker_job_duration_seconds"
+    assert got[(duration + "_count", (("pipeline", "summarize"),))] == 2
+    assert got[(duration + "_bucket", (("le", "0.1"), ("pipeline", "summarize")))] == 1
+    assert got[(duration + "_sum", (("pipeline", "summarize"),))] == pytest.approx(2.05)
+    assert got[("edge_worker_model_load_seconds", ())] == 0.42
+    assert got[("edge_worker_daemon_info", (("model", "gemma"), ("worker", "me")))] == 1
+    # From the table: two running (one is ours), one queued.
+    assert got[("edge_worker_database_up", ())] == 1
+    assert got[("edge_worker_jobs", (("pipeline", "summarize"), ("status", "running")))] == 2
+    assert got[("edge_worker_jobs", (("pipeline", "summarize"), ("status", "queued")))] == 1
+    assert got[("edge_worker_jobs", (("pipeline", "summarize"), ("status", "failed")))] == 0
+    assert got[("edge_worker_queue_depth", ())] == 1
+    assert got[("edge_worker_busy_slots", ())] == 1
+
+    now[0] += 61  # the rate covers the last minute only
+    assert metrics.tokens_per_second() == 0.0
+    assert not list((tmp_path / "m").glob("*.tmp"))  # written atomically
+
+
+def test_database_outage_is_reported_not_raised(tmp_path: Path) -> None:
+    from worker.db.engine import make_engine
+
+    missing = JobStore(make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}"))
+    text = DaemonMetrics(missing, "me", "gemma", 1, 0.1).render().decode()
+    got = samples(text)
+    assert got[("edge_worker_database_up", ())] == 0
+    assert ("edge_worker_queue_depth", ()) not in got
+    assert got[("edge_worker_slots", ())] == 1
+
+
+def test_port_serves_on_loopback_only(store: JobStore, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    publisher = MetricsPublisher(DaemonMetrics(store, "me", "gemma", 1, 0.1),
+                                 tmp_path / "metrics.prom", 60, port=port)  # fmt: skip
+    publisher.start()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        assert "edge_worker_busy_slots 0.0" in body
+        assert publisher._server.server_address[0] == "127.0.0.1"
+        # A second daemon on the same port fails with a message naming the setting.
+        with pytest.raises(MetricsError, match="metrics_port"):
+            MetricsPublisher(DaemonMetrics(store, "me2", "gemma", 1, 0.1),
+                             tmp_path / "other.prom", 60, port=port).start()  # fmt: skip
+    finally:
+        publisher.stop()
