@@ -15,8 +15,9 @@ from worker.db.migrate import upgrade
 from worker.engine.llama import EngineOptions, LlamaEngine
 from worker.engine.model_files import resolve_model
 from worker.logs import event
+from worker.model_names import startup_model_errors
 from worker.notify import Notifier, Progress, Watchdog
-from worker.pipelines import load_pipelines
+from worker.pipelines import PipelineError, load_pipelines
 from worker.runner import Runner, StopFlags
 from worker.sources.watch_folder import InboxWatcher
 from worker.store import JobStore
@@ -38,6 +39,9 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     """
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = load_pipelines(settings.pipelines_dir)
+    model_errors = startup_model_errors(pipelines, settings)
+    if model_errors:
+        raise PipelineError("\n".join(model_errors))
     model = resolve_model(settings)
     engine = LlamaEngine(model, engine_options(settings))
     event("model.loaded", model=model.name, path=str(model.path),

@@ -11,18 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from worker.config import Settings
-from worker.engine import Completion, Engine, GenerationInterrupted
-from worker.file_jobs import FileRef, archive_original, content_digest, digest_of_key
-from worker.inputs import InputError, decode_text, read_input_file
+from worker.engine import Engine, GenerationInterrupted
+from worker.file_jobs import FileRef, archive_original
+from worker.inputs import InputError
 from worker.logs import event
 from worker.notify import Progress
 from worker.pipelines import Pipeline
 from worker.retry import decide_retry
-from worker.sinks import write_atomic
 from worker.store import ClaimedJob, JobStore
+from worker.work import Done, JobVanished, Work
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,6 @@ class StopFlags:
         else:
             self.soft_at = time.monotonic()
             self.soft.set()
-
-
-class JobVanished(Exception):
-    """A file job's input was removed, or replaced by a newer version, before it ran."""
 
 
 class LeaseKeeper:
@@ -132,6 +127,7 @@ class Runner:
         self.wake = wake
         self.progress = progress or Progress()
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
+        self.work = Work(settings, store, engine, pipelines)
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
         """Claim and run jobs until stopped (or, with `once`, until nothing is left to do)."""
@@ -169,6 +165,8 @@ class Runner:
     def _recover(self) -> None:
         for recovered in self.store.recover_expired(max_crashes=self.settings.max_attempts):
             event("job.recovered", job_id=recovered.id, status=recovered.status)
+        for parent in self.store.wake_waiting():  # children finished while no one looked
+            event("job.gather_queued", job_id=parent)
 
     # One job -----------------------------------------------------------------
     def _should_stop(self, job_id: int) -> bool:
@@ -203,60 +201,30 @@ class Runner:
         finally:
             self.leases.drop(job.id)
 
-    def _read_input(self, job: ClaimedJob) -> str:
-        if job.source != "file" or job.source_path is None:
-            if job.input_text is None:
-                raise InputError("input_text is NULL: nothing to process")
-            return decode_text(job.input_text.encode("utf-8", errors="surrogatepass"))
-        ref = FileRef.parse(job.source_path)
-        try:
-            text, data = read_input_file(
-                ref.inbox_path(self.settings), self.settings.max_input_bytes
-            )
-        except FileNotFoundError:
-            raise JobVanished("input file was removed before it was processed") from None
-        except InputError:
-            raise
-        expected = digest_of_key(job.idempotency_key)
-        if expected not in (None, "oversize") and expected != content_digest(data):
-            raise JobVanished("input file changed after it was queued; the new version runs")
-        return text
-
     def _execute(self, job: ClaimedJob, started: float) -> None:
         pipeline = self.pipelines.get(job.pipeline)
         if pipeline is None:
             known = ", ".join(sorted(self.pipelines))
             raise InputError(f"unknown pipeline {job.pipeline!r} (known: {known})")
-        text = self._read_input(job)
-        prompt = pipeline.render(text)
-        completion = self.engine.complete(
-            prompt, pipeline.generation, should_stop=lambda: self._should_stop(job.id)
+        done = self.work.execute(
+            job,
+            pipeline,
+            should_stop=lambda: self._should_stop(job.id),
+            still_leased=lambda: self.leases.renew(job.id, job.lease_token),
         )
-        result = (pipeline.answer_prefix + completion.text).strip()
-        output: Path | None = None
-        if job.source == "file" and job.source_path:
-            ref = FileRef.parse(job.source_path)
-            output = ref.output_path(self.settings, pipeline.output_format)
-            # Renew first: a worker whose lease is gone must not publish the output again.
-            if not self.leases.renew(job.id, job.lease_token):
-                raise GenerationInterrupted("lease lost before publishing")
-            write_atomic(output, (result + "\n").encode("utf-8"))
-        self._succeed(job, completion, result, output, started)
+        if done is None:
+            event("job.expanded", job_id=job.id, pipeline=job.pipeline)
+            return
+        self._succeed(job, done, started)
 
-    def _succeed(
-        self,
-        job: ClaimedJob,
-        completion: Completion,
-        result: str,
-        output: Path | None,
-        started: float,
-    ) -> None:
+    def _succeed(self, job: ClaimedJob, done: Done, started: float) -> None:
+        output = done.output
         recorded = self.store.complete(
             job.id,
             job.lease_token,
-            result,
-            completion.prompt_tokens,
-            completion.completion_tokens,
+            done.result,
+            done.prompt_tokens,
+            done.completion_tokens,
             str(output) if output else None,
         )
         if not recorded:
@@ -264,15 +232,22 @@ class Runner:
             return
         if job.source == "file" and job.source_path:
             self._archive(job, succeeded=True)
+        self._child_final(job)
         event(
             "job.succeeded",
             job_id=job.id,
             pipeline=job.pipeline,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
             seconds=round(time.monotonic() - started, 3),
             output=str(output) if output else None,
         )
+
+    def _child_final(self, job: ClaimedJob) -> None:
+        """The last child of a file job to finish queues its parent to gather the results."""
+        if job.parent_id is not None and self.store.wake_parent(job.parent_id):
+            event("job.gather_queued", job_id=job.parent_id)
+            self.wake.set()
 
     def _fail(self, job: ClaimedJob, error: str, retryable: bool) -> None:
         decision = decide_retry(
@@ -290,6 +265,8 @@ class Runner:
         final = decision.retry_at is None
         if final and job.source == "file" and job.source_path:
             self._archive(job, succeeded=False, error=error)
+        if final:
+            self._child_final(job)
         event(
             "job.failed" if final else "job.retrying",
             logging.WARNING,

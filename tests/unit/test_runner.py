@@ -31,6 +31,9 @@ class FakeEngine:
         self.prompts: list[str] = []
         self.interrupted = threading.Event()
 
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
     def complete(
         self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
     ) -> Completion:

@@ -37,6 +37,10 @@ class Engine(Protocol):
 
     n_ctx: int
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` on its own (no BOS, control-token text not parsed)."""
+        ...
+
     def complete(
         self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
     ) -> Completion:

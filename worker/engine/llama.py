@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from worker.engine import (
@@ -15,6 +17,7 @@ from worker.engine import (
     ModelError,
     context_error,
 )
+from worker.engine.grammar import gbnf
 from worker.engine.model_files import ModelFile, verify_model
 from worker.pipelines import Generation
 
@@ -80,22 +83,54 @@ class LlamaEngine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"cannot load model {model.path}: {exc}") from None
         self.load_seconds = time.monotonic() - started
+        self._grammars: dict[str, Any] = {}
 
     @property
     def metadata(self) -> dict[str, str]:
         """GGUF metadata (architecture, trained context length, ...)."""
         return dict(self._llm.metadata)
 
-    def tokenize(self, text: str) -> list[int]:
-        # special=False: text inside the input can never become control tokens.
-        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        """Tokens of a prompt, with BOS. `special` parses control-token text (`<start_of_turn>`):
+        only for prompts whose untrusted parts went through `worker.chat.neutralize`."""
+        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
         return tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` on its own (no BOS, control-token text not parsed)."""
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    @cached_property
+    def control_tokens(self) -> frozenset[str]:
+        """Texts that tokenize to a control token when special parsing is on (`<eos>`, ...)."""
+        import llama_cpp
+
+        model = self._llm._model
+        wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        found = set()
+        for token in range(model.n_vocab()):
+            if model.token_get_attr(token) & wanted:
+                text = model.token_get_text(token)
+                if text:
+                    found.add(text)
+        return frozenset(found)
+
+    def _grammar(self, schema: dict[str, Any] | None) -> Any:
+        if schema is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        key = json.dumps(schema)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_string(gbnf(key), verbose=False)
+        return self._grammars[key]
 
     def complete(
         self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
     ) -> Completion:
         """Complete `prompt`; PromptTooLong if it cannot fit, GenerationInterrupted if stopped."""
-        tokens = self.tokenize(prompt)
+        tokens = self.tokenize(prompt, special=generation.special)
+        grammar = self._grammar(generation.json_schema)
         too_long = context_error(len(tokens), self.n_ctx, generation.max_tokens)
         if too_long is not None:
             raise too_long
@@ -123,6 +158,7 @@ class LlamaEngine:
             repeat_penalty=generation.repeat_penalty,
             seed=generation.seed if generation.seed is not None else self.options.seed,
             stop=list(generation.stop) or None,
+            grammar=grammar,
             stopping_criteria=StoppingCriteriaList([stop_requested]),
         )
         if interrupted:
