@@ -29,13 +29,13 @@ CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 # For models without a chat template (base models such as the default Gemma 3 270M):
 # a plain transcript that a pre-trained model continues naturally.
 TRANSCRIPT_TEMPLATE = (
-    "{%- for m in messages -%}"
-    "{%- if m.role == 'system' -%}{{ m.content }}\n\n"
-    "{%- elif m.role == 'user' -%}User: {{ m.content }}\n"
-    "{%- else -%}Assistant: {{ m.content }}\n"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{{ m.content ~ '\\n\\n' }}"
+    "{% elif m.role == 'user' %}{{ 'User: ' ~ m.content ~ '\\n' }}"
+    "{% else %}{{ 'Assistant: ' ~ m.content ~ '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 TRANSCRIPT_STOP = ("\nUser:", "\nAssistant:")
 ROLES = ("system", "user", "assistant", "developer")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     BaseModel,
@@ -86,10 +86,10 @@ class Pipeline(BaseModel):
         if value is None:
             return None
         try:
-            _JINJA.from_string(value)
+            used = meta.find_undeclared_variables(_JINJA.parse(value))
         except TemplateError as exc:
             raise ValueError(f"template does not compile: {exc}") from None
-        if "input" not in value:
+        if "input" not in used:
             raise ValueError("template never uses {{ input }}")
         return value
 
