@@ -63,7 +63,7 @@ def test_extract_and_classify_read_every_input_format(
 
     daemon = Daemon({**env, "EDGE_WORKER_N_CTX": "1024"}, tmp_path / "daemon.log")
     daemons.append(daemon)
-    rows_final = wait_until_final(data_dir, count=7, timeout=840)  # 5 files + 2 CSV rows + 1
+    rows_final = wait_until_final(data_dir, count=8, timeout=840)  # 5 files, 3 records
     assert {status for _, status in rows_final} == {"succeeded"}, rows_final
 
     # PDF -> extract: the JSON validates against the pipeline's schema
