@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     BaseModel,
@@ -24,6 +25,11 @@ from worker.readers import ReaderName
 
 _JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 PIPELINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+@lru_cache(maxsize=64)
+def _compiled(template: str) -> Template:
+    return _JINJA.from_string(template)
 
 
 class PipelineError(Exception):
@@ -141,7 +147,7 @@ class Pipeline(BaseModel):
         InputError if the template needs a variable the input does not have.
         """
         try:
-            return _JINJA.from_string(template).render({**variables, "input": input_text})
+            return _compiled(template).render({**variables, "input": input_text})
         except UndefinedError as exc:
             raise InputError(f"the prompt template needs a value the input lacks: {exc}") from None
 

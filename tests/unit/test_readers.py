@@ -138,3 +138,9 @@ def test_template_variables_from_record_fields() -> None:
     assert "bad key" not in variables
     assert variables["record"]["bad key"] == 1
     assert template_variables({"text": "T", "n": 2})[0] == "T"
+
+
+def test_html_with_an_unclosed_head_still_shows_the_body() -> None:
+    page = b"<html><head><title>T</title><meta charset=utf-8><body><p>Visible.</p></body>"
+    result = read_input(page, "html")
+    assert isinstance(result, Document) and result.text.splitlines() == ["T", "", "Visible."]

@@ -29,6 +29,8 @@ class _VisibleText(HTMLParser):
         self.hidden: list[str] = []  # open hidden elements
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body" and "head" in self.hidden:  # a <head> left open ends at <body>
+            del self.hidden[self.hidden.index("head") :]
         if tag in HIDDEN and tag not in VOID:
             self.hidden.append(tag)
         elif tag in SHOWN_IN_HEAD and self.hidden == ["head"]:

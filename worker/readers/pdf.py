@@ -25,8 +25,10 @@ def read_pdf(data: bytes) -> Document:
         pages = [page.extract_text() or "" for page in reader.pages]
     except InputError:
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+    except PyPdfError as exc:
         raise InputError(f"cannot read the PDF: {exc}") from None
+    except Exception as exc:  # a malformed file can break pypdf in many ways; all are bad input
+        raise InputError(f"cannot read the PDF: {type(exc).__name__}: {exc}") from None
     text = "\n\n".join(page.strip() for page in pages if page.strip())
     if not text:
         raise InputError(
