@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.daemon_run import run_daemon_bench  # noqa: E402
 from bench.workload import INSTRUCTION, documents, prompt  # noqa: E402
+from worker.engine import EngineOptions  # noqa: E402
 from worker.engine.batched import BatchedEngine, BatchOptions  # noqa: E402
-from worker.engine.llama import EngineOptions  # noqa: E402
 from worker.engine.model_files import ModelFile  # noqa: E402
 from worker.pipelines import Generation  # noqa: E402
 

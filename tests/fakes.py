@@ -22,7 +22,7 @@ class FakeEngine:
         self._lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
-        return len(text.split()) + 1
+        return len(text.split())
 
     def complete(
         self,

@@ -308,6 +308,18 @@ def model_info() -> None:
     console.print(table)
 
 
+def _register_feature_commands() -> None:
+    from worker.cli_batch import batch_app
+    from worker.cli_pipelines import try_pipeline, validate
+
+    app.add_typer(batch_app, name="batch")
+    pipelines_app.command("validate")(validate)
+    pipelines_app.command("try")(try_pipeline)
+
+
+_register_feature_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -35,6 +35,11 @@ class ModelSpec(BaseModel):
         default=None, description="GGUF file; unset only for the built-in default model"
     )
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    chat_template: str | None = Field(
+        default=None,
+        description="Jinja chat template for chat mode; default: the GGUF's own, else a plain "
+        "transcript (User:/Assistant:) that base models continue",
+    )
 
 
 class Settings(BaseSettings):
@@ -54,6 +59,8 @@ class Settings(BaseSettings):
 
     model: str = Field(default=DEFAULT_MODEL_NAME, description="model used by pipelines")
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    # Names that batch requests may use for a model in the table, e.g. gpt-4o-mini.
+    model_aliases: dict[str, str] = Field(default_factory=dict)
 
     n_ctx: int = Field(default=2048, ge=64, le=1_048_576)
     n_threads: int | None = Field(default=None, ge=1, le=1024)

@@ -12,13 +12,14 @@ from types import FrameType
 from worker.config import Settings, systemd_notify_socket
 from worker.db.engine import make_engine
 from worker.db.migrate import upgrade
+from worker.engine import EngineOptions
 from worker.engine.batched import BatchedEngine, BatchOptions
-from worker.engine.llama import EngineOptions
 from worker.engine.model_files import ModelFile, resolve_model
 from worker.logs import event
 from worker.metrics import start_metrics
+from worker.model_names import startup_model_errors
 from worker.notify import Notifier, Progress, Watchdog
-from worker.pipelines import load_pipelines
+from worker.pipelines import PipelineError, load_pipelines
 from worker.runner import Runner, StopFlags
 from worker.sources.pg_notify import start_listener
 from worker.sources.schedule import Scheduler
@@ -53,6 +54,9 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
     """
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = load_pipelines(settings.pipelines_dir)
+    model_errors = startup_model_errors(pipelines, settings)
+    if model_errors:
+        raise PipelineError("\n".join(model_errors))
     model = resolve_model(settings)
     engine = open_engine(settings, model)
     event("model.loaded", model=model.name, path=str(model.path),

@@ -43,6 +43,12 @@ def decode_text(data: bytes) -> str:
 
 def read_input_file(path: Path, max_bytes: int) -> tuple[str, bytes]:
     """Read a regular file (never following a symlink) and decode it; returns (text, bytes)."""
+    data = read_input_bytes(path, max_bytes)
+    return decode_text(data), data
+
+
+def read_input_bytes(path: Path, max_bytes: int) -> bytes:
+    """Read a regular file (never following a symlink), at most `max_bytes` of it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -58,4 +64,4 @@ def read_input_file(path: Path, max_bytes: int) -> tuple[str, bytes]:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise InputError(f"input is over {max_bytes} bytes; max_input_bytes allows {max_bytes}")
-    return decode_text(data), data
+    return data

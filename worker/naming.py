@@ -8,7 +8,7 @@ from pathlib import Path
 # Suffixes of files that are still being written by common tools.
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp", "~")
 NAME_MAX_BYTES = 255
-OUTPUT_EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json"}
+OUTPUT_EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "jsonl": ".jsonl"}
 
 
 def is_ignored_name(name: str) -> bool:

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections.abc import Mapping
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from worker.inputs import InputError
+from worker.readers import ReaderName
 from worker.schedule_time import cron_trigger, in_window, parse_window, zone
 
 _JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 PIPELINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+@lru_cache(maxsize=64)
+def _compiled(template: str) -> Template:
+    return _JINJA.from_string(template)
 
 
 class PipelineError(Exception):
@@ -34,6 +51,10 @@ class Generation(BaseModel):
     repeat_penalty: float = Field(default=1.1, gt=0)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     stop: tuple[str, ...] = ()
+    # Set by the runner, not in pipeline files: the engine generates under a grammar built
+    # from this JSON Schema, and parses control-token text in the prompt (chat templates).
+    json_schema: dict[str, Any] | None = None
+    special: bool = False
 
 
 class Pipeline(BaseModel):
@@ -43,13 +64,28 @@ class Pipeline(BaseModel):
 
     name: str = Field(pattern=PIPELINE_NAME)
     description: str = ""
-    mode: Literal["completion"] = "completion"
+    # completion: the prompt is continued as text (base models). chat: the prompt is the
+    # user message, rendered with the model's chat template (instruction-tuned models).
+    mode: Literal["completion", "chat"] = "completion"
+    system_prompt: str = ""
     model: str | None = None
-    prompt: str = Field(min_length=1, description="Jinja2 template; the input is `{{ input }}`")
+    # How inputs are read: by file extension, or one reader for every file.
+    reader: ReaderName = "auto"
+    prompt: str = Field(
+        default="{{ input }}",
+        min_length=1,
+        description="Jinja2 template; the input is `{{ input }}`",
+    )
     output_format: Literal["text", "markdown", "json"] = "text"
+    # Inline table, or in the file a path (relative to the pipeline file) to a .json schema.
+    json_schema: dict[str, Any] | None = None
     # Start of the answer, written after the prompt so a base model continues it
     # (e.g. "-" to begin a bullet list). It is part of the result.
     answer_prefix: str = ""
+    # fail: an input over the context window fails with its token count.
+    # chunk: split it, run `prompt` on each chunk, combine with `reduce_prompt` (map-reduce).
+    long_input: Literal["fail", "chunk"] = "fail"
+    reduce_prompt: str | None = None
     generation: Generation = Generation()
 
     # Schedules (README, "Schedules"): at each cron fire, enqueue the files matching
@@ -103,28 +139,70 @@ class Pipeline(BaseModel):
             return "field schedule: nothing to do at a fire: set sweep and/or inbox_mode"
         return None
 
-    @field_validator("prompt")
+    @field_validator("prompt", "reduce_prompt")
     @classmethod
-    def _template_compiles(cls, value: str) -> str:
+    def _template_compiles(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
-            _JINJA.from_string(value)
+            used = meta.find_undeclared_variables(_JINJA.parse(value))
         except TemplateError as exc:
-            raise ValueError(f"prompt template does not compile: {exc}") from None
-        if "input" not in value:
-            raise ValueError("prompt template never uses {{ input }}")
+            raise ValueError(f"template does not compile: {exc}") from None
+        if "input" not in used:
+            raise ValueError("template never uses {{ input }}")
         return value
 
-    def shared_prefix(self, **variables: str) -> str:
-        """The rendered prompt up to the input: the part every job of this pipeline shares."""
-        sentinel = "\x00INPUT\x00"
-        return (
-            _JINJA.from_string(self.prompt).render(input=sentinel, **variables).split(sentinel)[0]
-        )
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_usable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from worker.engine.grammar import UnsupportedSchema, check_schema
 
-    def render(self, input_text: str, **variables: str) -> str:
-        """The prompt for `input_text`. The input is passed as data, never parsed as a template."""
-        rendered = _JINJA.from_string(self.prompt).render(input=input_text, **variables)
-        return rendered + self.answer_prefix
+            try:
+                check_schema(value)
+            except UnsupportedSchema as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Pipeline:
+        if self.generation.json_schema is not None or self.generation.special:
+            raise ValueError("generation.json_schema and generation.special are set by "
+                             "edge-worker: use json_schema and mode")  # fmt: skip
+        if self.json_schema is not None and self.output_format != "json":
+            raise ValueError('json_schema needs output_format = "json"')
+        if self.output_format == "json" and self.answer_prefix:
+            raise ValueError('answer_prefix cannot be used with output_format = "json"')
+        if self.system_prompt and self.mode != "chat":
+            raise ValueError('system_prompt needs mode = "chat"')
+        if self.long_input == "chunk" and self.reduce_prompt is None:
+            raise ValueError('long_input = "chunk" needs a reduce_prompt')
+        return self
+
+    @property
+    def result_schema(self) -> dict[str, Any] | None:
+        """The schema results must match: json_schema, or any JSON object for json output."""
+        if self.json_schema is not None:
+            return self.json_schema
+        return {"type": "object"} if self.output_format == "json" else None
+
+    def render(self, input_text: str, **variables: Any) -> str:
+        """The completion-mode prompt for `input_text`, answer prefix included.
+
+        The input is passed as data, never parsed as a template.
+        """
+        return self.render_template(self.prompt, input_text, variables) + self.answer_prefix
+
+    @staticmethod
+    def render_template(template: str, input_text: str, variables: Mapping[str, Any]) -> str:
+        """A prompt template rendered with `input` and `variables` as data.
+
+        InputError if the template needs a variable the input does not have.
+        """
+        try:
+            return _compiled(template).render({**variables, "input": input_text})
+        except UndefinedError as exc:
+            raise InputError(f"the prompt template needs a value the input lacks: {exc}") from None
 
 
 def load_pipeline(path: Path) -> Pipeline:
@@ -134,11 +212,15 @@ def load_pipeline(path: Path) -> Pipeline:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PipelineError(f"{path}: cannot read pipeline: {exc}") from None
     raw.setdefault("name", path.stem)
+    if isinstance(raw.get("json_schema"), str):
+        raw["json_schema"] = _load_schema_file(path, raw["json_schema"])
     try:
         pipeline = Pipeline.model_validate(raw)
     except ValidationError as exc:
         lines = [
             f"{path}: field {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            if err["loc"]
+            else f"{path}: {err['msg']}"
             for err in exc.errors()
         ]
         raise PipelineError("\n".join(lines)) from None
@@ -149,6 +231,16 @@ def load_pipeline(path: Path) -> Pipeline:
     if (problem := pipeline.schedule_problem()) is not None:
         raise PipelineError(f"{path}: {problem}")
     return pipeline
+
+
+def _load_schema_file(pipeline_path: Path, relative: str) -> Any:
+    schema_path = pipeline_path.parent / relative
+    try:
+        return json.loads(schema_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(
+            f"{pipeline_path}: field json_schema: cannot read {schema_path}: {exc}"
+        ) from None
 
 
 def load_pipelines(folder: Path) -> dict[str, Pipeline]:

@@ -11,26 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from worker.config import Settings
-from worker.engine import Completion, Engine, GenerationInterrupted
-from worker.file_jobs import (
-    FILE_SOURCES,
-    FileRef,
-    archive_original,
-    content_digest,
-    digest_of_key,
-    input_location,
-    output_location,
-)
-from worker.inputs import InputError, decode_text, read_input_file
+from worker.engine import Engine, GenerationInterrupted
+from worker.file_jobs import FileRef, archive_original
+from worker.inputs import InputError
 from worker.logs import event
 from worker.notify import Progress
 from worker.pipelines import Pipeline
 from worker.retry import decide_retry
-from worker.sinks import write_atomic
 from worker.store import ClaimedJob, JobStore
+from worker.work import Done, JobVanished, Work
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +41,6 @@ class StopFlags:
         else:
             self.soft_at = time.monotonic()
             self.soft.set()
-
-
-class JobVanished(Exception):
-    """A file job's input was removed, or replaced by a newer version, before it ran."""
 
 
 class LeaseKeeper:
@@ -145,6 +132,7 @@ class Runner:
         self._db_lock = threading.Lock()
         self._db_down_since: float | None = None
         self._in_flight = 0  # jobs inside engine.complete (read without a lock: a hint)
+        self.work = Work(settings, store, engine, pipelines)
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
         """Claim and run jobs until stopped (or, with `once`, until nothing is left to do).
@@ -154,10 +142,19 @@ class Runner:
         leases are held than the slots can finish.
         """
         self.leases.start()
+        crashed: list[BaseException] = []
+
+        def slot_main(index: int) -> None:
+            try:
+                self._slot_loop(index, once, inputs_pending)
+            except BaseException as exc:  # a dying slot stops the daemon instead of vanishing
+                crashed.append(exc)
+                self.stop.soft.set()
+                self.stop.hard.set()
+                self.wake.set()
+
         slots = [
-            threading.Thread(
-                target=self._slot_loop, args=(i, once, inputs_pending), name=f"slot-{i}"
-            )
+            threading.Thread(target=slot_main, args=(i,), name=f"slot-{i}")
             for i in range(max(1, self.settings.parallel))
         ]
         try:
@@ -167,6 +164,8 @@ class Runner:
                 thread.join()
         finally:
             self.leases.stop()
+        if crashed:
+            raise crashed[0]
 
     def _slot_loop(self, slot: int, once: bool, inputs_pending: Callable[[], int]) -> None:
         last_sweep = float("-inf")
@@ -216,6 +215,8 @@ class Runner:
     def _recover(self) -> None:
         for recovered in self.store.recover_expired(max_crashes=self.settings.max_attempts):
             event("job.recovered", job_id=recovered.id, status=recovered.status)
+        for parent in self.store.wake_waiting():  # children finished while no one looked
+            event("job.gather_queued", job_id=parent)
 
     # One job -----------------------------------------------------------------
     def _should_stop(self, job_id: int) -> bool:
@@ -250,66 +251,34 @@ class Runner:
         finally:
             self.leases.drop(job.id)
 
-    def _read_input(self, job: ClaimedJob) -> str:
-        if job.source not in FILE_SOURCES or job.source_path is None:
-            if job.input_text is None:
-                raise InputError("input_text is NULL: nothing to process")
-            return decode_text(job.input_text.encode("utf-8", errors="surrogatepass"))
-        path = input_location(self.settings, job.source, job.source_path)
-        try:
-            text, data = read_input_file(path, self.settings.max_input_bytes)
-        except FileNotFoundError:
-            raise JobVanished("input file was removed before it was processed") from None
-        except InputError:
-            raise
-        expected = digest_of_key(job.idempotency_key)
-        if expected not in (None, "oversize") and expected != content_digest(data):
-            raise JobVanished("input file changed after it was queued; the new version runs")
-        return text
-
     def _execute(self, job: ClaimedJob, started: float) -> None:
         pipeline = self.pipelines.get(job.pipeline)
         if pipeline is None:
             known = ", ".join(sorted(self.pipelines))
             raise InputError(f"unknown pipeline {job.pipeline!r} (known: {known})")
-        text = self._read_input(job)
-        prompt = pipeline.render(text)
         self._in_flight += 1
         try:
-            completion = self.engine.complete(
-                prompt,
-                pipeline.generation,
+            done = self.work.execute(
+                job,
+                pipeline,
                 should_stop=lambda: self._should_stop(job.id),
-                shared_prefix=pipeline.shared_prefix(),
+                still_leased=lambda: self.leases.renew(job.id, job.lease_token),
             )
         finally:
             self._in_flight -= 1
-        result = (pipeline.answer_prefix + completion.text).strip()
-        output: Path | None = None
-        if job.source in FILE_SOURCES and job.source_path:
-            output = output_location(
-                self.settings, job.pipeline, job.source, job.source_path, pipeline.output_format
-            )
-            # Renew first: a worker whose lease is gone must not publish the output again.
-            if not self.leases.renew(job.id, job.lease_token):
-                raise GenerationInterrupted("lease lost before publishing")
-            write_atomic(output, (result + "\n").encode("utf-8"))
-        self._succeed(job, completion, result, output, started)
+        if done is None:
+            event("job.expanded", job_id=job.id, pipeline=job.pipeline)
+            return
+        self._succeed(job, done, started)
 
-    def _succeed(
-        self,
-        job: ClaimedJob,
-        completion: Completion,
-        result: str,
-        output: Path | None,
-        started: float,
-    ) -> None:
+    def _succeed(self, job: ClaimedJob, done: Done, started: float) -> None:
+        output = done.output
         recorded = self.store.complete(
             job.id,
             job.lease_token,
-            result,
-            completion.prompt_tokens,
-            completion.completion_tokens,
+            done.result,
+            done.prompt_tokens,
+            done.completion_tokens,
             str(output) if output else None,
         )
         if not recorded:
@@ -317,15 +286,22 @@ class Runner:
             return
         if job.source == "file" and job.source_path:
             self._archive(job, succeeded=True)
+        self._child_final(job)
         event(
             "job.succeeded",
             job_id=job.id,
             pipeline=job.pipeline,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
             seconds=round(time.monotonic() - started, 3),
             output=str(output) if output else None,
         )
+
+    def _child_final(self, job: ClaimedJob) -> None:
+        """The last child of a file job to finish queues its parent to gather the results."""
+        if job.parent_id is not None and self.store.wake_parent(job.parent_id):
+            event("job.gather_queued", job_id=job.parent_id)
+            self.wake.set()
 
     def _fail(self, job: ClaimedJob, error: str, retryable: bool) -> None:
         decision = decide_retry(
@@ -343,6 +319,8 @@ class Runner:
         final = decision.retry_at is None
         if final and job.source == "file" and job.source_path:
             self._archive(job, succeeded=False, error=error)
+        if final:
+            self._child_final(job)
         event(
             "job.failed" if final else "job.retrying",
             logging.WARNING,

@@ -25,9 +25,11 @@ from worker.db.models import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    WAITING,
     Job,
     Worker,
 )
+from worker.store_family import FamilyStore, NewBatch, NewChild
 
 
 def utcnow() -> datetime:
@@ -59,6 +61,8 @@ class ClaimedJob:
     idempotency_key: str | None
     attempts: int
     lease_token: str
+    parent_id: int | None = None
+    item_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class RecoveredJob:
     status: str
 
 
-class JobStore:
+class JobStore(FamilyStore):
     """Job rows in a SQL database (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
@@ -157,6 +161,8 @@ class JobStore:
                 Job.idempotency_key,
                 Job.attempts,
                 Job.priority,
+                Job.parent_id,
+                Job.item_index,
             )
         )
         with self.engine.begin() as conn:
@@ -172,6 +178,8 @@ class JobStore:
                 idempotency_key=r.idempotency_key,
                 attempts=r.attempts,
                 lease_token=token,
+                parent_id=r.parent_id,
+                item_index=r.item_index,
             )
             for r in rows
         ]
@@ -356,18 +364,22 @@ class JobStore:
             return conn.execute(stmt).rowcount == 1
 
     def cancel(self, job_id: int) -> bool:
-        """Operator: cancel a queued or running job (a running one loses its lease)."""
+        """Operator: cancel a queued, running or waiting job (a running one loses its lease).
+
+        A waiting parent's live children are cancelled with it.
+        """
         now = self.clock()
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_([QUEUED, RUNNING]))
-            .values(
-                status=CANCELLED, error="cancelled by operator", lease_token=None,
-                lease_expires_at=None, finished_at=now, updated_at=now,
-            )
+        values = dict(
+            status=CANCELLED, error="cancelled by operator", lease_token=None,
+            lease_expires_at=None, finished_at=now, updated_at=now,
         )  # fmt: skip
+        stmt = update(Job).where(Job.id == job_id, Job.status.in_([QUEUED, RUNNING, WAITING]))
+        children = update(Job).where(Job.parent_id == job_id, Job.status.in_([QUEUED, RUNNING]))
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            if conn.execute(stmt.values(**values)).rowcount != 1:
+                return False
+            conn.execute(children.values(**values))
+            return True
 
     # Workers -------------------------------------------------------------------
     def register_worker(self, worker_id: str, host: str, pid: int, model: str, slots: int) -> None:
@@ -397,6 +409,8 @@ __all__ = [
     "FINAL_STATUSES",
     "ClaimedJob",
     "JobStore",
+    "NewBatch",
+    "NewChild",
     "NewJob",
     "RecoveredJob",
     "utcnow",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
+LIVE = ("queued", "running", "waiting")
 
 
 def daemon_env(data_dir: Path, models_dir: Path, **settings: object) -> dict[str, str]:
@@ -98,13 +99,13 @@ def db_rows(data_dir: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
 
 
 def wait_until_final(data_dir: Path, count: int, timeout: float = 120) -> list[tuple[Any, ...]]:
-    """Wait until `count` jobs exist and none is queued or running; returns (id, status)."""
+    """Wait until `count` jobs exist and none is queued, running or waiting; (id, status)."""
     deadline = time.monotonic() + timeout
     rows: list[tuple[Any, ...]] = []
     while time.monotonic() < deadline:
         if (data_dir / "jobs.db").exists():
             rows = db_rows(data_dir, "SELECT id, status FROM jobs ORDER BY id")
-            if len(rows) >= count and all(s not in ("queued", "running") for _, s in rows):
+            if len(rows) >= count and all(s not in LIVE for _, s in rows):
                 return rows
         time.sleep(0.2)
     raise AssertionError(f"jobs not final within {timeout}s: {rows}")

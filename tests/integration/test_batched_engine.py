@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.workload import SUFFIX, documents
+from worker.engine import EngineOptions
 from worker.engine.batched import BatchedEngine, BatchOptions
-from worker.engine.llama import EngineOptions
 from worker.engine.model_files import ModelFile
 from worker.pipelines import Generation
 

@@ -38,7 +38,7 @@ def test_json_has_stable_keys_and_totals() -> None:
     assert data["queue_depth"] == 3
     assert data["totals"]["queued"] == 3 and data["totals"]["succeeded"] == 5
     assert data["pipelines"]["b"] == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0,
-                                      "dead": 0, "cancelled": 0}  # fmt: skip
+                                      "dead": 0, "cancelled": 0, "waiting": 0}  # fmt: skip
     assert data["throughput"]["jobs_per_minute"] == 3.0
     assert data["throughput"]["tokens_per_second"] == 1.5
     assert data["running"][0]["age_seconds"] == 12.0

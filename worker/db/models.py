@@ -50,14 +50,17 @@ class Base(DeclarativeBase):
     pass
 
 
-# Job statuses. `queued` and `running` are live; the rest are final.
+# Job statuses. `queued`, `running` and `waiting` are live; the rest are final.
 QUEUED = "queued"
 RUNNING = "running"
+# A file job that fanned out into child jobs (one per line or row) and waits for them;
+# it is queued again to gather their results when the last one is final.
+WAITING = "waiting"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 DEAD = "dead"
 CANCELLED = "cancelled"
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED)
+STATUSES = (QUEUED, RUNNING, WAITING, SUCCEEDED, FAILED, DEAD, CANCELLED)
 FINAL_STATUSES = (SUCCEEDED, FAILED, DEAD, CANCELLED)
 
 
@@ -69,7 +72,8 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     pipeline: Mapped[str] = mapped_column(String(200))
     input_text: Mapped[str | None] = mapped_column(Text)
-    # Where the job came from: 'table' (another program's INSERT), 'file' (watch folder).
+    # Where the job came from: 'table' (another program's INSERT), 'file' (watch folder),
+    # 'item' (a line or row of a file job), 'batch' (a line of an OpenAI Batch file).
     source: Mapped[str] = mapped_column(String(20), server_default=text("'table'"))
     # For file jobs: '<pipeline>/<name>' relative to the inbox root.
     source_path: Mapped[str | None] = mapped_column(Text)
@@ -94,12 +98,42 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Child jobs: the file job they came from, and their 1-based line in it.
+    parent_id: Mapped[int | None] = mapped_column(Integer)
+    item_index: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "run_after"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),
         Index("ix_jobs_pipeline_status", "pipeline", "status"),
+        Index("ix_jobs_parent", "parent_id", "status"),
     )
+
+
+class Batch(Base):
+    """An OpenAI Batch file: its parent job, endpoint, life-cycle times and final counts."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, unique=True)
+    input_name: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(String(100))
+    # validating, in_progress, finalizing, completed, cancelling, cancelled, failed
+    status: Mapped[str] = mapped_column(String(20))
+    errors_json: Mapped[str | None] = mapped_column(Text)
+    request_total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    request_completed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    request_failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    output_file: Mapped[str | None] = mapped_column(Text)
+    error_file: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Worker(Base):

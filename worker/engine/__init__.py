@@ -20,6 +20,16 @@ class Completion:
     finish_reason: str
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """llama.cpp parameters that the settings control."""
+
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    seed: int = 0
+
+
 class PromptTooLong(InputError):
     """The rendered prompt does not fit the context window beside max_tokens."""
 
@@ -37,6 +47,10 @@ class Engine(Protocol):
 
     n_ctx: int
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` on its own (no BOS, control-token text not parsed)."""
+        ...
+
     def complete(
         self,
         prompt: str,
@@ -49,10 +63,6 @@ class Engine(Protocol):
         `shared_prefix`: the start of `prompt` that many jobs share (a pipeline's
         instructions); an engine may compute it once and reuse it.
         """
-        ...
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes in a prompt (with BOS)."""
         ...
 
 

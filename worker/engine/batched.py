@@ -23,10 +23,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from worker.engine import Completion, GenerationInterrupted, ModelError, context_error
-from worker.engine.llama import EngineOptions, _route_llama_logs
+from worker.engine import (
+    Completion,
+    EngineOptions,
+    GenerationInterrupted,
+    ModelError,
+    context_error,
+)
+from worker.engine.llama_logs import route_llama_logs
 from worker.engine.model_files import ModelFile, verify_model
 from worker.engine.sampling import SamplerChain
 from worker.pipelines import Generation
@@ -101,7 +108,7 @@ class BatchedEngine:
             verify_model(model)
         import llama_cpp
 
-        _route_llama_logs()
+        route_llama_logs()
         self._ll: Any = llama_cpp
         self.model = model
         self.options = options
@@ -167,19 +174,33 @@ class BatchedEngine:
             found[key] = buf.value.decode("utf-8", errors="replace")
         return found
 
-    def tokenize(self, text: str, special: bool = False) -> list[int]:
-        """Tokens of `text` with BOS. `special=False`: input can never become control tokens."""
+    def tokenize(self, text: str, special: bool = False, bos: bool = True) -> list[int]:
+        """Tokens of a prompt, with BOS. `special` parses control-token text (`<start_of_turn>`):
+        only for prompts whose untrusted parts went through `worker.chat.neutralize`."""
         data = text.encode("utf-8")
         capacity = len(data) + 16
         buf = (self._ll.llama_token * capacity)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, special)
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, capacity, bos, special)
         if n < 0:  # pragma: no cover - capacity is always enough (a token is >= 1 byte)
             raise RuntimeError("tokenizer buffer too small")
         return list(buf[:n])
 
     def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes in a prompt (with BOS)."""
-        return len(self.tokenize(text))
+        """Tokens in `text` on its own (no BOS, control-token text not parsed)."""
+        return len(self.tokenize(text, bos=False))
+
+    @cached_property
+    def control_tokens(self) -> frozenset[str]:
+        """Texts that tokenize to a control token when special parsing is on (`<eos>`, ...)."""
+        ll = self._ll
+        wanted = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN
+        found = set()
+        for token in range(ll.llama_vocab_n_tokens(self._vocab)):
+            if ll.llama_vocab_get_attr(self._vocab, token) & wanted:
+                text = ll.llama_vocab_get_text(self._vocab, token)
+                if text:
+                    found.add(text.decode("utf-8", errors="replace"))
+        return frozenset(found)
 
     def complete(
         self,
@@ -189,7 +210,7 @@ class BatchedEngine:
         shared_prefix: str | None = None,
     ) -> Completion:
         """Generate a completion, batched with every other caller's."""
-        tokens = self.tokenize(prompt)
+        tokens = self.tokenize(prompt, special=generation.special)
         too_long = context_error(len(tokens), self.n_ctx, generation.max_tokens)
         if too_long is not None:
             raise too_long

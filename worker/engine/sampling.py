@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from worker.engine.grammar import gbnf
 from worker.pipelines import Generation
 
 # Tokens of history the repetition penalty looks at.
@@ -19,8 +21,9 @@ class SamplerChain:
         params.no_perf = True
         self._chain = ll.llama_sampler_chain_init(params)
         add = ll.llama_sampler_chain_add
-        grammar = getattr(generation, "grammar", None)
-        if grammar:
+        if generation.json_schema is not None:
+            # The grammar first: every later step only sees tokens the schema allows.
+            grammar = gbnf(json.dumps(generation.json_schema))
             add(self._chain, ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root"))
         if generation.repeat_penalty != 1.0:
             # The first argument is penalty_last_n in llama.cpp's 4-argument signature; the

@@ -1,0 +1,169 @@
+"""OpenAI Batch files through the real daemon: per-line errors, OpenAI shapes, crash-resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types import Batch
+from openai.types.chat import ChatCompletion
+
+from tests.acceptance.daemon import Daemon, db_rows, run_cli
+
+pytestmark = pytest.mark.timeout(600)
+
+ALIASES = '{"gpt-4o-mini": "gemma-3-270m"}'
+
+
+def request(custom_id: str, question: str, **body: Any) -> str:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Answer briefly."},
+                     {"role": "user", "content": question}],
+        "max_tokens": 4,
+        **body,
+    }  # fmt: skip
+    return json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+
+
+def twenty_lines() -> str:
+    lines = [request(f"q{i}", f"What is {i} plus {i}?") for i in range(20)]
+    lines[4] = '{"custom_id": "q4", "method": "POST", "url": '  # malformed JSON
+    lines[9] = request("q8", "A second q8?")  # duplicate custom_id
+    lines[14] = lines[14].replace("/v1/chat/completions", "/v1/embeddings")  # unsupported url
+    return "\n".join(lines) + "\n"
+
+
+def batch_status(env: dict[str, str], batch_id: str) -> dict[str, Any]:
+    result = run_cli(env, "batch", "show", batch_id)
+    assert result.returncode == 0, result.stderr
+    value: dict[str, Any] = json.loads(result.stdout)
+    return value
+
+
+def wait_batch(
+    env: dict[str, str], batch_id: str, until: Any, timeout: float = 480
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = batch_status(env, batch_id)
+        if until(status):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+
+
+def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    env = {**env, "EDGE_WORKER_MODEL_ALIASES": ALIASES, "EDGE_WORKER_LEASE_SECONDS": "3",
+           "EDGE_WORKER_N_CTX": "512"}  # fmt: skip
+    source = tmp_path / "questions.jsonl"
+    source.write_text(twenty_lines())
+    submitted = run_cli(env, "batch", "submit", str(source))
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip()
+    assert batch_id.startswith("batch_")
+    assert batch_status(env, batch_id)["status"] == "validating"
+
+    first = Daemon(env, tmp_path / "first.log")
+    daemons.append(first)
+    wait_batch(env, batch_id, lambda b: b.get("request_counts", {}).get("completed", 0) >= 5)
+    first.stop(signal.SIGKILL)  # a crash: no clean shutdown
+    done_before = {
+        job_id
+        for (job_id,) in db_rows(
+            data_dir, "SELECT id FROM jobs WHERE source = 'batch' AND status = 'succeeded'"
+        )
+    }
+    assert len(done_before) >= 5
+
+    second = Daemon(env, tmp_path / "second.log")
+    daemons.append(second)
+    final = wait_batch(env, batch_id, lambda b: b["status"] == "completed")
+    assert second.stop() == 0
+    rerun = {e["job_id"] for e in second.events() if e.get("event") == "job.claimed"}
+    assert not rerun & done_before  # finished lines were not run again
+
+    assert final["request_counts"] == {"total": 20, "completed": 17, "failed": 3}
+    outbox = data_dir / "outbox" / "batch"
+    outputs = [json.loads(x) for x in (outbox / "questions.output.jsonl").read_text().splitlines()]
+    errors = [json.loads(x) for x in (outbox / "questions.errors.jsonl").read_text().splitlines()]
+    assert len(outputs) == 17 and len(errors) == 3
+    custom_ids = [o["custom_id"] for o in outputs]
+    assert len(set(custom_ids)) == 17  # each line exactly once
+    assert "q4" not in custom_ids and "q14" not in custom_ids
+    for line in outputs:
+        assert line["id"].startswith("batch_req_") and line["error"] is None
+        assert line["response"]["status_code"] == 200
+        completion = ChatCompletion.model_validate(line["response"]["body"])
+        assert completion.usage is not None and completion.usage.completion_tokens <= 4
+        assert completion.model == "gemma-3-270m"
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+        (None, "invalid_json"),
+        ("q8", "duplicate_custom_id"),
+        ("q14", "invalid_url"),
+    ]
+    on_disk = json.loads((outbox / "questions.batch.json").read_text())
+    batch = Batch.model_validate(on_disk)
+    assert batch.id == batch_id and batch.status == "completed"
+    assert batch.request_counts is not None and batch.request_counts.total == 20
+    assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [5, 10, 15]
+    assert on_disk["output_file_id"] == "questions.output.jsonl"
+    assert on_disk["error_file_id"] == "questions.errors.jsonl"
+    assert (data_dir / "done" / "batch" / "questions.jsonl").exists()
+    listed = run_cli(env, "batch", "list")
+    assert batch_id in listed.stdout and "completed" in listed.stdout
+
+
+def test_submit_wait_json_output_and_cancel(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    env = {**env, "EDGE_WORKER_MODEL_ALIASES": ALIASES, "EDGE_WORKER_N_CTX": "512"}
+    early = tmp_path / "early.jsonl"
+    early.write_text(request("a", "Hi") + "\n")
+    submitted = run_cli(env, "batch", "submit", str(early))
+    early_id = submitted.stdout.strip()
+    cancelled = run_cli(env, "batch", "cancel", early_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled before it was read" in cancelled.stdout
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}},
+              "required": ["answer"], "additionalProperties": False}  # fmt: skip
+    lines = [
+        request("j", "Reply in JSON.", max_tokens=24,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "a", "schema": schema}}),
+        request("m", "Hi", model="gpt-unknown"),
+        json.dumps({"custom_id": "c", "method": "POST", "url": "/v1/completions",
+                    "body": {"model": "gemma-3-270m", "prompt": "The sky is", "max_tokens": 3}}),
+    ]  # fmt: skip
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    daemon.wait_for("daemon.ready")
+    result = run_cli(env, "batch", "submit", str(source), "--wait", timeout=400)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout[result.stdout.index("{") :])
+    assert final["status"] == "completed"
+    assert final["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    assert final["endpoint"] == "/v1/chat/completions"
+    outbox = data_dir / "outbox" / "batch"
+    outputs = {
+        o["custom_id"]: o["response"]["body"]
+        for o in map(json.loads, (outbox / "mixed.output.jsonl").read_text().splitlines())
+    }
+    answer = json.loads(outputs["j"]["choices"][0]["message"]["content"])
+    assert set(answer) == {"answer"} and len(answer["answer"]) <= 8
+    assert outputs["c"]["object"] == "text_completion"
+    (error,) = map(json.loads, (outbox / "mixed.errors.jsonl").read_text().splitlines())
+    assert (error["custom_id"], error["error"]["code"]) == ("m", "model_not_found")
+    assert batch_status(env, early_id)["status"] == "cancelled"
+    assert daemon.stop() == 0

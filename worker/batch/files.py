@@ -1,0 +1,131 @@
+"""The result files of an OpenAI Batch, built only from database rows.
+
+Everything here is a function of the rows, ids included, so gathering again after a
+crash writes the same files: each line is in exactly one of them, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path, PurePath
+from typing import Any
+
+from worker.batch.request import stable_id
+from worker.config import Settings
+from worker.db.models import CANCELLED, DEAD, FAILED, SUCCEEDED, Batch, Job
+
+COMPLETION_WINDOW = timedelta(hours=24)
+CODES = frozenset(
+    {
+        "invalid_json", "invalid_request", "invalid_url", "invalid_method",
+        "duplicate_custom_id", "model_not_found", "context_length_exceeded",
+        "invalid_response", "batch_cancelled",
+    }
+)  # fmt: skip
+_CODED = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class BatchFiles:
+    output: Path
+    errors: Path
+    batch: Path
+
+
+def batch_files(settings: Settings, pipeline: str, input_name: str) -> BatchFiles:
+    """`outbox/<pipeline>/<name>.output.jsonl`, `.errors.jsonl` and `.batch.json`."""
+    path = PurePath(input_name)
+    stem = path.stem if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else path.name
+    folder = settings.folder("outbox", pipeline)
+    return BatchFiles(
+        folder / f"{stem}.output.jsonl",
+        folder / f"{stem}.errors.jsonl",
+        folder / f"{stem}.batch.json",
+    )
+
+
+def error_of(child: Job) -> tuple[str, str]:
+    """(code, message) of a child that did not succeed."""
+    if child.status == CANCELLED:
+        return "batch_cancelled", "the batch was cancelled before this request finished"
+    text = child.error or "unknown error"
+    match = _CODED.match(text)
+    if match and match.group(1) in CODES:
+        return match.group(1), match.group(2)
+    return "server_error", text
+
+
+def _custom_id(child: Job) -> str | None:
+    try:
+        value = json.loads(child.input_text or "{}").get("custom_id")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def result_lines(batch_id: str, children: Sequence[Job]) -> tuple[list[str], list[str]]:
+    """The output and error lines (JSON text) for final children, in input order."""
+    outputs: list[str] = []
+    errors: list[str] = []
+    for child in children:
+        line: dict[str, Any] = {"id": stable_id("batch_req_", batch_id, child.item_index),
+                "custom_id": _custom_id(child)}  # fmt: skip
+        if child.status == SUCCEEDED and child.result_text:
+            line["response"] = {
+                "status_code": 200,
+                "request_id": stable_id("req_", batch_id, child.item_index),
+                "body": json.loads(child.result_text),
+            }
+            line["error"] = None
+            outputs.append(json.dumps(line, ensure_ascii=False))
+        else:
+            code, message = error_of(child)
+            line["response"] = None
+            line["error"] = {"code": code, "message": message}
+            errors.append(json.dumps(line, ensure_ascii=False))
+    return outputs, errors
+
+
+def request_counts(total: int, statuses: dict[str, int]) -> dict[str, int]:
+    """OpenAI's request_counts from child counts by status."""
+    failed = sum(statuses.get(s, 0) for s in (FAILED, DEAD, CANCELLED))
+    return {"total": total, "completed": statuses.get(SUCCEEDED, 0), "failed": failed}
+
+
+def _epoch(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def batch_object(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    """The batch shaped like OpenAI's Batch object."""
+    errors = json.loads(batch.errors_json) if batch.errors_json else []
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "input_file_id": batch.input_name,
+        "completion_window": "24h",
+        "status": batch.status,
+        "output_file_id": batch.output_file,
+        "error_file_id": batch.error_file,
+        "created_at": _epoch(batch.created_at),
+        "in_progress_at": _epoch(batch.in_progress_at),
+        "expires_at": _epoch(batch.created_at + COMPLETION_WINDOW),
+        "finalizing_at": _epoch(batch.finalizing_at),
+        "completed_at": _epoch(batch.completed_at),
+        "failed_at": _epoch(batch.failed_at),
+        "expired_at": None,
+        "cancelling_at": _epoch(batch.cancelling_at),
+        "cancelled_at": _epoch(batch.cancelled_at),
+        "request_counts": counts,
+        "metadata": None,
+    }
+
+
+def jsonl(lines: Sequence[str]) -> bytes:
+    return "".join(line + "\n" for line in lines).encode("utf-8")

@@ -1,0 +1,94 @@
+"""Reading an OpenAI Batch input file: one request per line, each checked on its own.
+
+A bad line (not JSON, no or duplicate custom_id, unsupported method or url, unknown
+model, invalid body) becomes an error for that line only; the valid lines still run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from worker.batch.request import LineError, parse_request
+from worker.inputs import InputError, decode_text
+
+MAX_CUSTOM_ID = 512
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One non-blank line: the request to run, or the error that stops it."""
+
+    line: int
+    custom_id: str | None
+    request: dict[str, Any] | None = None  # {"custom_id", "method", "url", "body"}
+    error: LineError | None = None
+
+
+def _custom_id(value: Any) -> str | None:
+    if isinstance(value.get("custom_id"), str) and value["custom_id"]:
+        return str(value["custom_id"])
+    return None
+
+
+def _check(value: Any, resolve_model: Callable[[str], str]) -> tuple[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise LineError("invalid_request", "the line must be a JSON object")
+    custom_id = _custom_id(value)
+    if custom_id is None:
+        raise LineError("invalid_request", "custom_id must be a non-empty string", "custom_id")
+    if len(custom_id) > MAX_CUSTOM_ID:
+        raise LineError("invalid_request", f"custom_id is over {MAX_CUSTOM_ID} characters",
+                        "custom_id")  # fmt: skip
+    method = value.get("method")
+    if method != "POST":
+        raise LineError("invalid_method", f"method {method!r} is not supported (use POST)",
+                        "method")  # fmt: skip
+    request = parse_request(str(value.get("url")), value.get("body"))
+    try:
+        resolve_model(request.model)
+    except LookupError as exc:
+        message = str(exc.args[0]) if exc.args else "unknown model"
+        raise LineError("model_not_found", message, "model") from None
+    return custom_id, {
+        "custom_id": custom_id,
+        "method": method,
+        "url": value["url"],
+        "body": value["body"],
+    }
+
+
+def read_batch(data: bytes, resolve_model: Callable[[str], str]) -> list[BatchLine]:
+    """Every non-blank line of a batch file, in order. `resolve_model` raises LookupError."""
+    lines: list[BatchLine] = []
+    seen: set[str] = set()
+    for number, text in enumerate(decode_text(data).splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            error = LineError("invalid_json", f"line {number} is not valid JSON: {exc.msg}")
+            lines.append(BatchLine(number, None, error=error))
+            continue
+        custom_id = _custom_id(value) if isinstance(value, dict) else None
+        try:
+            checked_id, request = _check(value, resolve_model)
+        except LineError as bad:
+            lines.append(BatchLine(number, custom_id, error=bad))
+            continue
+        if checked_id in seen:
+            duplicate = LineError(
+                "duplicate_custom_id",
+                f"custom_id {checked_id!r} was already used by an earlier line",
+                "custom_id",
+            )
+            lines.append(BatchLine(number, checked_id, error=duplicate))
+            continue
+        seen.add(checked_id)
+        lines.append(BatchLine(number, checked_id, request=request))
+    if not lines:
+        raise InputError("empty input: the batch file has no request lines")
+    return lines

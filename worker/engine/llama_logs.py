@@ -1,0 +1,32 @@
+"""llama.cpp's own log lines, routed into our logger."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_llama_log = logging.getLogger("edge_worker.llama_cpp")
+_log_callback: Any = None
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's own log lines to our logger (debug), not raw to stderr.
+
+    The daemon's stderr is one JSON object per line; stray C-level lines would break that.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
+            _llama_log.log({3: logging.WARNING, 4: logging.ERROR}.get(level, logging.DEBUG), line)
+
+    _log_callback = forward  # keep a reference: ctypes callbacks must outlive their use
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
