@@ -53,8 +53,13 @@ class Daemon:
         )
 
     def events(self) -> list[dict[str, Any]]:
+        return self.read_events(self.log_path)
+
+    @staticmethod
+    def read_events(log_path: Path) -> list[dict[str, Any]]:
+        """The JSON events in a daemon log file."""
         found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in log_path.read_text(errors="replace").splitlines():
             if line.startswith("{"):
                 try:
                     found.append(json.loads(line))
