@@ -115,7 +115,7 @@ class LeaseKeeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
             with self._lock:
-                held = list(self._held.items())
+                held = [(j, t) for j, t in self._held.items() if j not in self._lost]
             for job_id, token in held:
                 self.renew(job_id, token)
             try:
