@@ -11,14 +11,16 @@ DATA_DIR ?= var
 MODEL := $(DATA_DIR)/models/gemma-3-270m-q4_k_m.gguf
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: run test lint format install model bench clean help
+.PHONY: run test lint format install model bench soak clean help
 
 help:
 	@echo "make run     set up, then run the daemon in the foreground (default config)"
 	@echo "make test    set up, then lint and run the whole test suite"
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make bench   throughput benchmark (prints tokens/s and ratios)"
+	@echo "make soak    2,000 jobs through a real daemon; prints the RSS slope (SOAK_ARGS=--jobs 300)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,10 @@ test: lint model
 
 bench: install model
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/python bench/run.py
+
+# Not part of `make test`: about 10-15 minutes on 2 cores.
+soak: install model
+	$(BIN)/python bench/soak.py --model $(abspath $(MODEL)) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -154,6 +154,9 @@ def test_bad_input_corpus(
 
     paths = [f"terse/{n}" for n in [*FAILING, *SUCCEEDING, "long.txt"]] + ["nosuch/x.txt"]
     jobs = wait_final(data_dir, paths)
+    deadline = time.monotonic() + 30  # originals are moved right after the row is final
+    while any((inbox_root / p).exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
     failed = data_dir / "failed" / "terse"
     expected_errors = {f"terse/{n}": e for n, (_, e) in FAILING.items()}
@@ -213,3 +216,51 @@ def test_bad_input_corpus(
     problems = [e for e in daemon.events() if e["event"] in ("inbox.error", "inbox.file_error")]
     assert problems == []
     assert "Traceback" not in daemon.log_path.read_text()
+
+
+def test_a_file_removed_or_rewritten_while_queued_is_skipped_and_logged(
+    data_dir: Path, corpus_env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    daemon = Daemon(corpus_env, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    daemon.wait_for("daemon.ready")
+    (data_dir / "inbox" / "slow" / "busy.txt").write_text("Go.\n")
+    daemon.wait_for("job.claimed")  # the runner is busy with a long generation
+    inbox = data_dir / "inbox" / "terse"
+    (inbox / "gone.txt").write_text(SENTENCE)
+    (inbox / "changed.txt").write_text(SENTENCE)
+    daemon.wait_for("job.enqueued", count=3)
+    (inbox / "gone.txt").unlink()
+    (inbox / "changed.txt").write_text("A second version. " + SENTENCE)
+    busy = job_for(data_dir, "slow/busy.txt")
+    assert busy is not None and busy[1] == "running", "the premise: both still queued"
+
+    wait_final(data_dir, ["slow/busy.txt", "terse/gone.txt"])
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        versions = db_rows(
+            data_dir,
+            "SELECT status, error, result_text FROM jobs WHERE source_path = ? ORDER BY id",
+            "terse/changed.txt",
+        )
+        final = len(versions) == 2 and all(v[0] not in ("queued", "running") for v in versions)
+        if final and not (inbox / "changed.txt").exists():
+            break
+        time.sleep(0.3)
+    gone = job_for(data_dir, "terse/gone.txt")
+    assert gone is not None
+    assert gone[1:3] == ("failed", "input file was removed before it was processed")
+    assert [v[:2] for v in versions] == [
+        ("failed", "input file changed after it was queued; the new version runs"),
+        ("succeeded", None),
+    ]
+    assert (data_dir / "done" / "terse" / "changed.txt").read_text().startswith("A second")
+    output = data_dir / "outbox" / "terse" / "changed.txt.txt"
+    assert output.read_text() == versions[1][2] + "\n"
+    assert not (data_dir / "failed").exists()  # nothing to keep: the file was gone
+    skipped = [e for e in daemon.events() if e["event"] == "job.skipped"]
+    assert sorted(e["reason"] for e in skipped) == [
+        "input file changed after it was queued; the new version runs",
+        "input file was removed before it was processed",
+    ]
+    assert daemon.stop() == 0
