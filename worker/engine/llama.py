@@ -91,6 +91,16 @@ class LlamaEngine:
         tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         return tokens
 
+    def _free_sampler(self) -> None:
+        # Each completion builds a llama.cpp sampler chain (~3 MB with Gemma's 262k
+        # vocabulary) whose Python owner sits in a reference cycle, so only the cyclic GC
+        # freed it: the soak measured RSS climbing ~3 MB per job between collections
+        # (404 -> 462 MB in 120 jobs). Free it now; llama-cpp-python makes a new one per call.
+        sampler = getattr(self._llm, "_sampler", None)
+        if sampler is not None:
+            sampler.close()
+            self._llm._sampler = None
+
     def complete(
         self, prompt: str, generation: Generation, should_stop: Callable[[], bool]
     ) -> Completion:
@@ -113,18 +123,21 @@ class LlamaEngine:
         # (measured: same prompt, different text after a different prompt). A result must
         # not depend on which job ran before it.
         self._llm.reset()
-        result: Any = self._llm.create_completion(
-            prompt=tokens,
-            max_tokens=generation.max_tokens,
-            temperature=generation.temperature,
-            top_p=generation.top_p,
-            top_k=generation.top_k,
-            min_p=generation.min_p,
-            repeat_penalty=generation.repeat_penalty,
-            seed=generation.seed if generation.seed is not None else self.options.seed,
-            stop=list(generation.stop) or None,
-            stopping_criteria=StoppingCriteriaList([stop_requested]),
-        )
+        try:
+            result: Any = self._llm.create_completion(
+                prompt=tokens,
+                max_tokens=generation.max_tokens,
+                temperature=generation.temperature,
+                top_p=generation.top_p,
+                top_k=generation.top_k,
+                min_p=generation.min_p,
+                repeat_penalty=generation.repeat_penalty,
+                seed=generation.seed if generation.seed is not None else self.options.seed,
+                stop=list(generation.stop) or None,
+                stopping_criteria=StoppingCriteriaList([stop_requested]),
+            )
+        finally:
+            self._free_sampler()
         if interrupted:
             raise GenerationInterrupted("generation stopped before it finished")
         choice = result["choices"][0]
