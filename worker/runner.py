@@ -150,6 +150,7 @@ class Runner:
         self.progress = progress or Progress()
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
         self.outage = Outage("db.unavailable", "db.recovered")
+        self._temps_swept_at = float("-inf")
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
         """Claim and run jobs until stopped (or, with `once`, until nothing is left to do)."""
@@ -183,6 +184,9 @@ class Runner:
     def _recover(self) -> None:
         for recovered in self.store.recover_expired(max_crashes=self.settings.max_attempts):
             event("job.recovered", job_id=recovered.id, status=recovered.status)
+        if time.monotonic() - self._temps_swept_at < self.settings.lease_seconds:
+            return  # a temp file must be lease_seconds old to go: no need to look more often
+        self._temps_swept_at = time.monotonic()
         try:
             self._remove_stale_temps()
         except OSError as exc:  # not a database outage: log it and keep claiming

@@ -71,6 +71,8 @@ def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for entry in entries:
+        if _TEMP_NAME.fullmatch(entry.name) is None:  # cheap: failed/ may hold many files
+            continue
         try:
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
