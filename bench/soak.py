@@ -104,7 +104,7 @@ def main() -> int:
         with sqlite3.connect(db) as conn:
             conn.executemany(
                 "INSERT INTO jobs (pipeline, input_text) VALUES ('soak', ?)",
-                [(f"order {i}: {i % 97} crates of item {i % 31} left the depot on day {i % 28}.",)
+                [(f"order {i}: {i % 97} crates, item {i % 31}, day {i % 28}.",)
                  for i in range(args.jobs)],
             )  # fmt: skip
 
