@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 # The PostgreSQL server for the latency bench (it makes and drops its own database).
 BENCH_PG_URL ?= $(or $(EDGE_WORKER_TEST_PG_URL),postgresql+psycopg://postgres@127.0.0.1:5432/test)
 
-.PHONY: run test test-offline lint format install model bench bench-latency clean help
+.PHONY: run test test-offline lint format install model bench bench-latency soak clean help
+SOAK_ARGS ?=
 
 help:
 	@echo "make run     set up, then run the daemon in the foreground (default config)"
@@ -23,6 +24,7 @@ help:
 	@echo "make test-offline  the acceptance tests again with no network (unshare -n, root)"
 	@echo "make bench   throughput benchmark (prints tokens/s and ratios)"
 	@echo "make bench-latency  PostgreSQL insert-to-claim latency of an idle daemon"
+	@echo "make soak    2,000 jobs through a real daemon; prints the RSS slope (SOAK_ARGS=--jobs 300)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +78,10 @@ bench-latency: install model
 bench: install model
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Not part of `make test`: about 10-15 minutes on 2 cores.
+soak: install model
+	$(BIN)/python bench/soak.py --model $(abspath $(MODEL)) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,10 @@ from pathlib import Path
 from worker.config import Settings
 from worker.naming import archive_name, error_name, output_name
 from worker.sinks import move_durably, write_atomic
+
+# The runner (after an outcome) and the watcher (finishing a move a crash interrupted) may
+# archive the same original at the same moment; one at a time, the second finds it gone.
+_ARCHIVE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,18 @@ def archive_original(
 
     Returns the new path, or None if the original is no longer in the inbox.
     """
+    with _ARCHIVE_LOCK:
+        return _archive(settings, ref, job_id, succeeded, error, when)
+
+
+def _archive(
+    settings: Settings,
+    ref: FileRef,
+    job_id: int,
+    succeeded: bool,
+    error: str | None,
+    when: datetime | None,
+) -> Path | None:
     source = ref.inbox_path(settings)
     if not source.is_file() or source.is_symlink():
         return None
@@ -107,5 +124,10 @@ def archive_original(
         payload = json.dumps(reason, indent=2, ensure_ascii=False) + "\n"
         write_atomic(folder / error_name(name), payload.encode())
     target = folder / name
-    move_durably(source, target)
+    try:
+        move_durably(source, target)
+    except FileNotFoundError:  # another process moved it first
+        if not source.exists():
+            return None
+        raise
     return target

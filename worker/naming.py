@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 # Suffixes of files that are still being written by common tools.
@@ -14,6 +15,24 @@ OUTPUT_EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "jsonl"
 def is_ignored_name(name: str) -> bool:
     """Dot-files and partial downloads are never read."""
     return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+
+
+def name_problem(name: str) -> str | None:
+    """Why an inbox file name cannot be taken as it is, or None.
+
+    Names are stored in the job table and written into logs and error files as text, so
+    they must be valid UTF-8 (Linux allows any bytes).
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename the file"
+    return None
+
+
+def printable_path(path: Path) -> str:
+    """`path` for logs, with bytes that are not UTF-8 shown as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def _fit(name: str, suffix: str) -> str:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from worker.config import Settings
 from worker.engine import Engine, GenerationInterrupted
@@ -18,12 +19,15 @@ from worker.file_jobs import FileRef, archive_original
 from worker.inputs import InputError
 from worker.logs import event
 from worker.notify import Progress
+from worker.outage import OUTAGE_ERRORS, Outage
 from worker.pipelines import Pipeline
 from worker.retry import decide_retry
+from worker.sinks import remove_stale_temps
 from worker.store import ClaimedJob, JobStore
 from worker.work import Done, JobVanished, Work
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +47,10 @@ class StopFlags:
             self.soft.set()
 
 
+class DatabaseGone(Exception):
+    """The database stayed unavailable until shutdown; the job's outcome is not recorded."""
+
+
 class LeaseKeeper:
     """Renews the leases of the jobs in hand; remembers which ones were lost."""
 
@@ -55,6 +63,7 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.outage = Outage("lease.renew_failed", "lease.renew_recovered")
 
     def start(self) -> None:
         self._stop.clear()
@@ -79,13 +88,10 @@ class LeaseKeeper:
         with self._lock:
             return job_id in self._lost
 
-    def renew(self, job_id: int, token: str) -> bool:
-        """Renew one lease now; False (and remembered) if it is lost."""
-        try:
-            kept = self.store.heartbeat(job_id, token, self.lease_seconds)
-        except Exception as exc:  # database outage: keep working, the lease may still hold
-            event("lease.renew_failed", logging.WARNING, job_id=job_id, error=str(exc))
-            return True
+    def confirm(self, job_id: int, token: str) -> bool:
+        """Renew one lease now; False (and remembered) if it is lost. Database errors raise:
+        a caller about to publish must not take "cannot tell" for "still mine"."""
+        kept = self.store.heartbeat(job_id, token, self.lease_seconds)
         if not kept:
             with self._lock:
                 if job_id not in self._held:
@@ -94,16 +100,28 @@ class LeaseKeeper:
             event("job.lease_lost", logging.WARNING, job_id=job_id)
         return kept
 
+    def renew(self, job_id: int, token: str) -> bool:
+        """Renew one lease in the background; a database error counts as still held."""
+        try:
+            kept = self.confirm(job_id, token)
+        except Exception as exc:  # outage: keep working, the lease may still hold
+            self.outage.failed(exc)  # logged once per outage, not every lease/3
+            return True
+        self.outage.ok()
+        return kept
+
     def _loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
             with self._lock:
-                held = list(self._held.items())
+                held = [(j, t) for j, t in self._held.items() if j not in self._lost]
             for job_id, token in held:
                 self.renew(job_id, token)
             try:
                 self.store.worker_heartbeat(self.worker_id)
             except Exception as exc:
-                event("worker.heartbeat_failed", logging.WARNING, error=str(exc))
+                self.outage.failed(exc)
+            else:
+                self.outage.ok()
 
 
 class Runner:
@@ -129,10 +147,10 @@ class Runner:
         self.wake = wake
         self.progress = progress or Progress()
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-        self._db_lock = threading.Lock()
-        self._db_down_since: float | None = None
-        self._in_flight = 0  # jobs inside engine.complete (read without a lock: a hint)
+        self._in_flight = 0  # jobs inside the engine (read without a lock: a hint)
         self.work = Work(settings, store, engine, pipelines)
+        self.outage = Outage("db.unavailable", "db.recovered")
+        self._temps_swept_at = float("-inf")
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
         """Claim and run jobs until stopped (or, with `once`, until nothing is left to do).
@@ -182,10 +200,9 @@ class Runner:
                 jobs = self.store.claim(
                     self.worker_id, 1, self.settings.lease_seconds, exclude_pipelines=closed
                 )
-                self._db_ok()
-            except Exception as exc:
-                pause = self._db_failed(exc)
-                self.stop.soft.wait(pause)
+                self.outage.ok()
+            except Exception as exc:  # the database is not answering: wait, try again
+                self.stop.soft.wait(self.outage.failed(exc))
                 continue
             if not jobs:
                 if once and inputs_pending() == 0 and not self.store.has_ready(closed):
@@ -196,60 +213,88 @@ class Runner:
             for job in jobs:
                 self._run_one(job)
 
-    def _db_ok(self) -> None:
-        with self._db_lock:
-            if self._db_down_since is not None:
-                down = time.monotonic() - self._db_down_since
-                self._db_down_since = None
-                event("db.recovered", down_seconds=round(down))
-
-    def _db_failed(self, exc: Exception) -> float:
-        """Log an outage once; returns the backoff before the next try."""
-        with self._db_lock:
-            if self._db_down_since is None:
-                self._db_down_since = time.monotonic()
-                event("db.unavailable", logging.ERROR, error=str(exc))
-            down = time.monotonic() - self._db_down_since
-        return float(min(2 ** min(down, 5), 30))
-
     def _recover(self) -> None:
         for recovered in self.store.recover_expired(max_crashes=self.settings.max_attempts):
             event("job.recovered", job_id=recovered.id, status=recovered.status)
         for parent in self.store.wake_waiting():  # children finished while no one looked
             event("job.gather_queued", job_id=parent)
+        if time.monotonic() - self._temps_swept_at < self.settings.lease_seconds:
+            return  # a temp file must be lease_seconds old to go: no need to look more often
+        self._temps_swept_at = time.monotonic()
+        try:
+            self._remove_stale_temps()
+        except OSError as exc:  # not a database outage: log it and keep claiming
+            event("sweep.temp_failed", logging.WARNING, error=str(exc))
+
+    def _remove_stale_temps(self) -> None:
+        # Temp files of a process killed mid-write (this one's previous life, or another's).
+        now = time.time()
+        for kind in ("outbox", "failed"):
+            root = self.settings.data_dir / kind
+            folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+            for folder in folders:
+                for path in remove_stale_temps(folder, self.settings.lease_seconds, now):
+                    event("sweep.temp_removed", path=str(path))
+
+    def _db(self, call: Callable[[], T]) -> T:
+        """Run one store call, waiting out a database outage (logged once) rather than
+        dropping the outcome of work already done. Gives up only at shutdown."""
+        while True:
+            try:
+                result = call()
+            except OUTAGE_ERRORS as exc:
+                delay = self.outage.failed(exc)
+                if self.stop.hard.wait(delay) or self._past_shutdown_timeout():
+                    raise DatabaseGone(str(exc)) from exc
+                continue
+            self.outage.ok()
+            return result
+
+    def _past_shutdown_timeout(self) -> bool:
+        soft_at = self.stop.soft_at
+        return soft_at is not None and time.monotonic() - soft_at > self.settings.shutdown_timeout
 
     # One job -----------------------------------------------------------------
     def _should_stop(self, job_id: int) -> bool:
         self.progress.touch()  # called once per generated token
         if self.stop.hard.is_set() or self.leases.is_lost(job_id):
             return True
-        soft_at = self.stop.soft_at
-        return soft_at is not None and time.monotonic() - soft_at > self.settings.shutdown_timeout
+        return self._past_shutdown_timeout()
 
     def _run_one(self, job: ClaimedJob) -> None:
         event("job.claimed", job_id=job.id, pipeline=job.pipeline, attempt=job.attempts)
         self.leases.hold(job)
         started = time.monotonic()
         try:
+            self._handle(job, started)
+        except DatabaseGone as exc:  # shutdown during an outage: the lease expires, it reruns
+            event("job.abandoned", logging.WARNING, job_id=job.id,
+                  reason=f"database unavailable at shutdown: {exc}")  # fmt: skip
+        finally:
+            self.leases.drop(job.id)
+
+    def _handle(self, job: ClaimedJob, started: float) -> None:
+        try:
             self._execute(job, started)
         except JobVanished as exc:
-            self.store.fail(job.id, job.lease_token, str(exc), retry_at=None)
-            event("job.skipped", job_id=job.id, reason=str(exc))
+            reason = str(exc)
+            self._db(lambda: self.store.fail(job.id, job.lease_token, reason, retry_at=None))
+            event("job.skipped", job_id=job.id, reason=reason)
         except InputError as exc:
             self._fail(job, str(exc), retryable=False)
         except GenerationInterrupted:
             if self.leases.is_lost(job.id):
                 event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
             else:
-                self.store.release(job.id, job.lease_token)
+                self._db(lambda: self.store.release(job.id, job.lease_token))
                 event("job.released", job_id=job.id, reason="shutdown")
         except OSError as exc:  # disk full, unwritable outbox: the input stays, try later
             self._fail(job, f"cannot write output: {exc}", retryable=True)
+        except DatabaseGone:
+            raise
         except Exception as exc:
             log.exception("job %s crashed", job.id)
             self._fail(job, f"internal error: {type(exc).__name__}: {exc}", retryable=True)
-        finally:
-            self.leases.drop(job.id)
 
     def _execute(self, job: ClaimedJob, started: float) -> None:
         pipeline = self.pipelines.get(job.pipeline)
@@ -262,7 +307,7 @@ class Runner:
                 job,
                 pipeline,
                 should_stop=lambda: self._should_stop(job.id),
-                still_leased=lambda: self.leases.renew(job.id, job.lease_token),
+                still_leased=lambda: self._db(lambda: self.leases.confirm(job.id, job.lease_token)),
             )
         finally:
             self._in_flight -= 1
@@ -273,13 +318,15 @@ class Runner:
 
     def _succeed(self, job: ClaimedJob, done: Done, started: float) -> None:
         output = done.output
-        recorded = self.store.complete(
-            job.id,
-            job.lease_token,
-            done.result,
-            done.prompt_tokens,
-            done.completion_tokens,
-            str(output) if output else None,
+        recorded = self._db(
+            lambda: self.store.complete(
+                job.id,
+                job.lease_token,
+                done.result,
+                done.prompt_tokens,
+                done.completion_tokens,
+                str(output) if output else None,
+            )
         )
         if not recorded:
             event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
@@ -313,7 +360,12 @@ class Runner:
         )
         if decision.dead:
             error = f"gave up after {job.attempts} attempts: {error}"
-        if not self.store.fail(job.id, job.lease_token, error, decision.retry_at, decision.dead):
+        recorded = self._db(
+            lambda: self.store.fail(
+                job.id, job.lease_token, error, decision.retry_at, decision.dead
+            )
+        )
+        if not recorded:
             event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
             return
         final = decision.retry_at is None
@@ -345,4 +397,4 @@ class Runner:
             event("job.archive_failed", logging.WARNING, job_id=job.id, error=str(exc))
             return
         if archived is not None:
-            self.store.set_archived_path(job.id, str(archived))
+            self._db(lambda: self.store.set_archived_path(job.id, str(archived)))

@@ -144,10 +144,14 @@ class Work:
 
 def publish(still_leased: StillLeased, path: Path, text: str) -> None:
     """Write an output atomically, unless this worker's lease is gone."""
-    # Renew first: a worker whose lease is gone must not publish the output again.
-    if not still_leased():
-        raise GenerationInterrupted("lease lost before publishing")
-    write_atomic(path, text.encode("utf-8"))
+
+    def confirm() -> None:
+        # Checked after the slow part (writing and fsyncing the temp file), right before
+        # the rename: a worker whose lease is gone must not publish the output again.
+        if not still_leased():
+            raise GenerationInterrupted("lease lost before publishing")
+
+    write_atomic(path, text.encode("utf-8"), before_replace=confirm)
 
 
 class _NoVocabulary:

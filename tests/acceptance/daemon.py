@@ -45,17 +45,28 @@ def run_cli(
 class Daemon:
     """A running `edge-worker run`, its JSON log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *args: str, program: list[str] | None = None
+    ) -> None:
+        """Start `edge-worker run ARGS` (or `PROGRAM run ARGS`, e.g. a fault-injecting wrapper)."""
         self.env = env
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [EDGE_WORKER, "run", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
+            [*(program or [EDGE_WORKER]), "run", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def events(self) -> list[dict[str, Any]]:
+        return self.read_events(self.log_path)
+
+    @staticmethod
+    def read_events(log_path: Path) -> list[dict[str, Any]]:
+        """The JSON events in a daemon log file."""
         found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in log_path.read_text(errors="replace").splitlines():
             if line.startswith("{"):
                 try:
                     found.append(json.loads(line))

@@ -19,7 +19,8 @@ from worker.config import Settings
 from worker.db.models import FINAL_STATUSES, SUCCEEDED
 from worker.file_jobs import FileRef, archive_original, content_digest, file_key
 from worker.logs import event
-from worker.naming import is_ignored_name
+from worker.naming import is_ignored_name, name_problem, printable_path
+from worker.outage import OUTAGE_ERRORS, Outage
 from worker.sources.settle import Observation, is_settled, observe
 from worker.store import JobStore, NewJob
 
@@ -48,6 +49,8 @@ class InboxWatcher:
         self._touched: dict[Path, bool] = {}  # path -> close-after-write seen
         self._candidates: dict[Path, Observation] = {}
         self._warned: set[Path] = set()
+        self._failing: set[Path] = set()  # files whose last try raised: logged once each
+        self.outage = Outage("inbox.db_unavailable", "inbox.db_recovered")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
@@ -102,10 +105,15 @@ class InboxWatcher:
 
     # One pass ----------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        delay = TICK_SECONDS
+        while not self._stop.wait(delay):
+            delay = TICK_SECONDS
             try:
                 self.tick()
-            except Exception:  # a database outage must not kill the watcher
+            except OUTAGE_ERRORS as exc:  # the database is not answering: wait, rescan all
+                delay = self.outage.failed(exc)
+                self._last_rescan = float("-inf")
+            except Exception:  # nothing may kill the watcher
                 logging.getLogger(__name__).exception("watcher tick failed")
                 event("inbox.error", logging.ERROR)
 
@@ -119,9 +127,25 @@ class InboxWatcher:
         with self._lock:
             touched, self._touched = self._touched, {}
         for path, closed in touched.items():
-            self._consider(path, closed, now)
+            self._consider_one(path, closed, now)
         for path in list(self._candidates):
-            self._consider(path, False, now)
+            self._consider_one(path, False, now)
+
+    def _consider_one(self, path: Path, closed: bool, now: float) -> None:
+        # One file's problem (a name the file system rejects, a full disk while archiving)
+        # must not stop the others; it is logged once and tried again at the next rescan.
+        try:
+            self._consider(path, closed, now)
+        except OUTAGE_ERRORS:
+            raise
+        except Exception as exc:
+            self._candidates.pop(path, None)
+            if path not in self._failing:
+                self._failing.add(path)
+                event("inbox.file_error", logging.WARNING, path=printable_path(path),
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        else:
+            self._failing.discard(path)
 
     def _scan(self) -> list[Path]:
         found: list[Path] = []
@@ -142,12 +166,14 @@ class InboxWatcher:
         except (FileNotFoundError, NotADirectoryError):
             self._candidates.pop(path, None)
             return
-        if is_ignored_name(path.name) or not stat.S_ISREG(info.st_mode):
+        problem = name_problem(path.name)
+        if is_ignored_name(path.name) or not stat.S_ISREG(info.st_mode) or problem:
             self._candidates.pop(path, None)
             if not is_ignored_name(path.name) and path not in self._warned:
                 self._warned.add(path)
-                kind = "symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
-                event("inbox.ignored", logging.WARNING, path=str(path), reason=kind)
+                if not problem:
+                    problem = "symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+                event("inbox.ignored", logging.WARNING, path=printable_path(path), reason=problem)
             return
         obs = observe(self._candidates.get(path), info.st_size, info.st_mtime_ns, now, closed)
         self._candidates[path] = obs
@@ -204,6 +230,7 @@ class InboxWatcher:
                 idempotency_key=key,
             )
         )
+        self.outage.ok()
         if job_id is not None:
             event("job.enqueued", job_id=job_id, pipeline=ref.pipeline, file=ref.name)
             self.on_enqueued()

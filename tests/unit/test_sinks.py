@@ -1,0 +1,83 @@
+"""Atomic publishing: a failed write (disk full) leaves neither a partial file nor a temp."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from worker.sinks import is_stale_temp, remove_stale_temps, temp_name, write_atomic
+
+
+def no_space(_fd: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_leaves_the_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.txt"
+    target.write_bytes(b"old and complete\n")
+    monkeypatch.setattr("worker.sinks.os.fsync", no_space)
+    with pytest.raises(OSError) as raised:
+        write_atomic(target, b"new" * 1000)
+    assert raised.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"old and complete\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_disk_full_on_a_new_file_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.sinks.os.fsync", no_space)
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "out.txt", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_before_replace_can_veto_publishing(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    seen: list[list[str]] = []
+
+    def veto() -> None:
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise RuntimeError("lease lost")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, b"data", before_replace=veto)
+    assert len(seen[0]) == 1 and seen[0][0].endswith(".tmp")  # data was on disk, unpublished
+    assert list(tmp_path.iterdir()) == []
+    write_atomic(target, b"data", before_replace=lambda: None)
+    assert target.read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("name", ["a" * 250, "東" * 80 + ".txt.md", "x", "é" * 127])
+def test_temp_names_fit_name_max_and_are_recognised(name: str, tmp_path: Path) -> None:
+    temp = temp_name(name)
+    assert len(os.fsencode(temp)) <= 255
+    assert is_stale_temp(temp, mtime=0, now=100, max_age=10)
+    write_atomic(tmp_path / name, b"ok")  # no ENAMETOOLONG for the temp file
+    assert (tmp_path / name).read_bytes() == b"ok"
+
+
+def test_stale_temp_rule() -> None:
+    temp = ".report.txt.md.0a1b2c3d.tmp"
+    assert is_stale_temp(temp, mtime=100, now=200, max_age=60)
+    assert not is_stale_temp(temp, mtime=100, now=150, max_age=60)  # may still be written
+    for other in ("report.txt.md", ".report.tmp", "notes.0a1b2c3d.tmp", ".x.0A1B2C3D.tmp"):
+        assert not is_stale_temp(other, mtime=0, now=1000, max_age=60), other
+
+
+def test_remove_stale_temps_only_removes_old_temps(tmp_path: Path) -> None:
+    old = tmp_path / ".a.txt.0a1b2c3d.tmp"
+    fresh = tmp_path / ".b.txt.0a1b2c3d.tmp"
+    result = tmp_path / "a.txt"
+    for path in (old, fresh, result):
+        path.write_text("x")
+    os.utime(old, (1000, 1000))
+    now = fresh.stat().st_mtime + 1
+    assert remove_stale_temps(tmp_path, max_age=60, now=now) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, result.name]
+    assert remove_stale_temps(tmp_path / "missing", max_age=60, now=now) == []
