@@ -27,6 +27,7 @@ def daemon_env(data_dir: Path, models_dir: Path, **settings: object) -> dict[str
         EDGE_WORKER_SWEEP_INTERVAL="1",
         EDGE_WORKER_LOG_FORMAT="json",
         EDGE_WORKER_N_THREADS="2",
+        EDGE_WORKER_PARALLEL="2",  # two slots: batching exercised, start-up and memory lean
         COLUMNS="200",  # rich tables unwrapped, so tests can read them
     )
     env.update({f"EDGE_WORKER_{k.upper()}": str(v) for k, v in settings.items()})
