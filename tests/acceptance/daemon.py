@@ -26,7 +26,9 @@ def daemon_env(data_dir: Path, models_dir: Path, **settings: object) -> dict[str
         EDGE_WORKER_RESCAN_INTERVAL="2",
         EDGE_WORKER_SWEEP_INTERVAL="1",
         EDGE_WORKER_LOG_FORMAT="json",
-        EDGE_WORKER_N_THREADS="2",
+        # One thread: llama.cpp threads spin at barriers, and with several daemons (or a
+        # busy host) two threads each oversubscribe 2 cores and run many times slower.
+        EDGE_WORKER_N_THREADS="1",
         EDGE_WORKER_PARALLEL="2",  # two slots: batching exercised, start-up and memory lean
         COLUMNS="200",  # rich tables unwrapped, so tests can read them
     )
