@@ -93,7 +93,7 @@ SUCCEEDING: dict[str, bytes] = {
     LONG_CJK: SENTENCE.encode(),
     # Input is data: a template engine would fail on these (undefined name, missing file).
     "template.txt": b"{{ secret_key }} {% include '/etc/passwd' %} {{ 7 * 7 }} {# x #}\n",
-    # A plain .jsonl in a text pipeline is text; JSONL batches are the batch inbox's job.
+    # A .jsonl runs one job per line; its malformed line is a per-line error in the output.
     "batch.jsonl": b'{"custom_id": "1", "body": {}}\n{not json at all\n',
 }
 
@@ -114,7 +114,9 @@ def wait_final(data_dir: Path, source_paths: list[str], timeout: float = 180) ->
     found: dict[str, Any] = {}
     while time.monotonic() < deadline:
         found = {p: job_for(data_dir, p) for p in source_paths}
-        if all(j is not None and j[1] not in ("queued", "running") for j in found.values()):
+        if all(
+            j is not None and j[1] not in ("queued", "running", "waiting") for j in found.values()
+        ):
             return found
         time.sleep(0.3)
     raise AssertionError(f"not final within {timeout}s: {found}")
@@ -183,9 +185,16 @@ def test_bad_input_corpus(
     for name in SUCCEEDING:
         _, status, row_error, output_path, result = jobs[f"terse/{name}"]
         assert status == "succeeded", (name, row_error)
-        output = outbox / output_name(name, "text")
-        assert output_path == str(output)
-        assert output.read_text() == result + "\n"
+        if name.endswith(".jsonl"):  # one result line per input line, gathered in order
+            output = outbox / f"{name}.jsonl"
+            assert output_path == str(output)
+            lines = [json.loads(line) for line in output.read_text().splitlines()]
+            assert len(lines) == 2
+            assert "not valid JSON" in json.dumps(lines[1])
+        else:
+            output = outbox / output_name(name, "text")
+            assert output_path == str(output)
+            assert output.read_text() == result + "\n"
         assert (done / name).exists()
         assert not (inbox / name).exists()
 
@@ -204,7 +213,11 @@ def test_bad_input_corpus(
         assert os.path.lexists(inbox / name), name
     assert (inbox_root / "stray.txt").exists()
     assert outside.read_text() == SENTENCE  # a symlink's target is never touched
-    assert db_rows(data_dir, "SELECT count(*) FROM jobs") == [(len(paths),)]
+    # one job per file, plus the two line jobs of batch.jsonl
+    assert db_rows(data_dir, "SELECT count(*) FROM jobs WHERE parent_id IS NULL") == [
+        (len(paths),)
+    ]
+    assert db_rows(data_dir, "SELECT count(*) FROM jobs WHERE parent_id IS NOT NULL") == [(2,)]
 
     # ... and the daemon keeps serving: a good file dropped after the corpus succeeds
     (inbox / "after.txt").write_text(SENTENCE)
@@ -221,7 +234,8 @@ def test_bad_input_corpus(
 def test_a_file_removed_or_rewritten_while_queued_is_skipped_and_logged(
     data_dir: Path, corpus_env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    daemon = Daemon(corpus_env, tmp_path / "daemon.log")
+    # one slot, so that the other files wait queued while it is busy
+    daemon = Daemon({**corpus_env, "EDGE_WORKER_PARALLEL": "1"}, tmp_path / "daemon.log")
     daemons.append(daemon)
     daemon.wait_for("daemon.ready")
     (data_dir / "inbox" / "slow" / "busy.txt").write_text("Go.\n")
