@@ -55,7 +55,8 @@ def test_metrics_file_matches_the_database_and_status_reports_the_run(
     assert status["throughput"]["jobs"] == 3  # all finished within the last minute
     assert status["throughput"]["completion_tokens"] > 0
     (worker,) = status["workers"]
-    assert (worker["state"], worker["model"], worker["slots"]) == ("running", "gemma-3-270m", 1)
+    # daemon_env runs two slots
+    assert (worker["state"], worker["model"], worker["slots"]) == ("running", "gemma-3-270m", 2)
     assert worker["heartbeat_age_seconds"] < 60
     plain = run_cli(env, "status")
     assert plain.returncode == 0, plain.stderr
