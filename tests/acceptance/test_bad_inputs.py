@@ -214,9 +214,7 @@ def test_bad_input_corpus(
     assert (inbox_root / "stray.txt").exists()
     assert outside.read_text() == SENTENCE  # a symlink's target is never touched
     # one job per file, plus the two line jobs of batch.jsonl
-    assert db_rows(data_dir, "SELECT count(*) FROM jobs WHERE parent_id IS NULL") == [
-        (len(paths),)
-    ]
+    assert db_rows(data_dir, "SELECT count(*) FROM jobs WHERE parent_id IS NULL") == [(len(paths),)]
     assert db_rows(data_dir, "SELECT count(*) FROM jobs WHERE parent_id IS NOT NULL") == [(2,)]
 
     # ... and the daemon keeps serving: a good file dropped after the corpus succeeds

@@ -93,7 +93,7 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
         os.kill(victim.proc.pid, signal.SIGCONT)
         time.sleep(0.05)
     assert held, "daemon 0 never held a job"
-    assert len(held) == 1  # one slot: it claims one job at a time
+    assert 1 <= len(held) <= 2  # two slots: at most two jobs in its hands
 
     wait_all_final(pg_url, JOBS, timeout=300)
     rows = pg_rows(pg_url, "SELECT id, status, attempts, crashes, lease_owner FROM jobs")
@@ -102,18 +102,23 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
     # Only the job in the killed daemon's hands ran twice; it was finished by another.
     again = {r.id: r for r in rows if r.attempts != 1}
     assert set(again) == set(held), again
-    (recovered,) = again.values()
-    assert (recovered.attempts, recovered.crashes) == (2, 1)
-    assert recovered.lease_owner in workers[1:]
+    for recovered in again.values():
+        assert (recovered.attempts, recovered.crashes) == (2, 1)
+        assert recovered.lease_owner in workers[1:]
 
     # Every result was written exactly once, across the three daemons' logs.
     succeeded = [e["job_id"] for d in daemons for e in d.events() if e["event"] == "job.succeeded"]
-    assert len(succeeded) == JOBS
-    assert sorted(succeeded) == sorted(r.id for r in rows)
+    assert len(succeeded) == len(set(succeeded)), "a job succeeded twice"
+    # The victim may have recorded one last success and been stopped before logging it.
+    unlogged = {r.id for r in rows} - set(succeeded)
+    assert all(r.lease_owner == victim_id for r in rows if r.id in unlogged), unlogged
+    assert len(unlogged) <= 2
     by_victim = [e["job_id"] for e in victim.events() if e["event"] == "job.succeeded"]
-    assert held[0] not in by_victim
+    assert not set(held) & set(by_victim)
     recoveries = [e for d in daemons[1:] for e in d.events() if e["event"] == "job.recovered"]
-    assert [(e["job_id"], e["status"]) for e in recoveries] == [(held[0], "queued")]
+    assert sorted((e["job_id"], e["status"]) for e in recoveries) == [
+        (h, "queued") for h in sorted(held)
+    ]
     per_daemon = [sum(e["event"] == "job.succeeded" for e in d.events()) for d in daemons]
     assert all(n > 0 for n in per_daemon), per_daemon  # all three took part
 
