@@ -120,7 +120,6 @@ class BatchedEngine:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
-        mparams.use_extra_bufts = os.environ.get("EW_REPACK", "1") == "1"
         self._model = llama_cpp.llama_model_load_from_file(str(model.path).encode(), mparams)
         if not self._model:
             raise ModelError(f"cannot load model {model.path}: llama.cpp could not read it")
@@ -137,7 +136,8 @@ class BatchedEngine:
         cparams.n_threads = threads
         cparams.n_threads_batch = batch.n_threads_batch or threads
         cparams.swa_full = True  # prefix copies need the full cache of sliding-window layers
-        cparams.kv_unified = os.environ.get("EW_UNIFIED") == "1"
+        # One stream per sequence: attention never looks at other sequences' cells.
+        cparams.kv_unified = False
         cparams.no_perf = True
         # Same attention kernels as llama-cpp-python's Llama (flash attention off), so a
         # batched result matches a plain create_completion's.
