@@ -82,6 +82,9 @@ def restore_original(settings: Settings, job: Job) -> Path | None:
     ref = FileRef.parse(job.source_path)
     folder = settings.folder("inbox", ref.pipeline)
     target = folder / _free_name(folder, ref.name)
+    # A fresh mtime makes it a new version, so it gets a new job. Set before the move:
+    # the watcher must never see it in the inbox with the old version's mtime (it would
+    # take it for the failed job's leftover and move it straight back).
+    os.utime(archived)
     move_durably(archived, target)
-    os.utime(target)  # a fresh mtime makes it a new version, so it gets a new job
     return target

@@ -118,7 +118,11 @@ def wait_until_final(data_dir: Path, count: int, timeout: float = 120) -> list[t
     rows: list[tuple[Any, ...]] = []
     while time.monotonic() < deadline:
         if (data_dir / "jobs.db").exists():
-            rows = db_rows(data_dir, "SELECT id, status FROM jobs ORDER BY id")
+            try:
+                rows = db_rows(data_dir, "SELECT id, status FROM jobs ORDER BY id")
+            except sqlite3.OperationalError:  # created, not yet migrated
+                time.sleep(0.2)
+                continue
             if len(rows) >= count and all(s not in LIVE for _, s in rows):
                 return rows
         time.sleep(0.2)
