@@ -58,7 +58,7 @@ test: lint model
 bench: install model
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/python bench/run.py
 
-# Not part of `make test`: about 10-15 minutes on 2 cores.
+# Not part of `make test`: 10 minutes on an idle 2-core host (31 on a busy one).
 soak: install model
 	$(BIN)/python bench/soak.py --model $(abspath $(MODEL)) $(SOAK_ARGS)
 
