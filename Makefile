@@ -79,7 +79,7 @@ bench: install model
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# Not part of `make test`: about 10-15 minutes on 2 cores.
+# Not part of `make test`: 10 minutes on an idle 2-core host (31 on a busy one).
 soak: install model
 	$(BIN)/python bench/soak.py --model $(abspath $(MODEL)) $(SOAK_ARGS)
 
