@@ -147,7 +147,11 @@ class Runner:
         self.wake = wake
         self.progress = progress or Progress()
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-        self._in_flight = 0  # jobs inside the engine (read without a lock: a hint)
+        # Jobs inside the engine. Slot threads change it together: a lost `+=` would leave
+        # it above zero for good, idle slots would stop touching progress, and systemd's
+        # watchdog would restart a healthy idle daemon.
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self.work = Work(settings, store, engine, pipelines)
         self.outage = Outage("db.unavailable", "db.recovered")
         self._temps_swept_at = float("-inf")
@@ -301,7 +305,8 @@ class Runner:
         if pipeline is None:
             known = ", ".join(sorted(self.pipelines))
             raise InputError(f"unknown pipeline {job.pipeline!r} (known: {known})")
-        self._in_flight += 1
+        with self._in_flight_lock:
+            self._in_flight += 1
         try:
             done = self.work.execute(
                 job,
@@ -310,7 +315,8 @@ class Runner:
                 still_leased=lambda: self._db(lambda: self.leases.confirm(job.id, job.lease_token)),
             )
         finally:
-            self._in_flight -= 1
+            with self._in_flight_lock:
+                self._in_flight -= 1
         if done is None:
             event("job.expanded", job_id=job.id, pipeline=job.pipeline)
             return
