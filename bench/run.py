@@ -4,9 +4,11 @@ On the same 64 inputs (bench/workload.py), in one run:
   (a) a plain loop over llama-cpp-python's `create_completion`, the baseline a user writes;
   (b) edge-worker end to end: files dropped into the inbox of a running daemon until every
       result is written;
-  (c) the engine alone (continuous batching, shared-prefix reuse).
-Each is measured `--runs` times; medians are printed with the ratios b/a and c/a, the
-ceiling for this workload from rates measured here, and peak RSS of the daemon.
+  (c) the engine alone (continuous batching, shared-prefix reuse), with the default
+      `batch_invariant` on, and (d) the same with it off (faster prompt kernels).
+Each is measured `--runs` times, each measurement in a process of its own (llama.cpp
+reads some kernel switches once per process); medians are printed with the ratios
+b/a, c/a and d/a, the ceiling for this workload from rates measured here, and peak RSS.
 Figures go to bench/results/<time>.json, the tokens/s-per-slot chart to parallel.png.
 """
 
@@ -17,6 +19,7 @@ import json
 import os
 import queue
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -50,6 +53,7 @@ class Figures:
     latencies: list[float]
     peak_rss_mb: float | None = None
     prompt_tokens_evaluated: int | None = None
+    prompt_tokens_reused: int | None = None
 
     @property
     def jobs_per_s(self) -> float:
@@ -92,17 +96,26 @@ def plain_loop(model: Path, docs: list[str], threads: int, n_ctx: int) -> Figure
         generated += out["usage"]["completion_tokens"]
     seconds = time.monotonic() - started
     del llm
-    return Figures("plain loop", seconds, len(docs), prompt_tokens, generated, latencies)
+    return Figures(
+        "plain loop", seconds, len(docs), prompt_tokens, generated, latencies, peak_rss_mb()
+    )
 
 
 def engine_alone(
-    model: Path, docs: list[str], threads: int, n_ctx: int, parallel: int, reuse: bool = True
+    model: Path,
+    docs: list[str],
+    threads: int,
+    n_ctx: int,
+    parallel: int,
+    invariant: bool = True,
+    generation: Generation = GREEDY,
+    reuse: bool = True,
 ) -> Figures:
-    """(c) The batched engine fed by `parallel` callers, as the runner's slots do."""
+    """(c)/(d) The batched engine fed by `parallel` callers, as the runner's slots do."""
     engine = BatchedEngine(
         ModelFile("bench", model, None),
         EngineOptions(n_ctx=n_ctx, n_threads=threads),
-        BatchOptions(parallel=parallel, prefix_cache=reuse),
+        BatchOptions(parallel=parallel, prefix_cache=reuse, batch_invariant=invariant),
     )
     todo: queue.Queue[str] = queue.Queue()
     for doc in docs:
@@ -118,7 +131,7 @@ def engine_alone(
             except queue.Empty:
                 return
             t0 = time.monotonic()
-            done = engine.complete(prompt(doc), GREEDY, lambda: False, shared_prefix=INSTRUCTION)
+            done = engine.complete(prompt(doc), generation, lambda: False, INSTRUCTION)
             with lock:
                 latencies.append(time.monotonic() - t0)
                 totals["prompt"] += done.prompt_tokens
@@ -132,17 +145,18 @@ def engine_alone(
         worker.join()
     seconds = time.monotonic() - started
     evaluated = engine.stats.prompt_tokens_evaluated
+    reused = engine.stats.prompt_tokens_reused
     engine.close()
-    name = "engine alone" if reuse else "engine alone, no prefix reuse"
+    name = "engine alone" if invariant else "engine, batch_invariant off"
     return Figures(name, seconds, len(docs), totals["prompt"], totals["generated"], latencies,
-                   prompt_tokens_evaluated=evaluated)  # fmt: skip
+                   peak_rss_mb("self"), evaluated, reused)  # fmt: skip
 
 
-def rates(model: Path, threads: int, parallel: int) -> dict[str, float]:
+def rates(model: Path, threads: int, n_ctx: int, parallel: int) -> dict[str, float]:
     """Prompt-processing tokens/s and aggregate generation tokens/s at `parallel`."""
     engine = BatchedEngine(
         ModelFile("bench", model, None),
-        EngineOptions(n_ctx=1024, n_threads=threads),
+        EngineOptions(n_ctx=n_ctx, n_threads=threads),
         BatchOptions(parallel=parallel, prefix_cache=False),
     )
     try:
@@ -202,6 +216,67 @@ def median_of(runs: list[Figures]) -> dict[str, Any]:
     return merged
 
 
+def prompt_tokens_per_job(
+    model: Path, docs: list[str], args: argparse.Namespace
+) -> dict[str, float]:
+    """Prompt tokens evaluated per job with and without prefix reuse (prefill only)."""
+    one_token = Generation(max_tokens=1, temperature=0)
+    found = {}
+    for reuse in (True, False):
+        figures = engine_alone(model, docs, args.threads, args.n_ctx, args.parallel,
+                               generation=one_token, reuse=reuse)  # fmt: skip
+        evaluated = figures.prompt_tokens_evaluated or 0
+        found["with_reuse" if reuse else "without_reuse"] = evaluated / figures.jobs
+        if reuse:
+            found["shared_prefix"] = (figures.prompt_tokens_reused or 0) / figures.jobs
+    return found
+
+
+def measure_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one method in this process; returns its figures as JSON-able data."""
+    model = Path(os.environ.get("EDGE_WORKER_TEST_MODEL",
+                                REPO / "var/models/gemma-3-270m-q4_k_m.gguf"))  # fmt: skip
+    docs = documents(args.jobs)
+    method = args.one
+    if method == "loop":
+        return plain_loop(model, docs, args.threads, args.n_ctx).__dict__
+    if method == "daemon":
+        seconds, lat, ptok, gtok, rss = run_daemon_bench(
+            model, docs, args.parallel, args.threads, args.n_ctx, MAX_TOKENS
+        )
+        return Figures("edge-worker end to end", seconds, len(docs), ptok, gtok, lat, rss).__dict__
+    if method in ("engine", "engine-fast"):
+        invariant = method == "engine"
+        figures = engine_alone(model, docs, args.threads, args.n_ctx, args.parallel, invariant)
+        return figures.__dict__
+    if method == "reuse":
+        return prompt_tokens_per_job(model, docs[:8], args)
+    if method.startswith("rates:"):
+        return rates(model, args.threads, args.n_ctx, int(method.split(":")[1]))
+    raise SystemExit(f"unknown method {method}")
+
+
+def in_subprocess(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`measure_one` in a fresh Python process (llama.cpp reads kernel switches once)."""
+    command = [sys.executable, __file__, "--one", method, "--jobs", str(args.jobs),
+               "--parallel", str(args.parallel), "--threads", str(args.threads),
+               "--n-ctx", str(args.n_ctx)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench method {method} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+METHODS = {
+    "loop": "(a)",
+    "daemon": "(b)",
+    "engine": "(c)",
+    "engine-fast": "(d)",
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -210,33 +285,22 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--sweep", default="1,2,4,8,16", help="parallel values for the chart")
-    parser.add_argument("--skip", default="", help="comma list of: loop,daemon,engine,sweep")
+    parser.add_argument("--skip", default="", help="comma list of: loop,daemon,engine,"
+                        "engine-fast,sweep")  # fmt: skip
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model = Path(os.environ.get("EDGE_WORKER_TEST_MODEL",
-                                REPO / "var/models/gemma-3-270m-q4_k_m.gguf"))  # fmt: skip
+    if args.one:
+        print(json.dumps(measure_one(args)))
+        return 0
     skip = set(filter(None, args.skip.split(",")))
-    docs = documents(args.jobs)
     results: dict[str, Any] = {"jobs": args.jobs, "max_tokens": MAX_TOKENS,
                                "parallel": args.parallel, "threads": args.threads}  # fmt: skip
-    runs: dict[str, list[Figures]] = {"loop": [], "daemon": [], "engine": []}
+    runs: dict[str, list[Figures]] = {m: [] for m in METHODS if m not in skip}
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}", flush=True)
-        if "loop" not in skip:
-            runs["loop"].append(plain_loop(model, docs, args.threads, args.n_ctx))
-            print("  (a)", runs["loop"][-1].summary(), flush=True)
-        if "daemon" not in skip:
-            seconds, lat, ptok, gtok, rss = run_daemon_bench(
-                model, docs, args.parallel, args.threads, args.n_ctx, MAX_TOKENS
-            )
-            runs["daemon"].append(
-                Figures("edge-worker end to end", seconds, len(docs), ptok, gtok, lat, rss)
-            )
-            print("  (b)", runs["daemon"][-1].summary(), flush=True)
-        if "engine" not in skip:
-            runs["engine"].append(
-                engine_alone(model, docs, args.threads, args.n_ctx, args.parallel)
-            )
-            print("  (c)", runs["engine"][-1].summary(), flush=True)
+        for method in runs:
+            runs[method].append(Figures(**in_subprocess(method, args)))
+            print(f"  {METHODS[method]}", runs[method][-1].summary(), flush=True)
     medians = {k: median_of(v) for k, v in runs.items() if v}
     results["medians"] = medians
     results["runs"] = {k: [r.summary() for r in v] for k, v in runs.items()}
@@ -244,33 +308,33 @@ def main() -> int:
     print("\nmedians of", args.runs, "runs:")
     for med in medians.values():
         print(
-            f"  {med['method']:<24} {med['jobs_per_s']:.3f} jobs/s  "
+            f"  {med['method']:<28} {med['jobs_per_s']:.3f} jobs/s  "
             f"{med['generated_tokens_per_s']:.1f} gen tok/s  "
             f"{med['prompt_tokens_per_s']:.1f} prompt tok/s  "
             f"p50 {med['p50_latency_s']} s  p95 {med['p95_latency_s']} s"
             + (f"  peak RSS {med['peak_rss_mb']} MB" if med.get("peak_rss_mb") else "")
         )
-    if "loop" in medians:
-        base = medians["loop"]["jobs_per_s"]
-        for key, label in (("daemon", "b/a end to end"), ("engine", "c/a engine alone")):
+    base = medians["loop"]["jobs_per_s"] if "loop" in medians else None
+    if base:
+        for key, label in (("daemon", "b/a end to end"), ("engine", "c/a engine alone"),
+                           ("engine-fast", "d/a engine, batch_invariant off")):  # fmt: skip
             if key in medians:
                 ratio = medians[key]["jobs_per_s"] / base
                 results[f"ratio_{key}"] = round(ratio, 2)
                 print(f"  ratio {label}: {ratio:.2f}x")
 
-    if runs["engine"]:
+    reuse = in_subprocess("reuse", args)
+    results["prompt_tokens_per_job"] = {k: round(v, 1) for k, v in reuse.items()}
+    print(
+        f"  prompt tokens evaluated per job: {reuse['with_reuse']:.0f} with prefix reuse, "
+        f"{reuse['without_reuse']:.0f} without; the shared instruction is "
+        f"{reuse['shared_prefix']:.0f} tokens, evaluated once for all {min(8, args.jobs)} jobs"
+    )
+    if "engine" in medians:
+        measured = in_subprocess(f"rates:{args.parallel}", args)
         last = runs["engine"][-1]
-        with_reuse = (last.prompt_tokens_evaluated or 0) / last.jobs
-        without = last.prompt_tokens / last.jobs
-        results["prompt_tokens_per_job"] = {"with_reuse": round(with_reuse, 1),
-                                            "without_reuse": round(without, 1)}  # fmt: skip
-        print(
-            f"  prompt tokens evaluated per job: {with_reuse:.0f} with prefix reuse, "
-            f"{without:.0f} without (shared prefix: {without - with_reuse:.0f} tokens)"
-        )
-        measured = rates(model, args.threads, args.parallel)
         gen_per_job = last.generated_tokens / last.jobs
-        ceiling = 1 / (with_reuse / measured["prompt_tokens_per_s"]
+        ceiling = 1 / (reuse["with_reuse"] / measured["prompt_tokens_per_s"]
                        + gen_per_job / measured["generation_tokens_per_s"])  # fmt: skip
         results["rates"] = {k: round(v, 1) for k, v in measured.items()}
         results["ceiling_jobs_per_s"] = round(ceiling, 3)
@@ -278,17 +342,19 @@ def main() -> int:
             f"  measured rates: {measured['prompt_tokens_per_s']:.0f} prompt tok/s, "
             f"{measured['generation_tokens_per_s']:.0f} gen tok/s at parallel {args.parallel}"
         )
-        print(f"  ceiling for this workload: {ceiling:.3f} jobs/s; engine reaches "
-              f"{medians['engine']['jobs_per_s'] / ceiling:.0%}"
-              + (f", end to end {medians['daemon']['jobs_per_s'] / ceiling:.0%}"
-                 if "daemon" in medians else ""))  # fmt: skip
+        reached = {k: medians[k]["jobs_per_s"] / ceiling for k in ("engine", "daemon")
+                   if k in medians}  # fmt: skip
+        results["ceiling_fraction"] = {k: round(v, 3) for k, v in reached.items()}
+        print(f"  ceiling for this workload: {ceiling:.3f} jobs/s"
+              + (f" ({ceiling / base:.2f}x the plain loop)" if base else "")
+              + "; reached: " + ", ".join(f"{k} {v:.0%}" for k, v in reached.items()))  # fmt: skip
 
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     if "sweep" not in skip:
         points: dict[int, float] = {}
         for p in (int(x) for x in args.sweep.split(",")):
-            points[p] = rates(model, args.threads, p)["generation_tokens_per_s"]
+            points[p] = in_subprocess(f"rates:{p}", args)["generation_tokens_per_s"]
             print(f"  parallel {p:>2}: {points[p]:.1f} gen tok/s", flush=True)
         results["generation_tokens_per_s_by_parallel"] = points
         chart(points, out_dir / "parallel.png")

@@ -298,6 +298,7 @@ def model_info() -> None:
         "parallel (slots)": str(engine.parallel),
         "n_batch / n_ubatch": f"{settings.n_batch} / {settings.n_ubatch}",
         "n_threads_batch": str(settings.n_threads_batch or options.n_threads or os.cpu_count()),
+        "batch_invariant": str(settings.batch_invariant).lower(),
         "KV cache (all slots)": f"{engine.n_ctx * engine.parallel} tokens",
         "load time": f"{engine.load_seconds:.2f} s",
     }

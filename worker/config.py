@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     n_batch: int = Field(default=512, ge=16, description="tokens per llama_decode call")
     n_ubatch: int = Field(default=512, ge=16, description="physical batch size")
     n_threads_batch: int | None = Field(default=None, ge=1, le=1024)
+    # A job's greedy output does not depend on what else is in the batch (see README,
+    # Performance); off trades that for faster prompt processing on CPUs.
+    batch_invariant: bool = True
 
     lease_seconds: float = Field(default=60.0, gt=1)
     poll_interval: float = Field(default=0.5, gt=0, le=60)

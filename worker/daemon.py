@@ -43,6 +43,7 @@ def open_engine(settings: Settings, model: ModelFile, parallel: int | None = Non
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         n_threads_batch=settings.n_threads_batch,
+        batch_invariant=settings.batch_invariant,
     )
     return BatchedEngine(model, engine_options(settings), batch)
 

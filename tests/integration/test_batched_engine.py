@@ -88,13 +88,10 @@ def test_batched_generation_matches_single_sequence(
     )
     assert all(r for r in results), "every prompt generated tokens"
     assert reused >= 31 * 40, "the shared instruction was reused, not recomputed"
-    # llama.cpp's CPU kernels add in a different order for a batch of 8 than for one row,
-    # and this small quantized model has many near-ties under greedy decoding: measured
-    # 13/32 identical, the rest diverging after ~10-25 identical tokens. A bug (wrong
-    # positions, one sequence reading another's cache, a broken prefix copy) makes the
-    # text diverge at once: these bounds catch that, not arithmetic.
-    assert same >= 8, f"only {same}/32 prompts match"
-    assert mean_common >= 12, f"outputs diverge after {mean_common:.1f} tokens on average"
+    # The bound. With batch_invariant on (the default) every prompt matches: the
+    # engine keeps each row on the kernels a lone sequence uses. Off, llama.cpp's tiled
+    # CPU kernels flip near-ties of this small model (measured 11-14/32): see README.
+    assert same >= 29, f"only {same}/32 prompts match"
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -6,6 +6,14 @@ the running sequences' next tokens and new sequences' prompt chunks share one ba
 of at most `n_batch` tokens. A finished sequence frees its slot at once, and the next
 waiting request takes it without waiting for the others.
 
+Batch invariance (`BatchOptions.batch_invariant`, on by default): a job's tokens do not
+depend on what else is in the batch. llama.cpp's CPU backend computes a row with other
+kernels when a matrix product has 8 or more columns (its tiled and repacked K-quant
+paths), and attention over a stream with other kernels when the stream holds a prompt
+chunk beside a running token; either flips near-ties in greedy decoding. So in this mode
+those two kernel families are turned off for the process, and a decode call holds either
+every running sequence's next token or one sequence's prompt chunk, never both.
+
 Shared-prefix reuse: a request may name the part of its prompt that many requests
 share (a pipeline's instructions). That prefix is evaluated once into a cache
 sequence and copied into each new sequence with `llama_memory_seq_cp`.
@@ -54,6 +62,7 @@ class BatchOptions:
     n_ubatch: int = 512
     n_threads_batch: int | None = None
     prefix_cache: bool = True
+    batch_invariant: bool = True
 
 
 @dataclass
@@ -117,9 +126,15 @@ class BatchedEngine:
         self.parallel = batch.parallel
         self.stats = EngineStats()
         started = time.monotonic()
+        if batch.batch_invariant:
+            # ggml reads this once per process, at its first matrix product: an engine
+            # made after another process-wide llama.cpp user may find it already read.
+            os.environ["GGML_CPU_TILED_MM"] = "0"
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
+        # Repacked weights use a gemm kernel for 4+ rows and a gemv for fewer.
+        mparams.use_extra_bufts = not batch.batch_invariant
         self._model = llama_cpp.llama_model_load_from_file(str(model.path).encode(), mparams)
         if not self._model:
             raise ModelError(f"cannot load model {model.path}: llama.cpp could not read it")
@@ -156,6 +171,7 @@ class BatchedEngine:
         self._active: list[_Sequence] = []
         self._incoming: queue.Queue[_Request] = queue.Queue()
         self._waiting: list[_Request] = []
+        self._prompt_turn = True  # batch-invariant mode alternates prompt and token calls
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
         self._thread.start()
@@ -334,30 +350,24 @@ class BatchedEngine:
             raise RuntimeError(f"llama_decode returned {code}")
 
     def _step(self) -> None:
-        """One decode call: every running sequence's next token, then prompt chunks."""
+        """One decode call: running sequences' next tokens and/or prompt chunks."""
         self._batch.n_tokens = 0
+        running = [s for s in self._active if not s.prefilling and s.pending is not None]
+        prefilling = [s for s in self._active if s.prefilling]
         budget = self.batch_options.n_batch
-        for seq in self._active:
-            seq.logits_index = -1
-            if not seq.prefilling and seq.pending is not None:
-                pos = len(seq.request.tokens) + len(seq.generated) - 1
-                seq.logits_index = self._add(seq.pending, pos, seq.seq_id, logits=True)
-                budget -= 1
-        for seq in self._active:
-            if budget <= 0:
-                break
-            if not seq.prefilling:
-                continue
-            tokens = seq.request.tokens
-            take = min(budget, len(tokens) - seq.n_past)
-            for pos in range(seq.n_past, seq.n_past + take):
-                last = pos == len(tokens) - 1
-                index = self._add(tokens[pos], pos, seq.seq_id, logits=last)
-                if last:
-                    seq.logits_index = index
-            seq.n_past += take
-            budget -= take
-            self.stats.prompt_tokens_evaluated += take
+        if not self.batch_options.batch_invariant:
+            budget -= self._add_next_tokens(running)
+            for seq in prefilling:
+                if budget <= 0:
+                    break
+                budget -= self._add_prompt_chunk(seq, budget)
+        elif prefilling and (self._prompt_turn or not running):
+            # One sequence's chunk alone: the same ubatch shape as a sequence on its own.
+            self._add_prompt_chunk(prefilling[0], budget)
+            self._prompt_turn = False
+        else:
+            self._add_next_tokens(running)
+            self._prompt_turn = True
         if self._batch.n_tokens == 0:
             return
         self._decode()
@@ -366,6 +376,28 @@ class BatchedEngine:
                 self._finish(seq, error=GenerationInterrupted("stopped by request"))
             elif seq.logits_index >= 0:
                 self._sample(seq)
+                seq.logits_index = -1
+
+    def _add_next_tokens(self, running: list[_Sequence]) -> int:
+        """Each running sequence's last sampled token, to get its next logits."""
+        for seq in running:
+            assert seq.pending is not None
+            pos = len(seq.request.tokens) + len(seq.generated) - 1
+            seq.logits_index = self._add(seq.pending, pos, seq.seq_id, logits=True)
+        return len(running)
+
+    def _add_prompt_chunk(self, seq: _Sequence, budget: int) -> int:
+        """Up to `budget` more prompt tokens of `seq`; logits for its last one."""
+        tokens = seq.request.tokens
+        take = min(budget, len(tokens) - seq.n_past)
+        for pos in range(seq.n_past, seq.n_past + take):
+            last = pos == len(tokens) - 1
+            index = self._add(tokens[pos], pos, seq.seq_id, logits=last)
+            if last:
+                seq.logits_index = index
+        seq.n_past += take
+        self.stats.prompt_tokens_evaluated += take
+        return take
 
     def _sample(self, seq: _Sequence) -> None:
         ll = self._ll
