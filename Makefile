@@ -59,7 +59,7 @@ format: install
 test: lint model
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/pytest $(PYTEST_ARGS)
 
-# Throughput: plain llama-cpp-python loop vs edge-worker (medians of 3 runs; ~30 min on 2 cores).
+# Throughput: plain llama-cpp-python loop vs edge-worker (medians of 3 runs; ~37 min on 2 cores).
 # BENCH_ARGS="--runs 1 --jobs 16" for a quick look.
 BENCH_ARGS ?=
 # The acceptance tests again inside a new network namespace (`unshare -n`: no
