@@ -334,7 +334,8 @@ def main() -> int:
         measured = in_subprocess(f"rates:{args.parallel}", args)
         last = runs["engine"][-1]
         gen_per_job = last.generated_tokens / last.jobs
-        ceiling = 1 / (reuse["with_reuse"] / measured["prompt_tokens_per_s"]
+        prompt_per_job = (last.prompt_tokens_evaluated or 0) / last.jobs  # all the jobs
+        ceiling = 1 / (prompt_per_job / measured["prompt_tokens_per_s"]
                        + gen_per_job / measured["generation_tokens_per_s"])  # fmt: skip
         results["rates"] = {k: round(v, 1) for k, v in measured.items()}
         results["ceiling_jobs_per_s"] = round(ceiling, 3)

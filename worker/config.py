@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,6 +92,15 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("n_batch")
+    @classmethod
+    def _fits_slots(cls, value: int, info: ValidationInfo) -> int:
+        # Every running sequence's next token goes into one decode call.
+        parallel = info.data.get("parallel")
+        if parallel is not None and value < parallel:
+            raise ValueError(f"must be at least parallel ({parallel})")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +96,55 @@ def test_batched_generation_matches_single_sequence(
     # engine keeps each row on the kernels a lone sequence uses. Off, llama.cpp's tiled
     # CPU kernels flip near-ties of this small model (measured 11-14/32): see README.
     assert same >= 29, f"only {same}/32 prompts match"
+
+
+MIXED_SCHEDULE = """
+import json, sys
+from pathlib import Path
+from tests.integration.test_batched_engine import INSTRUCTION, _common_prefix, prompts, run_all
+from worker.engine import EngineOptions
+from worker.engine.batched import BatchedEngine, BatchOptions
+from worker.engine.model_files import ModelFile
+
+model = ModelFile("gemma-3-270m", Path(sys.argv[1]), None)
+items = prompts(8)
+def engine(**batch):
+    return BatchedEngine(model, EngineOptions(n_ctx=1024, n_threads=2),
+                         BatchOptions(batch_invariant=False, **batch))
+single = engine(parallel=1, prefix_cache=False)
+reference = run_all(single, items, prefix=None)
+single.close()
+mixed = engine(parallel=4)
+results = run_all(mixed, items, prefix=INSTRUCTION)
+print(json.dumps({"common": [_common_prefix(a, b) for a, b in zip(reference, results)],
+                  "lengths": [len(r) for r in results],
+                  "reused": mixed.stats.prompt_tokens_reused}))
+mixed.close()
+"""
+
+
+def test_mixed_schedule_with_batch_invariant_off(gguf: Path) -> None:
+    """batch_invariant off: prompt chunks ride with running tokens in one decode call.
+
+    In a process of its own, since llama.cpp reads the kernel switch once per process.
+    Its arithmetic differs from one sequence's, so only a gross fault fails this: wrong
+    positions or another sequence's cache give unrelated text from the first tokens on.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", MIXED_SCHEDULE, str(gguf)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"mixed schedule: identical prefix per prompt {found['common']} of 32 tokens")
+    assert all(n > 0 for n in found["lengths"]), "every prompt generated tokens"
+    assert found["reused"] >= 7 * 40, "the shared instruction was reused"
+    assert sum(found["common"]) / len(found["common"]) >= 6, found["common"]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

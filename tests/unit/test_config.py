@@ -33,6 +33,15 @@ def test_bad_value_names_the_setting_and_the_accepted_values(
     assert "'xml'" in message
 
 
+def test_more_slots_than_a_decode_call_holds_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_WORKER_PARALLEL", "64")
+    monkeypatch.setenv("EDGE_WORKER_N_BATCH", "32")
+    with pytest.raises(ConfigError, match=r"EDGE_WORKER_N_BATCH.*at least parallel \(64\)"):
+        load_settings()
+    monkeypatch.setenv("EDGE_WORKER_N_BATCH", "64")
+    assert load_settings().n_batch == 64
+
+
 def test_unknown_setting_in_toml_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("n_ctxx = 1024\n")

@@ -1,18 +1,20 @@
 """Continuous batching on llama.cpp's low-level API.
 
 Many callers (one per runner slot) call `complete()` at once; one decode thread owns
-the llama.cpp context and advances every active sequence with each `llama_decode`:
-the running sequences' next tokens and new sequences' prompt chunks share one batch
-of at most `n_batch` tokens. A finished sequence frees its slot at once, and the next
-waiting request takes it without waiting for the others.
+the llama.cpp context and advances the active sequences with each `llama_decode` (at
+most `n_batch` tokens): the running sequences' next tokens, and new sequences' prompt
+chunks, in the same call or, in batch-invariant mode, in alternate calls. A finished
+sequence frees its slot at once, and the next waiting request takes it without waiting
+for the others.
 
 Batch invariance (`BatchOptions.batch_invariant`, on by default): a job's tokens do not
 depend on what else is in the batch. llama.cpp's CPU backend computes a row with other
-kernels when a matrix product has 8 or more columns (its tiled and repacked K-quant
-paths), and attention over a stream with other kernels when the stream holds a prompt
-chunk beside a running token; either flips near-ties in greedy decoding. So in this mode
-those two kernel families are turned off for the process, and a decode call holds either
-every running sequence's next token or one sequence's prompt chunk, never both.
+kernels when a matrix product has more columns (8 or more for its tiled K-quant
+matmul, 4 or more for repacked weights), and attention over a stream with other kernels
+when the stream holds a prompt chunk beside a running token; either flips near-ties in
+greedy decoding. So in this mode those two kernel families are turned off for the
+process, and a decode call holds either every running sequence's next token or one
+sequence's prompt chunk, never both.
 
 Shared-prefix reuse: a request may name the part of its prompt that many requests
 share (a pipeline's instructions). That prefix is evaluated once into a cache
@@ -127,8 +129,9 @@ class BatchedEngine:
         self.stats = EngineStats()
         started = time.monotonic()
         if batch.batch_invariant:
-            # ggml reads this once per process, at its first matrix product: an engine
-            # made after another process-wide llama.cpp user may find it already read.
+            # ggml reads this once per process, at its first matrix product, so the
+            # choice holds for the whole process (and its children, which inherit it):
+            # one process should not mix engines of both modes.
             os.environ["GGML_CPU_TILED_MM"] = "0"
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
