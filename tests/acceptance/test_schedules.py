@@ -51,6 +51,17 @@ def wait_fires(daemon: Daemon, pipeline: str, count: int, timeout: float = 60) -
     raise AssertionError(f"no fire {count} of {pipeline}:\n" + daemon.log_path.read_text())
 
 
+def wait_fire_at(daemon: Daemon, pipeline: str, fire_time: str, timeout: float = 30) -> Any:
+    """Wait for `pipeline`'s fire at `fire_time` (two pipelines firing at once log apart)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in fired(daemon, pipeline) if e["fire_time"] == fire_time]
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no fire of {pipeline} at {fire_time}:\n" + daemon.log_path.read_text())
+
+
 def sweep_jobs(data_dir: Path) -> list[tuple[str, str]]:
     """(file name, status) of the sweep jobs, oldest first."""
     rows = db_rows(data_dir, "SELECT source_path, status FROM jobs WHERE source = 'sweep' "
@@ -83,7 +94,7 @@ def test_a_five_second_sweep_takes_new_and_changed_files_once(
 
     second = wait_fires(daemon, "sweeper", 2)
     assert second["jobs"] == 1  # b.txt only: a.txt is unchanged
-    nightly = [e for e in fired(daemon, "nightly") if e["fire_time"] == second["fire_time"]]
+    nightly = wait_fire_at(daemon, "nightly", second["fire_time"])
     assert [e["jobs"] for e in nightly] == [1]
     (folder / "a.txt").write_text("The harvest was poor this year.")  # changed
 
