@@ -14,25 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from tests.acceptance.daemon import Daemon, daemon_env, run_cli
-from worker.db.engine import make_engine
+from tests.conftest import run_sql
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(420)]
 
 JOBS = 300
-
-
-def pg_rows(url: str, sql: str, **params: Any) -> list[Any]:
-    """Run plain SQL on the test database, as another program would."""
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(sql), params)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def pg_env(tmp_path: Path, name: str, gguf: Path, url: str, pipelines: Path,
@@ -46,7 +34,7 @@ def wait_all_final(url: str, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     left: list[Any] = []
     while time.monotonic() < deadline:
-        left = pg_rows(url, "SELECT status, count(*) FROM jobs GROUP BY status")
+        left = run_sql(url, "SELECT status, count(*) FROM jobs GROUP BY status")
         if dict(left).get("succeeded", 0) == count or not any(
             s in ("queued", "running") for s, _ in left
         ):
@@ -69,7 +57,7 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
     for daemon in daemons:
         daemon.wait_for("db.listening")
 
-    pg_rows(pg_url, "INSERT INTO jobs (pipeline, input_text) "
+    run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) "
                     "SELECT 'tiny', 'What is ' || g || ' plus one?' FROM generate_series(1, :n) g",
             n=JOBS)  # fmt: skip
 
@@ -77,14 +65,14 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
     # table says it holds stays true until the kill lands.
     victim, victim_id = daemons[0], workers[0]
     deadline = time.monotonic() + 240
-    while pg_rows(pg_url, "SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0] < JOBS / 3:
+    while run_sql(pg_url, "SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0] < JOBS / 3:
         assert time.monotonic() < deadline, "the daemons are not making progress"
         time.sleep(0.2)
     held: list[int] = []
     for _ in range(100):
         os.kill(victim.proc.pid, signal.SIGSTOP)
         time.sleep(0.2)  # statements already sent finish on the server
-        held = [r[0] for r in pg_rows(
+        held = [r[0] for r in run_sql(
             pg_url, "SELECT id FROM jobs WHERE status = 'running' AND lease_owner = :w",
             w=victim_id)]  # fmt: skip
         if held:
@@ -96,7 +84,7 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
     assert 1 <= len(held) <= 2  # two slots: at most two jobs in its hands
 
     wait_all_final(pg_url, JOBS, timeout=300)
-    rows = pg_rows(pg_url, "SELECT id, status, attempts, crashes, lease_owner FROM jobs")
+    rows = run_sql(pg_url, "SELECT id, status, attempts, crashes, lease_owner FROM jobs")
     assert len(rows) == JOBS
     assert Counter(r.status for r in rows) == {"succeeded": JOBS}
     # Only the job in the killed daemon's hands ran twice; it was finished by another.
@@ -137,12 +125,12 @@ def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
     daemon.wait_for("db.listening")
     time.sleep(1.0)  # the runner is now idle in its 30 s wait
 
-    pg_rows(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('tiny', 'first')")
+    run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('tiny', 'first')")
     daemon.wait_for("job.claimed", timeout=10)  # not 30 s: NOTIFY woke it
     done = daemon.wait_for("job.succeeded", timeout=60)
 
     # The server drops the listening session (as at a restart): the daemon reconnects.
-    terminated = pg_rows(
+    terminated = run_sql(
         pg_url,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE application_name = 'edge-worker-listen' AND datname = current_database()",
@@ -153,11 +141,11 @@ def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
     assert relistening["reconnected"] is True
     time.sleep(1.0)  # the catch-up wake-up has passed; the runner waits 30 s again
 
-    pg_rows(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('tiny', 'second')")
+    run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('tiny', 'second')")
     daemon.wait_for("job.claimed", timeout=10, count=2)
     second = daemon.wait_for("job.succeeded", timeout=60, count=2)
     assert second["job_id"] != done["job_id"]
-    assert pg_rows(pg_url, "SELECT status, attempts FROM jobs ORDER BY id") == [
+    assert run_sql(pg_url, "SELECT status, attempts FROM jobs ORDER BY id") == [
         ("succeeded", 1), ("succeeded", 1),
     ]  # fmt: skip
     assert daemon.stop(signal.SIGTERM, timeout=60) == 0

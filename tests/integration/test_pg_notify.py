@@ -9,9 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
 
-from worker.db.engine import make_engine
+from tests.conftest import run_sql
 from worker.db.migrate import alembic_config, upgrade
 from worker.sources.pg_notify import (
     BACKOFF_MAX,
@@ -25,22 +24,12 @@ from worker.sources.pg_notify import (
 pytestmark = pytest.mark.timeout(60)
 
 
-def execute(url: str, sql: str, **params: Any) -> list[Any]:
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(sql), params)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        engine.dispose()
-
-
 def triggers(url: str) -> list[str]:
     sql = (
         "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
         "AND tgrelid = 'jobs'::regclass ORDER BY tgname"
     )
-    return [r[0] for r in execute(url, sql)]
+    return [r[0] for r in run_sql(url, sql)]
 
 
 def payloads(listener: psycopg.Connection[Any], wait: float = 2.0) -> list[str]:
@@ -71,8 +60,8 @@ def test_sqlite_migrates_without_triggers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    assert execute(url, "SELECT version_num FROM alembic_version") == [(head,)]
-    assert execute(url, "SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
+    assert run_sql(url, "SELECT version_num FROM alembic_version") == [(head,)]
+    assert run_sql(url, "SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
 
 
 def test_inserts_and_requeues_notify_and_downgrade_removes_the_triggers(pg_url: str) -> None:
@@ -83,22 +72,22 @@ def test_inserts_and_requeues_notify_and_downgrade_removes_the_triggers(pg_url: 
     with psycopg.connect(libpq_conninfo(pg_url), autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
         # A bulk insert sends one notification per pipeline (PostgreSQL folds duplicates).
-        execute(pg_url, "INSERT INTO jobs (pipeline, input_text) SELECT 'a', 'x' "
+        run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) SELECT 'a', 'x' "
                         "FROM generate_series(1, 5)")  # fmt: skip
-        execute(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('b', 'y')")
+        run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('b', 'y')")
         assert payloads(listener) == ["a", "b"]
         # Other updates are silent; going back to queued (retry, release, recovery) is not.
-        execute(pg_url, "UPDATE jobs SET status = 'running' WHERE pipeline = 'b'")
-        execute(pg_url, "UPDATE jobs SET attempts = 1 WHERE pipeline = 'b'")
+        run_sql(pg_url, "UPDATE jobs SET status = 'running' WHERE pipeline = 'b'")
+        run_sql(pg_url, "UPDATE jobs SET attempts = 1 WHERE pipeline = 'b'")
         assert payloads(listener, wait=0.5) == []
-        execute(pg_url, "UPDATE jobs SET status = 'queued' WHERE pipeline = 'b'")
+        run_sql(pg_url, "UPDATE jobs SET status = 'queued' WHERE pipeline = 'b'")
         assert payloads(listener) == ["b"]
 
         command.downgrade(alembic_config(pg_url), "0001")
         assert triggers(pg_url) == []
-        assert execute(pg_url, "SELECT count(*) FROM pg_proc "
+        assert run_sql(pg_url, "SELECT count(*) FROM pg_proc "
                                "WHERE proname = 'edge_worker_notify_job'") == [(0,)]  # fmt: skip
-        execute(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('c', 'z')")
+        run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('c', 'z')")
         assert payloads(listener, wait=0.5) == []
 
         upgrade(pg_url)  # and back up again
@@ -113,18 +102,18 @@ def test_listener_wakes_on_insert_and_reconnects_after_the_server_drops_it(pg_ur
     try:
         assert wake.wait(10), "no wake-up on connect"  # the catch-up wake-up
         wake.clear()
-        execute(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('p', 'x')")
+        run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('p', 'x')")
         assert wake.wait(5)
         assert listener.notifications == 1
         wake.clear()
 
-        dropped = execute(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        dropped = run_sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                   "WHERE application_name = 'edge-worker-listen' "
                                   "AND datname = current_database()")  # fmt: skip
         assert dropped == [(True,)]
         assert wake.wait(15), "no wake-up after reconnecting"
         wake.clear()
-        execute(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('p', 'y')")
+        run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('p', 'y')")
         assert wake.wait(5)
         assert listener.notifications == 2
     finally:

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect, text
 
 from tests.clock import frozen
 from worker.db.engine import make_engine
 from worker.db.migrate import check, upgrade
 from worker.store import JobStore, NewJob, utcnow
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        yield request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def job_store(db_url: str) -> JobStore:
-    upgrade(db_url)
-    return JobStore(make_engine(db_url))
 
 
 def test_migrations_build_an_empty_database_without_drift(db_url: str) -> None:

@@ -2,24 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from worker.db.engine import make_engine
-from worker.db.migrate import upgrade
 from worker.store import JobStore, NewBatch, NewChild, NewJob
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
-    url = (
-        f"sqlite:///{tmp_path / 'jobs.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    upgrade(url)
-    return JobStore(make_engine(url))
 
 
 def claim_parent(store: JobStore) -> tuple[int, str]:
