@@ -1,25 +1,50 @@
-"""A fake engine for fast runner tests (the real engine has its own integration tests)."""
+"""A fake engine for fast runner and pipeline tests (the real engine has its own
+integration tests)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-from worker.engine import Completion, GenerationInterrupted
+from worker.engine import Completion, GenerationInterrupted, context_error
 from worker.pipelines import Generation
 
 
+class Crash(BaseException):
+    """The process dies here: nothing is recorded."""
+
+
 class FakeEngine:
-    """Answers with the prompt's length; can be told to fail or to block until stopped."""
+    """Answers with `answer(prompt)` (by default the prompt's length) and counts words as
+    tokens, a BOS included; refuses prompts longer than `n_ctx` as the real engine does.
 
-    n_ctx = 2048
+    `fail` is raised by every call, after the call is recorded; `block` makes calls wait
+    until they are told to stop; `crash_after` kills the "process" (raises Crash) on the
+    call after that many, before it is recorded.
+    """
 
-    def __init__(self, fail: Exception | None = None, block: threading.Event | None = None):
+    def __init__(
+        self,
+        answer: Callable[[str], str] | None = None,
+        *,
+        n_ctx: int = 2048,
+        fail: Exception | None = None,
+        block: threading.Event | None = None,
+        crash_after: int | None = None,
+    ) -> None:
+        self.answer = answer or (lambda prompt: f"len={len(prompt)}")
+        self.n_ctx = n_ctx
         self.fail = fail
         self.block = block
-        self.prompts: list[str] = []
+        self.crash_after = crash_after
+        self.calls: list[tuple[str, Generation]] = []
         self.interrupted = threading.Event()
         self._lock = threading.Lock()
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts of the calls so far, in order."""
+        return [prompt for prompt, _ in self.calls]
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -31,8 +56,14 @@ class FakeEngine:
         should_stop: Callable[[], bool],
         shared_prefix: str | None = None,
     ) -> Completion:
+        prompt_tokens = self.count_tokens(prompt) + 1
+        too_long = context_error(prompt_tokens, self.n_ctx, generation.max_tokens)
+        if too_long is not None:
+            raise too_long
         with self._lock:
-            self.prompts.append(prompt)
+            if self.crash_after is not None and len(self.calls) >= self.crash_after:
+                raise Crash
+            self.calls.append((prompt, generation))
         if self.fail is not None:
             raise self.fail
         if self.block is not None:
@@ -40,4 +71,5 @@ class FakeEngine:
                 self.block.wait(0.01)
             self.interrupted.set()
             raise GenerationInterrupted("stopped")
-        return Completion(f"len={len(prompt)}", len(prompt), 3, "stop")
+        text = self.answer(prompt)
+        return Completion(text, prompt_tokens, max(1, self.count_tokens(text)), "stop")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from tests.clock import frozen
+from tests.fakes import Crash, FakeEngine
 from worker.config import Settings
-from worker.engine import Completion
 from worker.file_jobs import FileRef, content_digest, file_key
-from worker.pipelines import Generation, Pipeline
+from worker.pipelines import Pipeline
 from worker.runner import Runner, StopFlags
 from worker.store import JobStore, NewJob, utcnow
 
@@ -26,33 +25,8 @@ PIPELINES = {
 }
 
 
-class Crash(BaseException):
-    """The process dies here: nothing is recorded."""
-
-
-class EchoEngine:
-    """Answers with the last line of the prompt; can crash after some completions."""
-
-    n_ctx = 2048
-
-    def __init__(self, crash_after: int | None = None) -> None:
-        self.prompts: list[str] = []
-        self.crash_after = crash_after
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def complete(
-        self,
-        prompt: str,
-        generation: Generation,
-        should_stop: Callable[[], bool],
-        shared_prefix: str | None = None,
-    ) -> Completion:
-        if self.crash_after is not None and len(self.prompts) >= self.crash_after:
-            raise Crash
-        self.prompts.append(prompt)
-        return Completion(" " + prompt.splitlines()[-1], len(prompt.split()), 2, "stop")
+def echo_last_line(prompt: str) -> str:
+    return " " + prompt.splitlines()[-1]
 
 
 def drop(settings: Settings, store: JobStore, pipeline: str, name: str, data: bytes) -> int:
@@ -69,7 +43,7 @@ def drop(settings: Settings, store: JobStore, pipeline: str, name: str, data: by
     return job_id
 
 
-def runner(settings: Settings, store: JobStore, engine: EchoEngine, worker: str = "w1") -> Runner:
+def runner(settings: Settings, store: JobStore, engine: FakeEngine, worker: str = "w1") -> Runner:
     return Runner(settings, store, engine, PIPELINES, worker, StopFlags(), threading.Event())
 
 
@@ -78,7 +52,7 @@ def test_csv_rows_become_jobs_and_results_come_back_in_order(
 ) -> None:
     csv_data = b"name,text\nAda,hello\nBob,x,extra\nCy,bye\n"
     parent = drop(settings, store, "rows", "people.csv", csv_data)
-    engine = EchoEngine()
+    engine = FakeEngine(echo_last_line)
     runner(settings, store, engine).run(once=True)
     job = store.get(parent)
     assert job is not None and job.status == "succeeded"
@@ -119,7 +93,7 @@ def test_batch_with_bad_lines_gives_outputs_errors_and_counts(
     settings: Settings, store: JobStore
 ) -> None:
     parent = drop(settings, store, "batch", "req.jsonl", batch_lines())
-    runner(settings, store, EchoEngine()).run(once=True)
+    runner(settings, store, FakeEngine(echo_last_line)).run(once=True)
     outputs, errors, batch = read_results(settings)
     assert len(outputs) == 17 and len(errors) == 3
     assert batch["request_counts"] == {"total": 20, "completed": 17, "failed": 3}
@@ -147,11 +121,11 @@ def test_a_crash_mid_batch_resumes_without_rerunning_finished_lines(
     settings: Settings, store: JobStore
 ) -> None:
     drop(settings, store, "batch", "req.jsonl", batch_lines())
-    crashing = EchoEngine(crash_after=6)
+    crashing = FakeEngine(echo_last_line, crash_after=6)
     with pytest.raises(Crash):
         runner(settings, store, crashing, "w1").run(once=True)
     expire_leases(store, settings)
-    resumed = EchoEngine()
+    resumed = FakeEngine(echo_last_line)
     runner(settings, store, resumed, "w2").run(once=True)
     # 6 lines finished before the crash; the line in flight and the other 10 run after it
     assert len(crashing.prompts) == 6
@@ -177,11 +151,11 @@ def test_a_crash_while_gathering_writes_the_same_files_again(
 
     monkeypatch.setattr(store, "complete", complete_or_crash)
     with pytest.raises(Crash):
-        runner(settings, store, EchoEngine()).run(once=True)
+        runner(settings, store, FakeEngine(echo_last_line)).run(once=True)
     first = {p.name: p.read_bytes() for p in settings.folder("outbox", "batch").iterdir()}
     monkeypatch.setattr(store, "complete", real_complete)
     expire_leases(store, settings)
-    engine = EchoEngine()
+    engine = FakeEngine(echo_last_line)
     runner(settings, store, engine, "w2").run(once=True)
     assert engine.prompts == []  # nothing ran again
     second = {p.name: p.read_bytes() for p in settings.folder("outbox", "batch").iterdir()}
@@ -195,7 +169,7 @@ def test_cancelling_a_waiting_parent_cancels_its_children(
 ) -> None:
     parent = drop(settings, store, "rows", "people.csv", b"name,text\nA,1\nB,2\n")
     with pytest.raises(Crash):
-        runner(settings, store, EchoEngine(crash_after=0)).run(once=True)
+        runner(settings, store, FakeEngine(echo_last_line, crash_after=0)).run(once=True)
     assert store.cancel(parent)
     statuses = sorted(j.status for j in store.children(parent))
     assert statuses == ["cancelled", "cancelled"]
@@ -206,7 +180,7 @@ def test_a_plain_insert_still_works_beside_children(settings: Settings, store: J
 
     with store.engine.begin() as conn:
         conn.execute(text("INSERT INTO jobs (pipeline, input_text) VALUES ('rows', 'hi')"))
-    engine = EchoEngine()
+    engine = FakeEngine(echo_last_line)
     Runner(settings, store, engine, {"rows": Pipeline(name="rows", prompt="{{ input }}")}, "w",
            StopFlags(), threading.Event()).run(once=True)  # fmt: skip
     (job,) = store.list_jobs()

@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 
+from tests.fakes import FakeEngine
 from worker.chat import chat_template_for
-from worker.engine import Completion, PromptTooLong, context_error
+from worker.engine import PromptTooLong
 from worker.inference import PipelineRun, ResultInvalid
 from worker.inputs import InputError
 from worker.pipelines import Generation, Pipeline
-
-
-class ScriptedEngine:
-    """Answers from a script (or a function of the prompt); counts words as tokens."""
-
-    def __init__(self, answers: Callable[[str], str], n_ctx: int = 2048) -> None:
-        self.answers = answers
-        self.n_ctx = n_ctx
-        self.calls: list[tuple[str, Generation]] = []
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def complete(
-        self,
-        prompt: str,
-        generation: Generation,
-        should_stop: Callable[[], bool],
-        shared_prefix: str | None = None,
-    ) -> Completion:
-        error = context_error(self.count_tokens(prompt) + 1, self.n_ctx, generation.max_tokens)
-        if error is not None:
-            raise error
-        self.calls.append((prompt, generation))
-        return Completion(self.answers(prompt), self.count_tokens(prompt) + 1, 5, "stop")
 
 
 class Model:
@@ -45,7 +20,7 @@ class Model:
         self.control_tokens: frozenset[str] = frozenset()
 
 
-def run(engine: ScriptedEngine, pipeline: Pipeline) -> PipelineRun:
+def run(engine: FakeEngine, pipeline: Pipeline) -> PipelineRun:
     return PipelineRun(engine, pipeline, lambda: chat_template_for(Model()))
 
 
@@ -59,7 +34,7 @@ JSON_PIPELINE = Pipeline(name="j", prompt="{{ input }}", output_format="json", j
 
 
 def test_a_valid_json_result_is_normalized_and_generated_under_the_schema() -> None:
-    engine = ScriptedEngine(lambda _p: ' {"label":"a"} ')
+    engine = FakeEngine(lambda _p: ' {"label":"a"} ')
     answer = run(engine, JSON_PIPELINE).run("x", {}, lambda: False)
     assert answer.value == {"label": "a"}
     assert answer.text == '{\n  "label": "a"\n}'
@@ -68,16 +43,16 @@ def test_a_valid_json_result_is_normalized_and_generated_under_the_schema() -> N
 
 def test_an_invalid_result_is_retried_once_with_sampling_then_fails() -> None:
     script = iter(['{"label": "c"}', '{"label": "b"}'])
-    engine = ScriptedEngine(lambda _p: next(script))
+    engine = FakeEngine(lambda _p: next(script))
     answer = run(engine, JSON_PIPELINE).run("x", {}, lambda: False)
     assert answer.value == {"label": "b"} and answer.calls == 2
     retry = engine.calls[1][1]
     assert retry.temperature > 0 and retry.seed == 1
 
-    engine = ScriptedEngine(lambda _p: '{"label": "c"')
+    engine = FakeEngine(lambda _p: '{"label": "c"')
     with pytest.raises(ResultInvalid, match="result is not valid JSON: .*; retried once"):
         run(engine, JSON_PIPELINE).run("x", {}, lambda: False)
-    engine = ScriptedEngine(lambda _p: '{"label": "c"}')
+    engine = FakeEngine(lambda _p: '{"label": "c"}')
     with pytest.raises(ResultInvalid, match=r"at label: 'c' is not one of \['a', 'b'\]"):
         run(engine, JSON_PIPELINE).run("x", {}, lambda: False)
     assert len(engine.calls) == 2
@@ -85,7 +60,7 @@ def test_an_invalid_result_is_retried_once_with_sampling_then_fails() -> None:
 
 def test_json_output_without_a_schema_must_be_an_object() -> None:
     pipeline = Pipeline(name="j", prompt="{{ input }}", output_format="json")
-    engine = ScriptedEngine(lambda _p: "[1]")
+    engine = FakeEngine(lambda _p: "[1]")
     with pytest.raises(ResultInvalid, match="is not of type 'object'"):
         run(engine, pipeline).run("x", {}, lambda: False)
     assert engine.calls[0][1].json_schema == {"type": "object"}
@@ -93,7 +68,7 @@ def test_json_output_without_a_schema_must_be_an_object() -> None:
 
 def test_chat_mode_renders_system_and_user_messages() -> None:
     pipeline = Pipeline(name="c", mode="chat", system_prompt="Be brief.", prompt="Q: {{ input }}")
-    engine = ScriptedEngine(lambda _p: " Yes.\nUser: more")
+    engine = FakeEngine(lambda _p: " Yes.\nUser: more")
     answer = run(engine, pipeline).run("ok?", {}, lambda: False)
     prompt, generation = engine.calls[0]
     assert prompt == "Be brief.\n\nUser: Q: ok?\nAssistant:"
@@ -118,7 +93,7 @@ def document(paragraphs: int, words: int) -> str:
 
 
 def test_a_long_input_is_mapped_over_chunks_and_reduced_to_one_result() -> None:
-    engine = ScriptedEngine(lambda p: f"S{len(p.split())}", n_ctx=100)
+    engine = FakeEngine(lambda p: f"S{len(p.split())}", n_ctx=100)
     text = document(10, 40)  # 400 words: four times the context
     answer = run(engine, LONG).run(text, {}, lambda: False)
     maps = [p for p, _ in engine.calls if p.startswith("Summarize:")]
@@ -127,34 +102,34 @@ def test_a_long_input_is_mapped_over_chunks_and_reduced_to_one_result() -> None:
     assert all(engine.count_tokens(p) + 1 <= 80 for p, _ in engine.calls)
     words_seen = " ".join(p.removeprefix("Summarize: ") for p in maps).split()
     assert words_seen == text.split()  # every word, once, in order
-    assert answer.text == engine.answers(reduces[0])
+    assert answer.text == engine.answer(reduces[0])
     assert answer.calls == len(engine.calls)
     assert answer.prompt_tokens == sum(engine.count_tokens(p) + 1 for p, _ in engine.calls)
 
 
 def test_reduce_runs_in_rounds_when_partials_do_not_fit_together() -> None:
-    engine = ScriptedEngine(lambda p: " ".join(["w"] * 15), n_ctx=60)
+    engine = FakeEngine(lambda p: " ".join(["w"] * 15), n_ctx=60)
     run(engine, LONG).run(document(12, 30), {}, lambda: False)
     reduces = [p for p, _ in engine.calls if p.startswith("Combine:")]
     assert len(reduces) > 1  # several rounds or groups, ending in one
 
 
 def test_without_chunking_a_long_input_fails_with_the_token_count() -> None:
-    engine = ScriptedEngine(lambda _p: "x", n_ctx=100)
+    engine = FakeEngine(lambda _p: "x", n_ctx=100)
     pipeline = LONG.model_copy(update={"long_input": "fail"})
     with pytest.raises(PromptTooLong, match=r"^input is 402 tokens; the context allows 80"):
         run(engine, pipeline).run(document(10, 40), {}, lambda: False)
 
 
 def test_a_context_too_small_for_chunks_fails_clearly() -> None:
-    engine = ScriptedEngine(lambda _p: "x", n_ctx=30)
+    engine = FakeEngine(lambda _p: "x", n_ctx=30)
     with pytest.raises(InputError, match="tokens per chunk"):
         run(engine, LONG).run(document(3, 40), {}, lambda: False)
 
 
 def test_prompt_variables_are_data() -> None:
     pipeline = Pipeline(name="v", prompt="{{ title }}: {{ input }}")
-    engine = ScriptedEngine(lambda _p: "ok")
+    engine = FakeEngine(lambda _p: "ok")
     run(engine, pipeline).run("{{ 1 + 1 }}", {"title": "{{ 2 * 2 }}"}, lambda: False)
     assert engine.calls[0][0] == "{{ 2 * 2 }}: {{ 1 + 1 }}"
     with pytest.raises(InputError, match="needs a value the input lacks: 'title' is undefined"):
@@ -162,6 +137,6 @@ def test_prompt_variables_are_data() -> None:
 
 
 def test_results_are_json_serializable() -> None:
-    engine = ScriptedEngine(lambda _p: '{"label": "a"}')
+    engine = FakeEngine(lambda _p: '{"label": "a"}')
     answer = run(engine, JSON_PIPELINE).run("x", {}, lambda: False)
     assert json.loads(answer.text) == answer.value
