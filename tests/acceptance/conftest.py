@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, daemon_env
+from tests.acceptance.daemon import Daemon, daemon_env, write_pipelines
 
 DOCUMENT = (
     "The city council met on Tuesday to discuss the new public library. The library will "
@@ -30,10 +30,7 @@ temperature = 0.0
 @pytest.fixture
 def tiny_pipelines(tmp_path: Path) -> Path:
     """A pipelines folder with only `tiny` (max_tokens 4)."""
-    folder = tmp_path / "tiny-pipelines"
-    folder.mkdir()
-    (folder / "tiny.toml").write_text(TINY_PIPELINE)
-    return folder
+    return write_pipelines(tmp_path / "tiny-pipelines", tiny=TINY_PIPELINE)
 
 
 @pytest.fixture

@@ -106,6 +106,14 @@ class Daemon:
         self._log.close()
 
 
+def write_pipelines(folder: Path, **specs: str) -> Path:
+    """A pipelines folder holding `<name>.toml` for each spec given; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, spec in specs.items():
+        (folder / f"{name}.toml").write_text(spec)
+    return folder
+
+
 def db_rows(data_dir: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Query the daemon's SQLite database directly, as another program would."""
     with sqlite3.connect(data_dir / "jobs.db", timeout=30) as conn:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows
+from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
 from worker.naming import error_name, output_name
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,11 +44,7 @@ LONG_CJK = "東" * 80 + ".txt"  # 244 bytes in UTF-8: the output name is close t
 
 @pytest.fixture
 def pipelines(tmp_path: Path) -> Path:
-    folder = tmp_path / "pipelines"
-    folder.mkdir()
-    (folder / "terse.toml").write_text(TERSE)
-    (folder / "slow.toml").write_text(SLOW)
-    return folder
+    return write_pipelines(tmp_path / "pipelines", terse=TERSE, slow=SLOW)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, wait_until_final
+from tests.acceptance.daemon import Daemon, db_rows, wait_until_final, write_pipelines
 
 # Generous hang guards: on a busy 2-core host a job can take 10 s instead of 0.3 s.
 pytestmark = pytest.mark.timeout(900)
@@ -43,9 +43,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_does_nothing_twice(
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     print(f"chaos seed {seed} (set CHAOS_SEED to replay the same kill moments)")
     rng = random.Random(seed)
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "chaos.toml").write_text(CHAOS)
+    pipelines = write_pipelines(tmp_path / "pipelines", chaos=CHAOS)
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(pipelines),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, wait_until_final
+from tests.acceptance.daemon import Daemon, db_rows, wait_until_final, write_pipelines
 from worker.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
 pytestmark = pytest.mark.timeout(300)
@@ -29,9 +29,7 @@ SENTENCE = "The bridge reopens on Monday after repairs."
 def test_sqlite_locked_for_long_is_waited_out_and_logged_once(
     data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "terse.toml").write_text(TERSE)
+    pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(pipelines),

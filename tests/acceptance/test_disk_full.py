@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows
+from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -60,9 +60,7 @@ def test_disk_full_is_retried_without_partial_output_and_succeeds_once_space_is_
     data_dir: Path, env: dict[str, str], tmp_path: Path, full_outbox: Path,
     daemons: list[Daemon],
 ) -> None:  # fmt: skip
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "terse.toml").write_text(TERSE)
+    pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(pipelines),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows
+from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
 from tests.acceptance.poison_daemon import POISON_MARKER
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,9 +44,7 @@ def settled(data_dir: Path) -> bool:
 def test_an_input_that_aborts_the_worker_is_quarantined_and_others_succeed(
     data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "terse.toml").write_text(TERSE)
+    pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(pipelines),

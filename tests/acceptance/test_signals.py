@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows
+from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,10 +25,7 @@ temperature = 0.0
 
 @pytest.fixture
 def long_pipelines(tmp_path: Path) -> Path:
-    folder = tmp_path / "pipelines"
-    folder.mkdir()
-    (folder / "long.toml").write_text(LONG)
-    return folder
+    return write_pipelines(tmp_path / "pipelines", long=LONG)
 
 
 def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows
+from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -49,9 +49,7 @@ def freeze_outside_a_transaction(daemon: Daemon, db: Path) -> None:
 def test_a_frozen_daemon_cannot_complete_or_publish_after_its_lease_was_taken(
     data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "long.toml").write_text(LONG)
+    pipelines = write_pipelines(tmp_path / "pipelines", long=LONG)
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(pipelines),
