@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.proc import status_mb
 from bench.workload import INSTRUCTION
 
 EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
@@ -26,13 +27,6 @@ def _pipeline(max_tokens: int) -> str:
         "[generation]\n"
         f"max_tokens = {max_tokens}\ntemperature = 0.0\nrepeat_penalty = 1.0\n"
     )
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 def run_daemon_bench(
@@ -77,7 +71,7 @@ def run_daemon_bench(
                     raise RuntimeError((root / "daemon.log").read_text())
                 time.sleep(0.05)
             seconds = time.monotonic() - started
-            rss = _peak_rss_mb(proc.pid)
+            rss = status_mb(proc.pid, "VmHWM")
             # latency of a job: from its file's drop to its result's publication
             latencies = [(outbox / name).stat().st_mtime - at for name, at in dropped.items()]
         finally:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.daemon_run import run_daemon_bench  # noqa: E402
+from bench.proc import status_mb  # noqa: E402
 from bench.workload import INSTRUCTION, documents, prompt  # noqa: E402
 from worker.engine import EngineOptions  # noqa: E402
 from worker.engine.batched import BatchedEngine, BatchOptions  # noqa: E402
@@ -73,14 +74,6 @@ class Figures:
         }
 
 
-def peak_rss_mb(pid: int | str = "self") -> float:
-    """VmHWM: the peak resident set size of a process."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def plain_loop(model: Path, docs: list[str], threads: int, n_ctx: int) -> Figures:
     """(a) What every user writes first: one Llama, a loop over create_completion."""
     from llama_cpp import Llama
@@ -97,7 +90,13 @@ def plain_loop(model: Path, docs: list[str], threads: int, n_ctx: int) -> Figure
     seconds = time.monotonic() - started
     del llm
     return Figures(
-        "plain loop", seconds, len(docs), prompt_tokens, generated, latencies, peak_rss_mb()
+        "plain loop",
+        seconds,
+        len(docs),
+        prompt_tokens,
+        generated,
+        latencies,
+        status_mb("self", "VmHWM"),
     )
 
 
@@ -149,7 +148,7 @@ def engine_alone(
     engine.close()
     name = "engine alone" if invariant else "engine, batch_invariant off"
     return Figures(name, seconds, len(docs), totals["prompt"], totals["generated"], latencies,
-                   peak_rss_mb("self"), evaluated, reused)  # fmt: skip
+                   status_mb("self", "VmHWM"), evaluated, reused)  # fmt: skip
 
 
 def rates(model: Path, threads: int, n_ctx: int, parallel: int) -> dict[str, float]:
@@ -367,6 +366,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = ["Figures", "asdict", "peak_rss_mb"]

@@ -25,6 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.proc import status_mb  # noqa: E402
+
 EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
 FINAL = ("succeeded", "failed", "dead", "cancelled")
 
@@ -34,14 +38,6 @@ class Sample:
     seconds: float
     jobs_done: int
     rss_mb: float
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of `pid` in MB (VmRSS, kB in /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
@@ -128,7 +124,9 @@ def main() -> int:
                         f"SELECT count(*) FROM jobs WHERE status IN ({marks})", FINAL
                     ).fetchall()
                     if done:  # from the first finished job: the model is loaded by then
-                        samples.append(Sample(time.monotonic() - started, done, rss_mb(daemon.pid)))
+                        samples.append(
+                            Sample(time.monotonic() - started, done, status_mb(daemon.pid, "VmRSS"))
+                        )
                     if samples and len(samples) % 30 == 0:
                         last = samples[-1]
                         print(f"{last.seconds:7.0f}s  {done:6d} jobs  RSS {last.rss_mb:7.1f} MB",
