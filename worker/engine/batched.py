@@ -412,12 +412,13 @@ class BatchedEngine:
             return
         seq.generated.append(token)
         seq.text += self._piece(token)
-        text = seq.text.decode("utf-8", errors="ignore")
-        for stop in generation.stop:
-            at = text.find(stop)
-            if at >= 0:
-                self._finish(seq, reason="stop", text=text[:at])
-                return
+        if generation.stop:  # decoding the whole text each token only pays off for stops
+            text = seq.text.decode("utf-8", errors="ignore")
+            for stop in generation.stop:
+                at = text.find(stop)
+                if at >= 0:
+                    self._finish(seq, reason="stop", text=text[:at])
+                    return
         if len(seq.generated) >= generation.max_tokens:
             self._finish(seq, reason="length")
             return
