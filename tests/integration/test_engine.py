@@ -52,6 +52,17 @@ def test_prompt_over_the_context_fails_with_token_counts(engine: BatchedEngine) 
     assert "tokens; the context allows 412 (n_ctx 512 minus max_tokens 100)" in message
 
 
+def test_a_stop_string_ends_the_text_before_it(engine: BatchedEngine) -> None:
+    gen = Generation(max_tokens=24, temperature=0, repeat_penalty=1.0)
+    free = engine.complete("Count: 1, 2, 3,", gen, lambda: False).text
+    stop = free.split()[2]  # a word the model writes anyway, greedy
+    cut = engine.complete(
+        "Count: 1, 2, 3,", gen.model_copy(update={"stop": (stop,)}), lambda: False
+    )
+    assert (cut.text, cut.finish_reason) == (free[: free.find(stop)], "stop")
+    assert cut.completion_tokens < len(engine.tokenize(free, bos=False))
+
+
 def test_generation_stops_when_asked(engine: BatchedEngine) -> None:
     with pytest.raises(GenerationInterrupted):
         engine.complete("Count: 1, 2, 3,", Generation(max_tokens=64), lambda: True)
