@@ -126,11 +126,14 @@ def main() -> int:
             )
             log = Path(tmp) / "daemon.log"
             with log.open("wb") as out:
-                proc = subprocess.Popen([EDGE_WORKER, "run"], env=env, stdout=out,
-                                        stderr=subprocess.STDOUT)  # fmt: skip
+                proc = subprocess.Popen(
+                    [EDGE_WORKER, "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+                )
                 wait_for_event(log, "db.listening", proc, timeout=120)
-                print(f"idle daemon on PostgreSQL, poll_interval {args.poll_interval} s; "
-                      f"{args.samples} inserts, one at a time:")  # fmt: skip
+                print(
+                    f"idle daemon on PostgreSQL, poll_interval {args.poll_interval} s; "
+                    f"{args.samples} inserts, one at a time:"
+                )
                 with psycopg.connect(libpq(url), autocommit=True) as conn:
                     latencies = measure(conn, args.samples)
                 proc.terminate()
@@ -144,8 +147,10 @@ def main() -> int:
     median = statistics.median(latencies)
     p95 = percentile(latencies, 0.95)
     verdict = "under" if median < 200 else "NOT under"
-    print(f"insert-to-claim latency: median {median:.1f} ms, p95 {p95:.1f} ms, "
-          f"max {max(latencies):.1f} ms (n={len(latencies)}); median {verdict} 200 ms")  # fmt: skip
+    print(
+        f"insert-to-claim latency: median {median:.1f} ms, p95 {p95:.1f} ms, "
+        f"max {max(latencies):.1f} ms (n={len(latencies)}); median {verdict} 200 ms"
+    )
     return 0 if median < 200 else 1
 
 

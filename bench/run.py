@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 from bench.daemon_run import run_daemon_bench  # noqa: E402
 from bench.proc import status_mb  # noqa: E402
 from bench.workload import INSTRUCTION, documents, prompt  # noqa: E402
-from worker.engine import EngineOptions  # noqa: E402
-from worker.engine.batched import BatchedEngine, BatchOptions  # noqa: E402
-from worker.engine.model_files import ModelFile  # noqa: E402
-from worker.pipelines import Generation  # noqa: E402
+from worker.llm.batched import BatchedEngine, BatchOptions  # noqa: E402
+from worker.llm.engine import EngineOptions  # noqa: E402
+from worker.llm.generation import Generation  # noqa: E402
+from worker.llm.model_files import ModelFile  # noqa: E402
 
 MAX_TOKENS = 128
 GREEDY = Generation(max_tokens=MAX_TOKENS, temperature=0, repeat_penalty=1.0)
@@ -147,8 +147,17 @@ def engine_alone(
     reused = engine.stats.prompt_tokens_reused
     engine.close()
     name = "engine alone" if invariant else "engine, batch_invariant off"
-    return Figures(name, seconds, len(docs), totals["prompt"], totals["generated"], latencies,
-                   status_mb("self", "VmHWM"), evaluated, reused)  # fmt: skip
+    return Figures(
+        name,
+        seconds,
+        len(docs),
+        totals["prompt"],
+        totals["generated"],
+        latencies,
+        status_mb("self", "VmHWM"),
+        evaluated,
+        reused,
+    )
 
 
 def rates(model: Path, threads: int, n_ctx: int, parallel: int) -> dict[str, float]:
@@ -222,8 +231,9 @@ def prompt_tokens_per_job(
     one_token = Generation(max_tokens=1, temperature=0)
     found = {}
     for reuse in (True, False):
-        figures = engine_alone(model, docs, args.threads, args.n_ctx, args.parallel,
-                               generation=one_token, reuse=reuse)  # fmt: skip
+        figures = engine_alone(
+            model, docs, args.threads, args.n_ctx, args.parallel, generation=one_token, reuse=reuse
+        )
         evaluated = figures.prompt_tokens_evaluated or 0
         found["with_reuse" if reuse else "without_reuse"] = evaluated / figures.jobs
         if reuse:
@@ -233,8 +243,9 @@ def prompt_tokens_per_job(
 
 def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     """Run one method in this process; returns its figures as JSON-able data."""
-    model = Path(os.environ.get("EDGE_WORKER_TEST_MODEL",
-                                REPO / "var/models/gemma-3-270m-q4_k_m.gguf"))  # fmt: skip
+    model = Path(
+        os.environ.get("EDGE_WORKER_TEST_MODEL", REPO / "var/models/gemma-3-270m-q4_k_m.gguf")
+    )
     docs = documents(args.jobs)
     method = args.one
     if method == "loop":
@@ -257,9 +268,20 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
 
 def in_subprocess(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """`measure_one` in a fresh Python process (llama.cpp reads kernel switches once)."""
-    command = [sys.executable, __file__, "--one", method, "--jobs", str(args.jobs),
-               "--parallel", str(args.parallel), "--threads", str(args.threads),
-               "--n-ctx", str(args.n_ctx)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        method,
+        "--jobs",
+        str(args.jobs),
+        "--parallel",
+        str(args.parallel),
+        "--threads",
+        str(args.threads),
+        "--n-ctx",
+        str(args.n_ctx),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -284,16 +306,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--sweep", default="1,2,4,8,16", help="parallel values for the chart")
-    parser.add_argument("--skip", default="", help="comma list of: loop,daemon,engine,"
-                        "engine-fast,sweep")  # fmt: skip
+    parser.add_argument(
+        "--skip", default="", help="comma list of: loop,daemon,engine,engine-fast,sweep"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(args)))
         return 0
     skip = set(filter(None, args.skip.split(",")))
-    results: dict[str, Any] = {"jobs": args.jobs, "max_tokens": MAX_TOKENS,
-                               "parallel": args.parallel, "threads": args.threads}  # fmt: skip
+    results: dict[str, Any] = {
+        "jobs": args.jobs,
+        "max_tokens": MAX_TOKENS,
+        "parallel": args.parallel,
+        "threads": args.threads,
+    }
     runs: dict[str, list[Figures]] = {m: [] for m in METHODS if m not in skip}
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}", flush=True)
@@ -315,8 +342,11 @@ def main() -> int:
         )
     base = medians["loop"]["jobs_per_s"] if "loop" in medians else None
     if base:
-        for key, label in (("daemon", "b/a end to end"), ("engine", "c/a engine alone"),
-                           ("engine-fast", "d/a engine, batch_invariant off")):  # fmt: skip
+        for key, label in (
+            ("daemon", "b/a end to end"),
+            ("engine", "c/a engine alone"),
+            ("engine-fast", "d/a engine, batch_invariant off"),
+        ):
             if key in medians:
                 ratio = medians[key]["jobs_per_s"] / base
                 results[f"ratio_{key}"] = round(ratio, 2)
@@ -334,20 +364,26 @@ def main() -> int:
         last = runs["engine"][-1]
         gen_per_job = last.generated_tokens / last.jobs
         prompt_per_job = (last.prompt_tokens_evaluated or 0) / last.jobs  # all the jobs
-        ceiling = 1 / (prompt_per_job / measured["prompt_tokens_per_s"]
-                       + gen_per_job / measured["generation_tokens_per_s"])  # fmt: skip
+        ceiling = 1 / (
+            prompt_per_job / measured["prompt_tokens_per_s"]
+            + gen_per_job / measured["generation_tokens_per_s"]
+        )
         results["rates"] = {k: round(v, 1) for k, v in measured.items()}
         results["ceiling_jobs_per_s"] = round(ceiling, 3)
         print(
             f"  measured rates: {measured['prompt_tokens_per_s']:.0f} prompt tok/s, "
             f"{measured['generation_tokens_per_s']:.0f} gen tok/s at parallel {args.parallel}"
         )
-        reached = {k: medians[k]["jobs_per_s"] / ceiling for k in ("engine", "daemon")
-                   if k in medians}  # fmt: skip
+        reached = {
+            k: medians[k]["jobs_per_s"] / ceiling for k in ("engine", "daemon") if k in medians
+        }
         results["ceiling_fraction"] = {k: round(v, 3) for k, v in reached.items()}
-        print(f"  ceiling for this workload: {ceiling:.3f} jobs/s"
-              + (f" ({ceiling / base:.2f}x the plain loop)" if base else "")
-              + "; reached: " + ", ".join(f"{k} {v:.0%}" for k, v in reached.items()))  # fmt: skip
+        print(
+            f"  ceiling for this workload: {ceiling:.3f} jobs/s"
+            + (f" ({ceiling / base:.2f}x the plain loop)" if base else "")
+            + "; reached: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in reached.items())
+        )
 
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

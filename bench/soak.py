@@ -62,8 +62,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="jobs ignored by the fit (default: 10%% of --jobs)")  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="jobs ignored by the fit (default: 10%% of --jobs)"
+    )
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument(
         "--model", type=Path, default=None, help="GGUF (default: $EDGE_WORKER_TEST_MODEL)"
@@ -94,20 +95,22 @@ def main() -> int:
             EDGE_WORKER_N_THREADS=str(args.threads),
             EDGE_WORKER_LOG_FORMAT="json",
         )
-        subprocess.run([EDGE_WORKER, "db", "upgrade"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run([EDGE_WORKER, "db", "upgrade"], env=env, check=True, capture_output=True)
         db = root / "data" / "jobs.db"
         with sqlite3.connect(db) as conn:
             conn.executemany(
                 "INSERT INTO jobs (pipeline, input_text) VALUES ('soak', ?)",
-                [(f"order {i}: {i % 97} crates, item {i % 31}, day {i % 28}.",)
-                 for i in range(args.jobs)],
-            )  # fmt: skip
+                [
+                    (f"order {i}: {i % 97} crates, item {i % 31}, day {i % 28}.",)
+                    for i in range(args.jobs)
+                ],
+            )
 
         log_path = root / "daemon.log"
         with log_path.open("wb") as log:
-            daemon = subprocess.Popen([EDGE_WORKER, "run"], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT)  # fmt: skip
+            daemon = subprocess.Popen(
+                [EDGE_WORKER, "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             samples: list[Sample] = []
             started = time.monotonic()
             reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
@@ -129,8 +132,10 @@ def main() -> int:
                         )
                     if samples and len(samples) % 30 == 0:
                         last = samples[-1]
-                        print(f"{last.seconds:7.0f}s  {done:6d} jobs  RSS {last.rss_mb:7.1f} MB",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"{last.seconds:7.0f}s  {done:6d} jobs  RSS {last.rss_mb:7.1f} MB",
+                            flush=True,
+                        )
                     if args.out and samples and len(samples) % 60 == 0:  # partial results
                         args.out.write_text(json.dumps([asdict(s) for s in samples]))
                     time.sleep(args.interval)

@@ -29,10 +29,36 @@ units and currencies. Now read the report carefully and write the summary.
 
 SUFFIX = "\n\n### Summary\n\n-"
 
-_SITES = ["Aberdeen", "Bremen", "Cork", "Dortmund", "Eindhoven", "Faro", "Graz", "Hull",
-          "Innsbruck", "Jena", "Kassel", "Lille", "Malmo", "Nantes", "Oulu", "Porto"]  # fmt: skip
-_PEOPLE = ["Anna Weber", "Luis Ortega", "Mia Jensen", "Tom Okafor", "Sara Lind", "Piotr Nowak",
-           "Chloe Martin", "Ravi Shah", "Eva Novak", "Jon Berg"]  # fmt: skip
+_SITES = [
+    "Aberdeen",
+    "Bremen",
+    "Cork",
+    "Dortmund",
+    "Eindhoven",
+    "Faro",
+    "Graz",
+    "Hull",
+    "Innsbruck",
+    "Jena",
+    "Kassel",
+    "Lille",
+    "Malmo",
+    "Nantes",
+    "Oulu",
+    "Porto",
+]
+_PEOPLE = [
+    "Anna Weber",
+    "Luis Ortega",
+    "Mia Jensen",
+    "Tom Okafor",
+    "Sara Lind",
+    "Piotr Nowak",
+    "Chloe Martin",
+    "Ravi Shah",
+    "Eva Novak",
+    "Jon Berg",
+]
 _TOPICS = [
     "Parcel volume reached {n},{m:03d} units, {p}% {dir} than the previous quarter.",
     "Overtime costs were {c},{m:03d} euros, mostly in the weeks before the holidays.",
@@ -54,12 +80,20 @@ _ROLES = ["shift lead", "site manager", "maintenance lead", "safety officer", "p
 
 def _sentence(rng: random.Random) -> str:
     return rng.choice(_TOPICS).format(
-        n=rng.randint(10, 99), m=rng.randint(0, 999), p=rng.randint(2, 30),
-        dir=rng.choice(["higher", "lower"]), c=rng.randint(5, 90), k=rng.randint(2, 9),
-        k2=rng.randint(1, 4), s=rng.randint(20, 300), t=rng.randint(2, 60),
-        person=rng.choice(_PEOPLE), role=rng.choice(_ROLES), h=rng.randint(1, 6),
+        n=rng.randint(10, 99),
+        m=rng.randint(0, 999),
+        p=rng.randint(2, 30),
+        dir=rng.choice(["higher", "lower"]),
+        c=rng.randint(5, 90),
+        k=rng.randint(2, 9),
+        k2=rng.randint(1, 4),
+        s=rng.randint(20, 300),
+        t=rng.randint(2, 60),
+        person=rng.choice(_PEOPLE),
+        role=rng.choice(_ROLES),
+        h=rng.randint(1, 6),
         day=rng.randint(1, 28),
-    )  # fmt: skip
+    )
 
 
 def documents(count: int = 64, seed: int = 7) -> list[str]:

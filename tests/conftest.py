@@ -13,9 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from worker.config import Settings, load_settings
-from worker.db.engine import make_engine
-from worker.db.migrate import upgrade
-from worker.store import JobStore
+from worker.queue.database import make_db_engine
+from worker.queue.jobs import JobStore
+from worker.queue.migrate import upgrade
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "var" / "models" / "gemma-3-270m-q4_k_m.gguf"
@@ -54,7 +54,7 @@ def store(settings: Settings) -> JobStore:
     """A migrated SQLite store in the temp data dir."""
     url = settings.resolved_database_url
     upgrade(url)
-    return JobStore(make_engine(url))
+    return JobStore(make_db_engine(url))
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def pg_url() -> Iterator[str]:
     if not base:
         pytest.skip("EDGE_WORKER_TEST_PG_URL is not set (CI sets it; no PostgreSQL here)")
     name = f"ew_test_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    admin = make_db_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
@@ -89,12 +89,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def job_store(db_url: str) -> JobStore:
     """A migrated store on each of `db_url`'s databases."""
     upgrade(db_url)
-    return JobStore(make_engine(db_url))
+    return JobStore(make_db_engine(db_url))
 
 
 def run_sql(url: str, sql: str, **params: Any) -> list[Any]:
     """Plain SQL on a test database, as another program would run it; rows, if any."""
-    engine = make_engine(url)
+    engine = make_db_engine(url)
     try:
         with engine.begin() as conn:
             result = conn.execute(text(sql), params)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from worker.engine import Completion, GenerationInterrupted, context_error
-from worker.pipelines import Generation
+from worker.errors import GenerationInterrupted
+from worker.llm.engine import Completion, context_error
+from worker.llm.generation import Generation
 
 
 class Crash(BaseException):
@@ -22,6 +23,9 @@ class FakeEngine:
     until they are told to stop; `crash_after` kills the "process" (raises Crash) on the
     call after that many, before it is recorded.
     """
+
+    metadata: dict[str, str] = {}  # noqa: RUF012 - read-only
+    control_tokens: frozenset[str] = frozenset()
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
 """`python -m worker` is the `edge-worker` command."""
 
-from worker.cli import main
+from worker.cli.app import main
 
 main()

@@ -6,6 +6,7 @@ This is the only module that reads the environment.
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,8 @@ from pydantic_settings import (
 
 ENV_PREFIX = "EDGE_WORKER_"
 DEFAULT_MODEL_NAME = "gemma-3-270m"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The shipped pipelines are package data (a symlink `pipelines/` points here from a checkout).
+SHIPPED_PIPELINES_DIR = Path(str(files("worker.pipelines") / "shipped"))
 
 
 class ConfigError(Exception):
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("var"), description="jobs.db, models/, the folders")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite")
-    pipelines_dir: Path = Field(default=REPO_ROOT / "pipelines")
+    pipelines_dir: Path = Field(default=SHIPPED_PIPELINES_DIR)
     models_dir: Path | None = Field(default=None, description="default: <data_dir>/models")
 
     model: str = Field(default=DEFAULT_MODEL_NAME, description="model used by pipelines")

@@ -85,8 +85,10 @@ class Daemon:
             if len(matches) >= count:
                 return matches[-1]
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode} before {event}:\n"
-                                     + self.log_path.read_text())  # fmt: skip
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode} before {event}:\n"
+                    + self.log_path.read_text()
+                )
             time.sleep(0.1)
         raise AssertionError(f"no {event} within {timeout}s:\n" + self.log_path.read_text())
 

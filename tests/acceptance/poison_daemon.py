@@ -11,10 +11,10 @@ import os
 import sys
 from collections.abc import Callable
 
-from worker import cli
-from worker.engine import Completion
-from worker.engine.batched import BatchedEngine
-from worker.pipelines import Generation
+from worker.cli import app as cli
+from worker.llm.batched import BatchedEngine
+from worker.llm.engine import Completion
+from worker.llm.generation import Generation
 
 POISON_MARKER = "POISON-PILL-7f3a"
 

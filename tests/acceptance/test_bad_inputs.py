@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
-from worker.naming import error_name, output_name
+from worker.io.naming import error_name, output_name
 
 pytestmark = pytest.mark.timeout(300)
 

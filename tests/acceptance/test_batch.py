@@ -22,11 +22,13 @@ ALIASES = '{"gpt-4o-mini": "gemma-3-270m"}'
 def request(custom_id: str, question: str, **body: Any) -> str:
     body = {
         "model": "gpt-4o-mini",
-        "messages": [{"role": "system", "content": "Answer briefly."},
-                     {"role": "user", "content": question}],
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": question},
+        ],
         "max_tokens": 4,
         **body,
-    }  # fmt: skip
+    }
     return json.dumps(
         {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
     )
@@ -62,8 +64,12 @@ def wait_batch(
 def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
     data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    env = {**env, "EDGE_WORKER_MODEL_ALIASES": ALIASES, "EDGE_WORKER_LEASE_SECONDS": "3",
-           "EDGE_WORKER_N_CTX": "512"}  # fmt: skip
+    env = {
+        **env,
+        "EDGE_WORKER_MODEL_ALIASES": ALIASES,
+        "EDGE_WORKER_LEASE_SECONDS": "3",
+        "EDGE_WORKER_N_CTX": "512",
+    }
     source = tmp_path / "questions.jsonl"
     source.write_text(twenty_lines())
     submitted = run_cli(env, "batch", "submit", str(source))
@@ -134,16 +140,29 @@ def test_submit_wait_json_output_and_cancel(
     assert cancelled.returncode == 0, cancelled.stderr
     assert "cancelled before it was read" in cancelled.stdout
 
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}},
-              "required": ["answer"], "additionalProperties": False}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 8}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     lines = [
-        request("j", "Reply in JSON.", max_tokens=24,
-                response_format={"type": "json_schema",
-                                 "json_schema": {"name": "a", "schema": schema}}),
+        request(
+            "j",
+            "Reply in JSON.",
+            max_tokens=24,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        ),
         request("m", "Hi", model="gpt-unknown"),
-        json.dumps({"custom_id": "c", "method": "POST", "url": "/v1/completions",
-                    "body": {"model": "gemma-3-270m", "prompt": "The sky is", "max_tokens": 3}}),
-    ]  # fmt: skip
+        json.dumps(
+            {
+                "custom_id": "c",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": "gemma-3-270m", "prompt": "The sky is", "max_tokens": 3},
+            }
+        ),
+    ]
     source = tmp_path / "mixed.jsonl"
     source.write_text("\n".join(lines) + "\n")
     daemon = Daemon(env, tmp_path / "daemon.log")

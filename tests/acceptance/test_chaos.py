@@ -25,8 +25,18 @@ temperature = 0.0
 """
 FILES = 40
 KILLS = 8
-TOPICS = ["the roof", "the budget", "the bus line", "the school", "the bridge", "the park",
-          "the library", "the clinic", "the market", "the harbour"]  # fmt: skip
+TOPICS = [
+    "the roof",
+    "the budget",
+    "the bus line",
+    "the school",
+    "the bridge",
+    "the park",
+    "the library",
+    "the clinic",
+    "the market",
+    "the harbour",
+]
 
 
 def note(i: int) -> str:

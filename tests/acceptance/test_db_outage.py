@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.daemon import Daemon, db_rows, wait_until_final, write_pipelines
-from worker.db.engine import SQLITE_BUSY_TIMEOUT_MS
+from worker.queue.database import SQLITE_BUSY_TIMEOUT_MS
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -57,9 +57,12 @@ def full_outbox(data_dir: Path) -> Iterator[Path]:
 
 
 def test_disk_full_is_retried_without_partial_output_and_succeeds_once_space_is_freed(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, full_outbox: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    full_outbox: Path,
     daemons: list[Daemon],
-) -> None:  # fmt: skip
+) -> None:
     pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
         **env,

@@ -24,11 +24,17 @@ def read_metrics(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def test_metrics_file_matches_the_database_and_status_reports_the_run(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, tiny_pipelines: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    tiny_pipelines: Path,
     daemons: list[Daemon],
-) -> None:  # fmt: skip
-    env = {**env, "EDGE_WORKER_PIPELINES_DIR": str(tiny_pipelines),
-           "EDGE_WORKER_METRICS_INTERVAL": "0.5"}  # fmt: skip
+) -> None:
+    env = {
+        **env,
+        "EDGE_WORKER_PIPELINES_DIR": str(tiny_pipelines),
+        "EDGE_WORKER_METRICS_INTERVAL": "0.5",
+    }
     daemon = Daemon(env, tmp_path / "daemon.log")
     daemons.append(daemon)
     daemon.wait_for("daemon.ready")
@@ -38,9 +44,13 @@ def test_metrics_file_matches_the_database_and_status_reports_the_run(
     with sqlite3.connect(data_dir / "jobs.db") as conn:
         conn.executemany(
             "INSERT INTO jobs (pipeline, input_text) VALUES (?, ?)",
-            [("tiny", "What is one plus one?"), ("tiny", "Name a colour."),
-             ("tiny", "Is water wet?"), ("nope", "unknown pipeline: fails")],
-        )  # fmt: skip
+            [
+                ("tiny", "What is one plus one?"),
+                ("tiny", "Name a colour."),
+                ("tiny", "Is water wet?"),
+                ("nope", "unknown pipeline: fails"),
+            ],
+        )
     wait_until_final(data_dir, count=4)
 
     # --json while the daemon runs: stable keys for scripts

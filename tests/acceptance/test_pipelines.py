@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 
 from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
 from tests.files import make_pdf
-from worker.config import REPO_ROOT
+from worker.config import SHIPPED_PIPELINES_DIR
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -23,9 +23,9 @@ LABELS = ("complaint", "question", "praise", "other")
 
 
 def schema_of(pipeline: str) -> Draft202012Validator:
-    from worker.pipelines import load_pipelines
+    from worker.pipelines.spec import load_pipelines
 
-    schema = load_pipelines(REPO_ROOT / "pipelines")[pipeline].json_schema
+    schema = load_pipelines(SHIPPED_PIPELINES_DIR)[pipeline].json_schema
     assert schema is not None
     return Draft202012Validator(schema)
 
@@ -115,7 +115,7 @@ def test_a_document_five_times_the_context_gets_one_summary_with_chunking(
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
     for name in ("summarize", "summarize-long"):
-        text = (REPO_ROOT / "pipelines" / f"{name}.toml").read_text()
+        text = (SHIPPED_PIPELINES_DIR / f"{name}.toml").read_text()
         # Short answers keep the test fast on two cores; the pipeline is otherwise shipped as is.
         (pipelines / f"{name}.toml").write_text(text.replace("max_tokens = 200", "max_tokens = 24"))
     document = long_document(2200)  # about 2,700 tokens; n_ctx is 512
@@ -156,8 +156,9 @@ def test_pipelines_validate_and_try_write_nothing(
 
     rows = tmp_path / "rows.csv"
     rows.write_text("id,text\n1,Is the shop open on Sunday?\n")
-    result = run_cli({**env, "EDGE_WORKER_N_CTX": "1024"}, "pipelines", "try", "classify",
-                     str(rows), timeout=300)  # fmt: skip
+    result = run_cli(
+        {**env, "EDGE_WORKER_N_CTX": "1024"}, "pipelines", "try", "classify", str(rows), timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Message: Is the shop open on Sunday?" in result.stderr  # the rendered prompt
     value = json.loads(result.stdout)
@@ -165,7 +166,7 @@ def test_pipelines_validate_and_try_write_nothing(
     assert not data_dir.exists() or not any(data_dir.iterdir())  # no database, no files
 
     broken = tmp_path / "pipelines"
-    shutil.copytree(REPO_ROOT / "pipelines", broken)
+    shutil.copytree(SHIPPED_PIPELINES_DIR, broken)
     (broken / "extract.toml").write_text(
         (broken / "extract.toml").read_text().replace('"schemas/extract.json"', '"missing.json"')
     )

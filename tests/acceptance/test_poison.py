@@ -93,8 +93,11 @@ def test_an_input_that_aborts_the_worker_is_quarantined_and_others_succeed(
     error = f"crashed the worker {MAX_CRASHES} times"
     assert poison == [("terse/poison.txt", "dead", error, MAX_CRASHES, MAX_CRASHES)]
     others = [r[:2] for r in rows if r[0] != "terse/poison.txt"]
-    assert others == [("row", "succeeded"), ("terse/good1.txt", "succeeded"),
-                      ("terse/good2.txt", "succeeded")]  # fmt: skip
+    assert others == [
+        ("row", "succeeded"),
+        ("terse/good1.txt", "succeeded"),
+        ("terse/good2.txt", "succeeded"),
+    ]
     # the original is kept in failed/ with the reason, like any failed file
     failed = data_dir / "failed" / "terse"
     assert json.loads((failed / "poison.txt.error.json").read_text())["error"] == error

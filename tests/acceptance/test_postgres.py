@@ -23,8 +23,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(420)]
 JOBS = 300
 
 
-def pg_env(tmp_path: Path, name: str, gguf: Path, url: str, pipelines: Path,
-           **settings: object) -> dict[str, str]:  # fmt: skip
+def pg_env(
+    tmp_path: Path, name: str, gguf: Path, url: str, pipelines: Path, **settings: object
+) -> dict[str, str]:
     return daemon_env(
         tmp_path / name, gguf.parent, database_url=url, pipelines_dir=pipelines, **settings
     )
@@ -50,16 +51,27 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
     assert run_cli(first, "db", "upgrade").returncode == 0
     for i in range(3):
         # One thread each: three daemons share two cores. A short lease: quick recovery.
-        env = pg_env(tmp_path, f"d{i}", gguf, pg_url, tiny_pipelines,
-                     n_threads=1, lease_seconds=4, sweep_interval=1)  # fmt: skip
+        env = pg_env(
+            tmp_path,
+            f"d{i}",
+            gguf,
+            pg_url,
+            tiny_pipelines,
+            n_threads=1,
+            lease_seconds=4,
+            sweep_interval=1,
+        )
         daemons.append(Daemon(env, tmp_path / f"d{i}.log"))
     workers = [d.wait_for("daemon.ready")["worker"] for d in daemons]
     for daemon in daemons:
         daemon.wait_for("db.listening")
 
-    run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) "
-                    "SELECT 'tiny', 'What is ' || g || ' plus one?' FROM generate_series(1, :n) g",
-            n=JOBS)  # fmt: skip
+    run_sql(
+        pg_url,
+        "INSERT INTO jobs (pipeline, input_text) "
+        "SELECT 'tiny', 'What is ' || g || ' plus one?' FROM generate_series(1, :n) g",
+        n=JOBS,
+    )
 
     # Midway, SIGKILL daemon 0 while it holds a job. SIGSTOP first, so that what the
     # table says it holds stays true until the kill lands.
@@ -72,9 +84,14 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
     for _ in range(100):
         os.kill(victim.proc.pid, signal.SIGSTOP)
         time.sleep(0.2)  # statements already sent finish on the server
-        held = [r[0] for r in run_sql(
-            pg_url, "SELECT id FROM jobs WHERE status = 'running' AND lease_owner = :w",
-            w=victim_id)]  # fmt: skip
+        held = [
+            r[0]
+            for r in run_sql(
+                pg_url,
+                "SELECT id FROM jobs WHERE status = 'running' AND lease_owner = :w",
+                w=victim_id,
+            )
+        ]
         if held:
             victim.kill()
             break
@@ -146,6 +163,7 @@ def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
     second = daemon.wait_for("job.succeeded", timeout=60, count=2)
     assert second["job_id"] != done["job_id"]
     assert run_sql(pg_url, "SELECT status, attempts FROM jobs ORDER BY id") == [
-        ("succeeded", 1), ("succeeded", 1),
-    ]  # fmt: skip
+        ("succeeded", 1),
+        ("succeeded", 1),
+    ]
     assert daemon.stop(signal.SIGTERM, timeout=60) == 0

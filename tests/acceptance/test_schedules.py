@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
-from worker.db.engine import make_engine
+from worker.queue.database import make_db_engine
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -64,8 +64,9 @@ def wait_fire_at(daemon: Daemon, pipeline: str, fire_time: str, timeout: float =
 
 def sweep_jobs(data_dir: Path) -> list[tuple[str, str]]:
     """(file name, status) of the sweep jobs, oldest first."""
-    rows = db_rows(data_dir, "SELECT source_path, status FROM jobs WHERE source = 'sweep' "
-                             "ORDER BY id")  # fmt: skip
+    rows = db_rows(
+        data_dir, "SELECT source_path, status FROM jobs WHERE source = 'sweep' ORDER BY id"
+    )
     return [(Path(path).name, status) for path, status in rows]
 
 
@@ -104,13 +105,19 @@ def test_a_five_second_sweep_takes_new_and_changed_files_once(
     assert fourth["jobs"] == 0  # nothing new, nothing changed
 
     wait_until_final(data_dir, count=4)
-    assert sweep_jobs(data_dir) == [("a.txt", "succeeded"), ("b.txt", "succeeded"),
-                                    ("a.txt", "succeeded")]  # fmt: skip
+    assert sweep_jobs(data_dir) == [
+        ("a.txt", "succeeded"),
+        ("b.txt", "succeeded"),
+        ("a.txt", "succeeded"),
+    ]
     # Each swept job belongs to the fire right after its file appeared or changed.
-    links = db_rows(data_dir, """
+    links = db_rows(
+        data_dir,
+        """
         SELECT f.fire_time, j.source_path FROM schedule_fire_jobs l
         JOIN schedule_fires f ON f.id = l.fire_id JOIN jobs j ON j.id = l.job_id
-        WHERE f.pipeline = 'sweeper' ORDER BY j.id""")  # fmt: skip
+        WHERE f.pipeline = 'sweeper' ORDER BY j.id""",
+    )
     assert [Path(p).name for _, p in links] == ["a.txt", "b.txt", "a.txt"]
     fire_times = [datetime.fromisoformat(e["fire_time"]) for e in (first, second, third)]
     assert [datetime.fromisoformat(t).replace(tzinfo=UTC) for t, _ in links] == fire_times
@@ -207,7 +214,7 @@ def test_two_daemons_on_one_database_act_on_each_fire_once(
     assert len(acted) == len(set(acted)) >= 3, acted  # each fire acted on by one daemon
     assert set(taken) <= set(acted)
     assert taken, "both daemons should have tried the same fires"
-    engine = make_engine(env.get("EDGE_WORKER_DATABASE_URL") or f"sqlite:///{data_dir}/jobs.db")
+    engine = make_db_engine(env.get("EDGE_WORKER_DATABASE_URL") or f"sqlite:///{data_dir}/jobs.db")
     with engine.connect() as conn:
         fires = conn.execute(text("SELECT id, jobs_enqueued FROM schedule_fires")).all()
         linked = conn.execute(text("SELECT job_id FROM schedule_fire_jobs")).scalars().all()
@@ -235,8 +242,9 @@ def test_jobs_outside_their_window_wait(
     assert run_cli(env, "db", "upgrade").returncode == 0
     with sqlite3.connect(data_dir / "jobs.db") as conn:
         for name in ("closed", "open"):
-            conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES (?, 'Rain is due.')",
-                         (name,))  # fmt: skip
+            conn.execute(
+                "INSERT INTO jobs (pipeline, input_text) VALUES (?, 'Rain is due.')", (name,)
+            )
     result = run_cli(env, "run", "--once", timeout=180)  # exits: nothing it may run is left
     assert result.returncode == 0, result.stderr
     assert db_rows(data_dir, "SELECT pipeline, status, attempts FROM jobs ORDER BY pipeline") == [

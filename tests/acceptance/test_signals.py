@@ -29,9 +29,12 @@ def long_pipelines(tmp_path: Path) -> Path:
 
 
 def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, long_pipelines: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    long_pipelines: Path,
     daemons: list[Daemon],
-) -> None:  # fmt: skip
+) -> None:
     notify_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
@@ -76,9 +79,12 @@ def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
 
 
 def test_second_sigterm_stops_at_once(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, long_pipelines: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    long_pipelines: Path,
     daemons: list[Daemon],
-) -> None:  # fmt: skip
+) -> None:
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(long_pipelines),

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from bench.workload import SUFFIX, documents
-from worker.engine import EngineOptions
-from worker.engine.batched import BatchedEngine, BatchOptions
-from worker.engine.model_files import ModelFile
-from worker.pipelines import Generation
+from worker.llm.batched import BatchedEngine, BatchOptions
+from worker.llm.engine import EngineOptions
+from worker.llm.generation import Generation
+from worker.llm.model_files import ModelFile
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -102,9 +102,9 @@ MIXED_SCHEDULE = """
 import json, sys
 from pathlib import Path
 from tests.integration.test_batched_engine import INSTRUCTION, _common_prefix, prompts, run_all
-from worker.engine import EngineOptions
-from worker.engine.batched import BatchedEngine, BatchOptions
-from worker.engine.model_files import ModelFile
+from worker.llm.engine import EngineOptions
+from worker.llm.batched import BatchedEngine, BatchOptions
+from worker.llm.model_files import ModelFile
 
 model = ModelFile("gemma-3-270m", Path(sys.argv[1]), None)
 items = prompts(8)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from worker.config import Settings
-from worker.engine import EngineOptions, GenerationInterrupted, ModelError, PromptTooLong
-from worker.engine.batched import BatchedEngine, BatchOptions
-from worker.engine.model_files import ModelFile, resolve_model
-from worker.pipelines import Generation
+from worker.errors import GenerationInterrupted, ModelError, PromptTooLong
+from worker.llm.batched import BatchedEngine, BatchOptions
+from worker.llm.engine import EngineOptions
+from worker.llm.generation import Generation
+from worker.llm.model_files import ModelFile, resolve_model
 
 
 @pytest.fixture(scope="module")

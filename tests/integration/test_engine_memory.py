@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.engine import EngineOptions
-from worker.engine.batched import BatchedEngine, BatchOptions
-from worker.engine.model_files import ModelFile
-from worker.pipelines import Generation
+from worker.llm.batched import BatchedEngine, BatchOptions
+from worker.llm.engine import EngineOptions
+from worker.llm.generation import Generation
+from worker.llm.model_files import ModelFile
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -21,9 +21,19 @@ pytestmark = pytest.mark.timeout(240)
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                     "uordblks", "fordblks", "keepcost")
-    ]  # fmt: skip
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def heap_in_use() -> int:
@@ -50,8 +60,12 @@ def no_gc() -> Iterator[None]:
 
 
 def test_completions_do_not_leave_memory_for_the_garbage_collector(gguf: Path, no_gc: None) -> None:
-    engine = BatchedEngine(ModelFile("gemma-3-270m", gguf, None), EngineOptions(n_ctx=512),
-                           BatchOptions(parallel=1), verify=False)  # fmt: skip
+    engine = BatchedEngine(
+        ModelFile("gemma-3-270m", gguf, None),
+        EngineOptions(n_ctx=512),
+        BatchOptions(parallel=1),
+        verify=False,
+    )
     gen = Generation(max_tokens=2, temperature=0)
     engine.complete("order 0: 3 crates ->", gen, lambda: False)  # warm-up allocations
     before = heap_in_use()

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.logs import LOGGER_NAME, event
-from worker.metrics import DaemonMetrics, MetricsError, MetricsPublisher
-from worker.store import JobStore, NewJob
+from worker.ops.metrics import DaemonMetrics, MetricsError, MetricsPublisher
+from worker.queue.jobs import JobStore, NewJob
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,15 +49,28 @@ def test_counters_follow_events_and_gauges_follow_the_table(
     (held,) = store.claim("me", 1, 30)
     store.claim("someone-else", 1, 30)
     now = [100.0]
-    metrics = DaemonMetrics(store, "me", "gemma", slots=1, model_load_seconds=0.42,
-                            clock=lambda: now[0])  # fmt: skip
+    metrics = DaemonMetrics(
+        store, "me", "gemma", slots=1, model_load_seconds=0.42, clock=lambda: now[0]
+    )
     publisher = MetricsPublisher(metrics, tmp_path / "m" / "metrics.prom", 60, port=None)
     publisher.start()
     # Events reach the metrics although the log level hides INFO from the log itself.
-    event("job.succeeded", job_id=held.id, pipeline="summarize", prompt_tokens=20,
-          completion_tokens=8, seconds=2.0)  # fmt: skip
-    event("job.succeeded", job_id=9, pipeline="summarize", prompt_tokens=5,
-          completion_tokens=4, seconds=0.05)  # fmt: skip
+    event(
+        "job.succeeded",
+        job_id=held.id,
+        pipeline="summarize",
+        prompt_tokens=20,
+        completion_tokens=8,
+        seconds=2.0,
+    )
+    event(
+        "job.succeeded",
+        job_id=9,
+        pipeline="summarize",
+        prompt_tokens=5,
+        completion_tokens=4,
+        seconds=0.05,
+    )
     event("job.failed", logging.WARNING, job_id=10, pipeline="x", error="bad")
     event("job.retrying", logging.WARNING, job_id=11, pipeline="x", error="later")
     event("job.recovered", job_id=12, status="queued")
@@ -93,9 +106,9 @@ def test_counters_follow_events_and_gauges_follow_the_table(
 
 
 def test_database_outage_is_reported_not_raised(tmp_path: Path) -> None:
-    from worker.db.engine import make_engine
+    from worker.queue.database import make_db_engine
 
-    missing = JobStore(make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}"))
+    missing = JobStore(make_db_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}"))
     text = DaemonMetrics(missing, "me", "gemma", 1, 0.1).render().decode()
     got = samples(text)
     assert got[("edge_worker_database_up", ())] == 0
@@ -107,18 +120,21 @@ def test_port_serves_on_loopback_only(store: JobStore, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    publisher = MetricsPublisher(DaemonMetrics(store, "me", "gemma", 1, 0.1),
-                                 tmp_path / "metrics.prom", 60, port=port)  # fmt: skip
+    publisher = MetricsPublisher(
+        DaemonMetrics(store, "me", "gemma", 1, 0.1), tmp_path / "metrics.prom", 60, port=port
+    )
     publisher.start()
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             body = response.read().decode()
         assert "edge_worker_busy_slots 0.0" in body
-        assert publisher._server.server_address[0] == "127.0.0.1"
+        assert publisher._server is not None
+        assert publisher._server.httpd.server_address[0] == "127.0.0.1"
         # A second daemon on the same port fails with a message naming the setting.
         with pytest.raises(MetricsError, match="metrics_port"):
-            MetricsPublisher(DaemonMetrics(store, "me2", "gemma", 1, 0.1),
-                             tmp_path / "other.prom", 60, port=port).start()  # fmt: skip
+            MetricsPublisher(
+                DaemonMetrics(store, "me2", "gemma", 1, 0.1), tmp_path / "other.prom", 60, port=port
+            ).start()
     finally:
         publisher.stop()

@@ -11,14 +11,14 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from tests.conftest import run_sql
-from worker.db.migrate import alembic_config, upgrade
-from worker.sources.pg_notify import (
+from worker.queue.migrate import alembic_config, upgrade
+from worker.sources.pg_listen import (
     BACKOFF_MAX,
     BACKOFF_START,
     CHANNEL,
     libpq_conninfo,
+    listener_for,
     next_backoff,
-    start_listener,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,7 +53,7 @@ def test_conninfo_drops_the_sqlalchemy_driver_and_keeps_the_password() -> None:
 
 
 def test_sqlite_gets_no_listener(tmp_path: Path) -> None:
-    assert start_listener(f"sqlite:///{tmp_path / 'jobs.db'}", threading.Event()) is None
+    assert listener_for(f"sqlite:///{tmp_path / 'jobs.db'}", threading.Event()) is None
 
 
 def test_sqlite_migrates_without_triggers(tmp_path: Path) -> None:
@@ -72,8 +72,10 @@ def test_inserts_and_requeues_notify_and_downgrade_removes_the_triggers(pg_url: 
     with psycopg.connect(libpq_conninfo(pg_url), autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
         # A bulk insert sends one notification per pipeline (PostgreSQL folds duplicates).
-        run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) SELECT 'a', 'x' "
-                        "FROM generate_series(1, 5)")  # fmt: skip
+        run_sql(
+            pg_url,
+            "INSERT INTO jobs (pipeline, input_text) SELECT 'a', 'x' FROM generate_series(1, 5)",
+        )
         run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('b', 'y')")
         assert payloads(listener) == ["a", "b"]
         # Other updates are silent; going back to queued (retry, release, recovery) is not.
@@ -85,8 +87,9 @@ def test_inserts_and_requeues_notify_and_downgrade_removes_the_triggers(pg_url: 
 
         command.downgrade(alembic_config(pg_url), "0001")
         assert triggers(pg_url) == []
-        assert run_sql(pg_url, "SELECT count(*) FROM pg_proc "
-                               "WHERE proname = 'edge_worker_notify_job'") == [(0,)]  # fmt: skip
+        assert run_sql(
+            pg_url, "SELECT count(*) FROM pg_proc WHERE proname = 'edge_worker_notify_job'"
+        ) == [(0,)]
         run_sql(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('c', 'z')")
         assert payloads(listener, wait=0.5) == []
 
@@ -97,8 +100,9 @@ def test_inserts_and_requeues_notify_and_downgrade_removes_the_triggers(pg_url: 
 def test_listener_wakes_on_insert_and_reconnects_after_the_server_drops_it(pg_url: str) -> None:
     upgrade(pg_url)
     wake = threading.Event()
-    listener = start_listener(pg_url, wake)
+    listener = listener_for(pg_url, wake)
     assert listener is not None
+    listener.start()
     try:
         assert wake.wait(10), "no wake-up on connect"  # the catch-up wake-up
         wake.clear()
@@ -107,9 +111,12 @@ def test_listener_wakes_on_insert_and_reconnects_after_the_server_drops_it(pg_ur
         assert listener.notifications == 1
         wake.clear()
 
-        dropped = run_sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE application_name = 'edge-worker-listen' "
-                                  "AND datname = current_database()")  # fmt: skip
+        dropped = run_sql(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'edge-worker-listen' "
+            "AND datname = current_database()",
+        )
         assert dropped == [(True,)]
         assert wake.wait(15), "no wake-up after reconnecting"
         wake.clear()

@@ -15,13 +15,13 @@ import pytest
 
 from tests.clock import frozen
 from worker.config import Settings, load_settings
-from worker.db.engine import make_engine
-from worker.db.migrate import upgrade
-from worker.pipelines import Pipeline
-from worker.schedule_store import FireStore
-from worker.sources.schedule import Scheduler
-from worker.sources.watch_folder import InboxWatcher
-from worker.store import JobStore
+from worker.pipelines.spec import Pipeline
+from worker.queue.database import make_db_engine
+from worker.queue.fires import FireStore
+from worker.queue.jobs import JobStore
+from worker.queue.migrate import upgrade
+from worker.sources.inbox import InboxWatcher
+from worker.sources.schedules import Scheduler
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = "Q: {{ input }}"
@@ -33,8 +33,13 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def sweeping(schedule: str = "* * * * * *", misfire_grace: float = 3600) -> dict[str, Pipeline]:
-    pipeline = Pipeline(name="sweeper", prompt=PROMPT, schedule=schedule,
-                        sweep=("sweep/*.txt",), misfire_grace=misfire_grace)  # fmt: skip
+    pipeline = Pipeline(
+        name="sweeper",
+        prompt=PROMPT,
+        schedule=schedule,
+        sweep=("sweep/*.txt",),
+        misfire_grace=misfire_grace,
+    )
     return {"sweeper": pipeline}
 
 
@@ -43,7 +48,7 @@ class CountingScheduler(Scheduler):
 
     def __init__(self, settings: Settings, url: str, pipelines: dict[str, Pipeline], name: str):
         # Its own engine, as a separate daemon would have.
-        store = JobStore(make_engine(url))
+        store = JobStore(make_db_engine(url))
         super().__init__(settings, store, pipelines, name, enqueue_inbox=lambda _p: [])
         self.won: list[datetime] = []
         self.lost: list[datetime] = []
@@ -106,7 +111,7 @@ def test_two_daemons_act_on_each_fire_once(settings: Settings, db_url: str) -> N
     enqueued = [len(next(r for r in rs if r is not None)) for rs in outcomes.values()]
     assert enqueued == [2, 0, 1, 0]  # new files at the first fire, the added one at the third
 
-    fires = FireStore(make_engine(db_url))
+    fires = FireStore(make_db_engine(db_url))
     recorded = fires.list_fires("sweeper")
     assert sorted(f.fire_time for f in recorded) == sorted(outcomes)
     linked = [job_id for f in recorded for job_id in fires.job_ids(f.id)]
@@ -127,7 +132,7 @@ def test_two_running_schedulers_share_the_fires(settings: Settings, db_url: str)
         scheduler.stop()
     a, b = schedulers
 
-    recorded = [f.fire_time for f in FireStore(make_engine(db_url)).list_fires("sweeper")]
+    recorded = [f.fire_time for f in FireStore(make_db_engine(db_url)).list_fires("sweeper")]
     assert len(recorded) >= 3
     assert set(a.won).isdisjoint(b.won)
     assert sorted(a.won + b.won) == sorted(recorded)
@@ -148,8 +153,11 @@ def test_catch_up_makes_one_fire_for_several_missed(settings: Settings, db_url: 
     newest = scheduler.fires.last_fire("sweeper")
     assert newest is not None
     assert (newest.fire_time, newest.catch_up, newest.worker, newest.jobs_enqueued) == (
-        last + timedelta(seconds=20), True, "a", 1,
-    )  # fmt: skip
+        last + timedelta(seconds=20),
+        True,
+        "a",
+        1,
+    )
     assert [f.fire_time.second for f in scheduler.fires.list_fires("sweeper")] == [20, 0]
     assert scheduler.catch_up() == []  # already made
 
@@ -169,10 +177,14 @@ def test_sweep_enqueues_new_and_changed_files_once(settings: Settings, tmp_path:
     upgrade(url)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    pipelines = {"sweeper": Pipeline(
-        name="sweeper", prompt=PROMPT, schedule="* * * * * *",
-        sweep=("sweep/*.txt", str(outside / "**" / "*.md")),
-    )}  # fmt: skip
+    pipelines = {
+        "sweeper": Pipeline(
+            name="sweeper",
+            prompt=PROMPT,
+            schedule="* * * * * *",
+            sweep=("sweep/*.txt", str(outside / "**" / "*.md")),
+        )
+    }
     scheduler = daemon(settings, url, pipelines, "a")
     t0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
     one = drop(settings, "one.txt", "first")
@@ -215,12 +227,13 @@ def test_a_file_still_being_written_waits_for_the_next_fire(tmp_path: Path) -> N
 def test_scheduled_inbox_is_taken_only_at_fires(settings: Settings, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
-    store = JobStore(make_engine(url))
+    store = JobStore(make_db_engine(url))
     pipelines = {
-        "nightly": Pipeline(name="nightly", prompt=PROMPT, schedule="0 2 * * *",
-                            inbox_mode="scheduled"),
+        "nightly": Pipeline(
+            name="nightly", prompt=PROMPT, schedule="0 2 * * *", inbox_mode="scheduled"
+        ),
         "live": Pipeline(name="live", prompt=PROMPT),
-    }  # fmt: skip
+    }
     watcher = InboxWatcher(settings, store, pipelines, held=["nightly"])
     for name in pipelines:
         settings.folder("inbox", name).mkdir(parents=True)

@@ -8,21 +8,21 @@ from datetime import timedelta
 from sqlalchemy import inspect, text
 
 from tests.clock import frozen
-from worker.db.engine import make_engine
-from worker.db.migrate import check, upgrade
-from worker.store import JobStore, NewJob, utcnow
+from worker.queue.database import make_db_engine
+from worker.queue.jobs import JobStore, NewJob, utcnow
+from worker.queue.migrate import check, upgrade
 
 
 def test_migrations_build_an_empty_database_without_drift(db_url: str) -> None:
     upgrade(db_url)
-    engine = make_engine(db_url)
+    engine = make_db_engine(db_url)
     tables = set(inspect(engine).get_table_names())
     assert {"jobs", "workers", "alembic_version"} <= tables
     check(db_url)  # raises if models and migrations disagree (alembic check)
 
 
 def test_a_plain_sql_insert_is_enough(job_store: JobStore) -> None:
-    with job_store.engine.begin() as conn:
+    with job_store.db.begin() as conn:
         conn.execute(text("INSERT INTO jobs (pipeline, input_text) VALUES ('summarize', 'hi')"))
     (job,) = job_store.list_jobs()
     assert (job.status, job.priority, job.attempts, job.source) == ("queued", 0, 0, "table")
@@ -55,8 +55,11 @@ def test_only_the_lease_holder_can_finish_a_job(job_store: JobStore) -> None:
     done = job_store.get(job_id)
     assert done is not None
     assert (done.status, done.result_text, done.prompt_tokens, done.completion_tokens) == (
-        "succeeded", "r", 3, 4,
-    )  # fmt: skip
+        "succeeded",
+        "r",
+        3,
+        4,
+    )
     assert done.finished_at is not None and done.lease_token is None
 
 
@@ -107,7 +110,7 @@ def test_cancel_makes_the_lease_holder_lose_the_job(job_store: JobStore) -> None
 
 
 def _claim_all(url: str, owner: str, out: multiprocessing.Queue[tuple[list[int], int]]) -> None:
-    store = JobStore(make_engine(url))
+    store = JobStore(make_db_engine(url))
     mine: list[int] = []
     biggest = 0
     idle = 0
@@ -126,7 +129,7 @@ def _claim_all(url: str, owner: str, out: multiprocessing.Queue[tuple[list[int],
 
 def test_two_processes_never_claim_the_same_job(job_store: JobStore, db_url: str) -> None:
     total = 2000
-    with job_store.engine.begin() as conn:
+    with job_store.db.begin() as conn:
         conn.execute(
             text("INSERT INTO jobs (pipeline, input_text) VALUES ('p', :t)"),
             [{"t": str(i)} for i in range(total)],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.store import JobStore, NewBatch, NewChild, NewJob
+from worker.queue.jobs import JobStore, NewBatch, NewChild, NewJob
 
 
 def claim_parent(store: JobStore) -> tuple[int, str]:
@@ -26,8 +26,10 @@ def test_expand_is_atomic_guarded_and_wakes_the_parent_when_children_are_final(
     assert job is not None and job.status == "waiting" and job.lease_token is None
     kids = job_store.children(parent)
     assert [(k.item_index, k.status, k.error) for k in kids] == [
-        (2, "queued", None), (3, "failed", "bad row"), (4, "queued", None),
-    ]  # fmt: skip
+        (2, "queued", None),
+        (3, "failed", "bad row"),
+        (4, "queued", None),
+    ]
     assert job_store.child_counts(parent) == {"queued": 2, "failed": 1}
     batch_row = job_store.batch_of_job(parent)
     assert batch_row is not None and batch_row.status == "in_progress"
@@ -49,14 +51,16 @@ def test_sweep_wakes_forgotten_parents_and_cancel_cascades(job_store: JobStore) 
     assert job_store.expand(parent, token, "p", "item", [NewChild(1, "x", error="bad")])
     assert job_store.wake_waiting() == [parent]
 
-    other = job_store.enqueue(NewJob("p", source="file", source_path="p/b.csv",
-                                     idempotency_key="g"))  # fmt: skip
+    other = job_store.enqueue(
+        NewJob("p", source="file", source_path="p/b.csv", idempotency_key="g")
+    )
     assert other is not None
     claimed = {j.id: j for j in job_store.claim("w1", 2, lease_seconds=30)}
     assert set(claimed) == {parent, other}
     job = claimed[other]
-    assert job_store.expand(other, job.lease_token, "p", "item", [NewChild(1, "a"),
-                                                                   NewChild(2, "b")])  # fmt: skip
+    assert job_store.expand(
+        other, job.lease_token, "p", "item", [NewChild(1, "a"), NewChild(2, "b")]
+    )
     assert job_store.cancel(other)
     assert sorted(k.status for k in job_store.children(other)) == ["cancelled", "cancelled"]
     assert job_store.update_batch("nope", (), status="x") is False

@@ -16,11 +16,11 @@ from worker.batch.request import (
     prompt_and_generation,
     response_body,
 )
-from worker.chat import TRANSCRIPT_TEMPLATE, ChatTemplate
-from worker.inference import Answer
-from worker.inputs import InputError
-from worker.model_names import UnknownModel
-from worker.pipelines import Generation
+from worker.errors import InputError
+from worker.llm.chat import TRANSCRIPT_TEMPLATE, ChatTemplate
+from worker.llm.generation import Generation
+from worker.pipelines.inference import Answer
+from worker.pipelines.models import UnknownModel
 
 CHAT_URL = "/v1/chat/completions"
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from worker.chat import (
+from worker.llm.chat import (
     TRANSCRIPT_TEMPLATE,
     WORD_JOINER,
     ChatError,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from worker.chunking import group, split_text
+from worker.llm.chunking import group, split_text
 
 
 def words(text: str) -> int:

@@ -13,11 +13,12 @@ from openai.types.chat import ChatCompletion
 
 from tests.clock import frozen
 from tests.fakes import Crash, FakeEngine
+from tests.harness import Runner
 from worker.config import Settings
-from worker.file_jobs import FileRef, content_digest, file_key
-from worker.pipelines import Pipeline
-from worker.runner import Runner, StopFlags
-from worker.store import JobStore, NewJob, utcnow
+from worker.io.files import FileRef, content_digest, file_key
+from worker.pipelines.spec import Pipeline
+from worker.queue.jobs import JobStore, NewJob, utcnow
+from worker.run.stop import StopFlags
 
 PIPELINES = {
     "rows": Pipeline(name="rows", prompt="{{ name }} says {{ input }}"),
@@ -74,8 +75,16 @@ def batch_lines() -> bytes:
     lines = []
     for i in range(20):
         body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": f"q{i}"}]}
-        lines.append(json.dumps({"custom_id": f"r{i}", "method": "POST",
-                                 "url": "/v1/chat/completions", "body": body}))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": body,
+                }
+            )
+        )
     lines[3] = "{oops"
     lines[7] = lines[6]  # duplicate custom_id r6
     lines[11] = lines[11].replace("/v1/chat/completions", "/v1/embeddings")
@@ -101,8 +110,10 @@ def test_batch_with_bad_lines_gives_outputs_errors_and_counts(
     assert batch["output_file_id"] == "req.output.jsonl"
     assert [e["line"] for e in batch["errors"]["data"]] == [4, 8, 12]
     assert [e["error"]["code"] for e in errors] == [
-        "invalid_json", "duplicate_custom_id", "invalid_url",
-    ]  # fmt: skip
+        "invalid_json",
+        "duplicate_custom_id",
+        "invalid_url",
+    ]
     for out in outputs:
         ChatCompletion.model_validate(out["response"]["body"])
     ids = [o["custom_id"] for o in outputs]
@@ -178,16 +189,23 @@ def test_cancelling_a_waiting_parent_cancels_its_children(
 def test_a_plain_insert_still_works_beside_children(settings: Settings, store: JobStore) -> None:
     from sqlalchemy import text
 
-    with store.engine.begin() as conn:
+    with store.db.begin() as conn:
         conn.execute(text("INSERT INTO jobs (pipeline, input_text) VALUES ('rows', 'hi')"))
     engine = FakeEngine(echo_last_line)
-    Runner(settings, store, engine, {"rows": Pipeline(name="rows", prompt="{{ input }}")}, "w",
-           StopFlags(), threading.Event()).run(once=True)  # fmt: skip
+    Runner(
+        settings,
+        store,
+        engine,
+        {"rows": Pipeline(name="rows", prompt="{{ input }}")},
+        "w",
+        StopFlags(),
+        threading.Event(),
+    ).run(once=True)
     (job,) = store.list_jobs()
     assert (job.status, job.result_text, job.parent_id) == ("succeeded", "hi", None)
 
 
 def test_output_path_for_records(tmp_path: Path) -> None:
-    from worker.naming import output_name
+    from worker.io.naming import output_name
 
     assert output_name("people.csv", "jsonl") == "people.csv.jsonl"

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from tests.fakes import FakeEngine
-from worker.chat import chat_template_for
-from worker.engine import PromptTooLong
-from worker.inference import PipelineRun, ResultInvalid
-from worker.inputs import InputError
-from worker.pipelines import Generation, Pipeline
+from worker.errors import InputError, PromptTooLong
+from worker.llm.chat import chat_template_for
+from worker.llm.generation import Generation
+from worker.pipelines.inference import PipelineRun, ResultInvalid
+from worker.pipelines.spec import Pipeline
 
 
 class Model:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import codecs
+import os
 from pathlib import Path
 
 import pytest
 
-from worker.inputs import InputError, decode_text, read_input_file
+from worker.errors import InputError
+from worker.io.decode import decode_text
+from worker.io.safe_read import read_regular_file
 
 
 def test_utf8_with_and_without_bom_and_utf16_with_bom() -> None:
@@ -34,7 +37,7 @@ def test_oversize_file_is_refused_with_both_sizes(tmp_path: Path) -> None:
     path = tmp_path / "big.txt"
     path.write_bytes(b"a" * 101)
     with pytest.raises(InputError, match="input is 101 bytes; max_input_bytes allows 100"):
-        read_input_file(path, max_bytes=100)
+        read_regular_file(path, max_bytes=100)
 
 
 def test_symlink_is_never_followed(tmp_path: Path) -> None:
@@ -43,4 +46,11 @@ def test_symlink_is_never_followed(tmp_path: Path) -> None:
     link = tmp_path / "link.txt"
     link.symlink_to(target)
     with pytest.raises(InputError, match="cannot open input"):
-        read_input_file(link, max_bytes=100)
+        read_regular_file(link, max_bytes=100)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_regular_file(fifo, max_bytes=100)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.naming import archive_name, error_name, is_ignored_name, output_name
+from worker.io.naming import archive_name, error_name, is_ignored_name, output_name
 
 
 @pytest.mark.parametrize(

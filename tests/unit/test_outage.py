@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from worker.outage import BACKOFF_MAX_SECONDS, Outage, backoff_seconds
+from worker.queue.outage import BACKOFF_MAX_SECONDS, Outage, backoff_seconds
 
 
 def test_backoff_doubles_with_jitter_up_to_a_ceiling() -> None:
@@ -38,3 +38,22 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
     assert fields[0] == {"error": "database is locked"}
     assert fields[1]["failed_calls"] == 5
     assert fields[2] == {"error": "RuntimeError('')"}
+
+
+def test_the_store_turns_driver_outage_errors_into_database_unavailable() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from worker.queue.outage import DatabaseUnavailable, translate_outages
+
+    @translate_outages
+    class Store:
+        def locked(self) -> None:
+            raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+
+        def buggy(self) -> None:
+            raise ValueError("a bug, not an outage")
+
+    with pytest.raises(DatabaseUnavailable, match="database is locked"):
+        Store().locked()
+    with pytest.raises(ValueError, match="a bug"):
+        Store().buggy()

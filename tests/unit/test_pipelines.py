@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import REPO_ROOT
-from worker.pipelines import PipelineError, load_pipeline, load_pipelines
+from worker.config import SHIPPED_PIPELINES_DIR
+from worker.pipelines.spec import PipelineError, load_pipeline, load_pipelines
 
 
 def test_shipped_pipelines_load() -> None:
-    pipelines = load_pipelines(REPO_ROOT / "pipelines")
+    pipelines = load_pipelines(SHIPPED_PIPELINES_DIR)
     assert "summarize" in pipelines
     assert pipelines["summarize"].output_format == "markdown"
 
@@ -50,7 +50,7 @@ def test_sandbox_blocks_unsafe_attribute_access_in_templates(tmp_path: Path) -> 
 
 
 def test_shipped_pipelines_cover_the_issue() -> None:
-    pipelines = load_pipelines(REPO_ROOT / "pipelines")
+    pipelines = load_pipelines(SHIPPED_PIPELINES_DIR)
     assert {"summarize", "summarize-long", "extract", "classify", "batch"} <= set(pipelines)
     extract = pipelines["extract"]
     assert extract.json_schema is not None
@@ -99,8 +99,8 @@ def test_inconsistent_pipelines_are_refused(tmp_path: Path, body: str, message: 
 
 def test_pipeline_models_must_be_the_loaded_one(tmp_path: Path) -> None:
     from worker.config import load_settings
-    from worker.model_names import resolve_model_name, startup_model_errors
-    from worker.pipelines import Pipeline
+    from worker.pipelines.models import resolve_model_name, startup_model_errors
+    from worker.pipelines.spec import Pipeline
 
     settings = load_settings(
         data_dir=tmp_path,

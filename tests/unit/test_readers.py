@@ -10,18 +10,25 @@ import json
 import pytest
 
 from tests.files import make_pdf
-from worker.inputs import InputError
-from worker.readers import Document, Record, Records, read_input, reader_for, template_variables
+from worker.errors import InputError
+from worker.io.readers import Document, Record, Records, read_input, reader_for, template_variables
 
 
 @pytest.mark.parametrize(
     ("name", "reader"),
     [
-        ("a.txt", "text"), ("a.MD", "text"), ("page.html", "html"), ("page.htm", "html"),
-        ("doc.pdf", "pdf"), ("x.json", "json"), ("x.jsonl", "jsonl"), ("rows.csv", "csv"),
-        ("unknown.log", "text"), ("noext", "text"),
+        ("a.txt", "text"),
+        ("a.MD", "text"),
+        ("page.html", "html"),
+        ("page.htm", "html"),
+        ("doc.pdf", "pdf"),
+        ("x.json", "json"),
+        ("x.jsonl", "jsonl"),
+        ("rows.csv", "csv"),
+        ("unknown.log", "text"),
+        ("noext", "text"),
     ],
-)  # fmt: skip
+)
 def test_reader_is_chosen_by_extension(name: str, reader: str) -> None:
     assert reader_for(name) == reader
 
@@ -58,9 +65,18 @@ def test_html_gives_visible_text_only() -> None:
     text = read_input(page, "html")
     assert isinstance(text, Document)
     assert text.text.splitlines() == [
-        "Quarterly report", "", "Results & outlook", "", "Revenue rose by 12%.", "",
-        "One", "", "Two", "", "End.",
-    ]  # fmt: skip
+        "Quarterly report",
+        "",
+        "Results & outlook",
+        "",
+        "Revenue rose by 12%.",
+        "",
+        "One",
+        "",
+        "Two",
+        "",
+        "End.",
+    ]
     for hidden in ("color", "secret", "enable js", "comment", '"x"'):
         assert hidden not in text.text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from worker.retry import decide_retry
+from worker.queue.retry import decide_retry
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,12 +10,13 @@ import pytest
 
 from tests.clock import frozen
 from tests.fakes import FakeEngine
+from tests.harness import Runner
 from worker.config import Settings
-from worker.engine import PromptTooLong
-from worker.file_jobs import FileRef, content_digest, file_key
-from worker.pipelines import Pipeline
-from worker.runner import Runner, StopFlags
-from worker.store import JobStore, NewJob, utcnow
+from worker.errors import PromptTooLong
+from worker.io.files import FileRef, content_digest, file_key
+from worker.pipelines.spec import Pipeline
+from worker.queue.jobs import JobStore, NewJob, utcnow
+from worker.run.stop import StopFlags
 
 PIPELINES = {"echo": Pipeline(name="echo", prompt="Q: {{ input }}\nA:", output_format="text")}
 
@@ -31,8 +32,9 @@ def drop(settings: Settings, store: JobStore, name: str, data: bytes) -> int:
     info = (folder / name).stat()
     ref = FileRef("echo", name)
     key = file_key(ref, info.st_size, info.st_mtime_ns, content_digest(data))
-    job_id = store.enqueue(NewJob("echo", source="file", source_path=ref.source_path,
-                                  idempotency_key=key))  # fmt: skip
+    job_id = store.enqueue(
+        NewJob("echo", source="file", source_path=ref.source_path, idempotency_key=key)
+    )
     assert job_id is not None
     return job_id
 

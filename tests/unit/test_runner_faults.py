@@ -11,22 +11,22 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 from tests.clock import frozen
 from tests.fakes import FakeEngine
 from tests.unit.test_runner import drop, make_runner
 from worker.config import Settings
-from worker.engine import Completion
-from worker.pipelines import Generation
-from worker.sinks import write_atomic
-from worker.store import JobStore, NewJob, utcnow
+from worker.io.atomic import write_atomic
+from worker.llm.engine import Completion
+from worker.llm.generation import Generation
+from worker.queue.jobs import JobStore, NewJob, utcnow
+from worker.queue.outage import DatabaseUnavailable
 
 
 @pytest.fixture
-def events(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Iterator[
-    Callable[[str], list[logging.LogRecord]]
-]:  # fmt: skip
+def events(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], list[logging.LogRecord]]]:
     """The `edge_worker` events logged during the test, by name."""
     monkeypatch.setattr(logging.getLogger("edge_worker"), "propagate", True)
     with caplog.at_level(logging.INFO, logger="edge_worker"):
@@ -44,7 +44,7 @@ def test_disk_full_is_retryable_and_succeeds_once_space_is_freed(
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         write_atomic(path, data, before_replace)
 
-    monkeypatch.setattr("worker.work.write_atomic", write)
+    monkeypatch.setattr("worker.run.kinds.base.write_atomic", write)
     runner = make_runner(settings, store, FakeEngine())
     runner.run(once=True)
     job = store.get(job_id)
@@ -82,7 +82,7 @@ class TakeoverEngine(FakeEngine):
         shared_prefix: str | None = None,
     ) -> Completion:
         later = self.store.clock() + timedelta(seconds=self.settings.lease_seconds + 1)
-        thief = JobStore(self.store.engine, clock=frozen(later))
+        thief = JobStore(self.store.db, clock=frozen(later))
         assert [r.status for r in thief.recover_expired(max_crashes=3)] == ["queued"]
         (claimed,) = thief.claim("w2", 1, self.settings.lease_seconds)
         self.thief_token = claimed.lease_token
@@ -111,14 +111,14 @@ class FlakyStore(JobStore):
     """The database refuses `failures` calls to `method`, then answers again."""
 
     def __init__(self, store: JobStore, method: str, failures: int) -> None:
-        super().__init__(store.engine, store.clock)
+        super().__init__(store.db, store.clock)
         self.left = failures
         real = getattr(self, method)
 
         def flaky(*args: object, **kwargs: object) -> object:
             if self.left > 0:
                 self.left -= 1
-                raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+                raise DatabaseUnavailable("database is locked")
             return real(*args, **kwargs)
 
         setattr(self, method, flaky)

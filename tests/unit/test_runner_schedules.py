@@ -9,12 +9,14 @@ from pathlib import Path
 
 from tests.clock import frozen
 from tests.fakes import FakeEngine
+from tests.harness import Runner
 from worker.config import Settings
-from worker.engine import Completion
-from worker.pipelines import Generation, Pipeline
-from worker.runner import Runner, StopFlags
+from worker.llm.engine import Completion
+from worker.llm.generation import Generation
+from worker.pipelines.spec import Pipeline
+from worker.queue.jobs import JobStore, NewJob
+from worker.run.stop import StopFlags
 from worker.sources.sweep import sweep_key
-from worker.store import JobStore, NewJob
 
 # Tomorrow (the jobs' run_after is the real time of the insert, so the clock must be later).
 _TOMORROW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
@@ -38,13 +40,28 @@ def status(store: JobStore, job_id: int) -> str:
     return job.status
 
 
-def runner(settings: Settings, store: JobStore, engine: FakeEngine) -> Runner:
-    return Runner(settings, store, engine, PIPELINES, "w1", StopFlags(), threading.Event())
+def runner(
+    settings: Settings, store: JobStore, engine: FakeEngine, swept: Path | None = None
+) -> Runner:
+    """A runner; with `swept`, pipeline "any" sweeps `<swept>/**/*.txt` nightly."""
+    pipelines = dict(PIPELINES)
+    if swept is not None:
+        pattern = str(swept / "**" / "*.txt")
+        pipelines["any"] = Pipeline(
+            name="any", prompt="Q: {{ input }}", schedule="0 2 * * *", sweep=(pattern,)
+        )
+    return Runner(settings, store, engine, pipelines, "w1", StopFlags(), threading.Event())
 
 
 def sweep_job(store: JobStore, path: Path, digest: str = "0" * 64) -> int:
-    job_id = store.enqueue(NewJob("any", source="sweep", source_path=str(path),
-                                  idempotency_key=sweep_key("any", str(path), digest)))  # fmt: skip
+    job_id = store.enqueue(
+        NewJob(
+            "any",
+            source="sweep",
+            source_path=str(path),
+            idempotency_key=sweep_key("any", str(path), digest),
+        )
+    )
     assert job_id is not None
     return job_id
 
@@ -58,7 +75,7 @@ def test_a_swept_file_is_read_in_place_and_never_moved(
     source.parent.mkdir()
     source.write_text("hello")
     job_id = sweep_job(store, source, hashlib.sha256(b"hello").hexdigest())
-    runner(settings, store, FakeEngine()).run(once=True)
+    runner(settings, store, FakeEngine(), swept=tmp_path).run(once=True)
     job = store.get(job_id)
     assert job is not None and job.status == "succeeded", job and job.error
     output = settings.folder("outbox", "any") / "q1.txt.txt"
@@ -75,11 +92,29 @@ def test_a_swept_file_changed_after_queueing_is_skipped(
     source = tmp_path / "q1.txt"
     source.write_text("edited since")
     job_id = sweep_job(store, source)  # queued with another digest
-    runner(settings, store, FakeEngine()).run(once=True)
+    runner(settings, store, FakeEngine(), swept=tmp_path).run(once=True)
     job = store.get(job_id)
     assert job is not None and job.status == "failed"
     assert job.error is not None and "changed after it was queued" in job.error
     assert source.exists()
+
+
+def test_a_sweep_row_outside_its_pipelines_globs_fails_and_nothing_is_read(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim" / "secret.md"
+    victim.parent.mkdir()
+    victim.write_text("secret")
+    engine = FakeEngine()
+    job_id = sweep_job(store, victim)
+    dotted = sweep_job(store, tmp_path / "swept" / ".." / "victim" / "secret.txt")
+    runner(settings, store, engine, swept=tmp_path / "swept").run(once=True)
+    for bad in (job_id, dotted):
+        job = store.get(bad)
+        assert job is not None and job.status == "failed"
+        assert job.error is not None and job.error.startswith("invalid source_path")
+    assert engine.prompts == []
+    assert not settings.folder("outbox", "any").exists()
 
 
 def test_jobs_outside_their_window_wait_queued(settings: Settings, store: JobStore) -> None:

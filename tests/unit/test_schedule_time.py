@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.schedule_time import (
+from worker.pipelines.schedule_time import (
     cron_trigger,
     crontab_weekdays,
     fire_after,
@@ -29,8 +29,11 @@ def at(text: str, tz: ZoneInfo | None = None) -> datetime:
 def test_six_fields_put_seconds_first() -> None:
     trigger = cron_trigger("*/5 * * * * *")
     fires = next_fires(trigger, at("2026-03-01 12:00:01"), 3)
-    assert fires == [at("2026-03-01 12:00:05"), at("2026-03-01 12:00:10"),
-                     at("2026-03-01 12:00:15")]  # fmt: skip
+    assert fires == [
+        at("2026-03-01 12:00:05"),
+        at("2026-03-01 12:00:10"),
+        at("2026-03-01 12:00:15"),
+    ]
 
 
 def test_five_fields_fire_on_the_minute() -> None:
@@ -46,9 +49,16 @@ def test_fire_after_is_strictly_after() -> None:
 
 @pytest.mark.parametrize(
     ("field", "expected"),
-    [("0", "sun"), ("7", "sun"), ("1-5", "mon,tue,wed,thu,fri"), ("sat,0", "sun,sat"),
-     ("*/2", "sun,tue,thu,sat"), ("5-7", "sun,fri,sat"), ("*", "*")],
-)  # fmt: skip
+    [
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("sat,0", "sun,sat"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("5-7", "sun,fri,sat"),
+        ("*", "*"),
+    ],
+)
 def test_weekdays_follow_crontab_not_apscheduler(field: str, expected: str) -> None:
     assert crontab_weekdays(field) == expected
 
@@ -62,9 +72,13 @@ def test_sunday_zero_fires_on_a_sunday() -> None:
 
 @pytest.mark.parametrize(
     ("expression", "message"),
-    [("* * * *", "has 4 fields"), ("61 * * * *", "cron '61 \\* \\* \\* \\*'"),
-     ("0 0 * * 8", "bad weekday"), ("0 0 * * fri-mon", "runs backwards")],
-)  # fmt: skip
+    [
+        ("* * * *", "has 4 fields"),
+        ("61 * * * *", "cron '61 \\* \\* \\* \\*'"),
+        ("0 0 * * 8", "bad weekday"),
+        ("0 0 * * fri-mon", "runs backwards"),
+    ],
+)
 def test_bad_cron_is_refused_with_a_reason(expression: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cron_trigger(expression)
@@ -167,9 +181,8 @@ def test_window_follows_the_wall_clock_across_fall_back() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("22-06", "not HH:MM-HH:MM"), ("24:00-06:00", "hours are 00-23"),
-     ("06:00-06:00", "is empty")],
-)  # fmt: skip
+    [("22-06", "not HH:MM-HH:MM"), ("24:00-06:00", "hours are 00-23"), ("06:00-06:00", "is empty")],
+)
 def test_bad_window_is_refused(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_window(text)

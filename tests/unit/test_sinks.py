@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.sinks import is_stale_temp, remove_stale_temps, temp_name, write_atomic
+from worker.io.atomic import is_stale_temp, remove_stale_temps, temp_name, write_atomic
 
 
 def no_space(_fd: int) -> None:
@@ -20,7 +20,7 @@ def test_disk_full_leaves_the_old_file_and_no_temp(
 ) -> None:
     target = tmp_path / "out.txt"
     target.write_bytes(b"old and complete\n")
-    monkeypatch.setattr("worker.sinks.os.fsync", no_space)
+    monkeypatch.setattr("worker.io.atomic.os.fsync", no_space)
     with pytest.raises(OSError) as raised:
         write_atomic(target, b"new" * 1000)
     assert raised.value.errno == errno.ENOSPC
@@ -31,7 +31,7 @@ def test_disk_full_leaves_the_old_file_and_no_temp(
 def test_disk_full_on_a_new_file_publishes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.sinks.os.fsync", no_space)
+    monkeypatch.setattr("worker.io.atomic.os.fsync", no_space)
     with pytest.raises(OSError):
         write_atomic(tmp_path / "out.txt", b"data")
     assert list(tmp_path.iterdir()) == []

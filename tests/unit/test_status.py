@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from worker.db.models import Worker
-from worker.stats import RunningJob, Throughput
-from worker.status import Snapshot, render, to_json, worker_state
+from worker.ops.status import Snapshot, render, to_json, worker_state
+from worker.queue.models import Worker
+from worker.queue.views import RunningJob, Throughput
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def daemon(state: str, seconds_ago: float) -> Worker:
     beat = NOW - timedelta(seconds=seconds_ago)
-    return Worker(id=f"h:{state}", host="h", pid=1, model="m", slots=1, state=state,
-                  started_at=beat, heartbeat_at=beat)  # fmt: skip
+    return Worker(
+        id=f"h:{state}",
+        host="h",
+        pid=1,
+        model="m",
+        slots=1,
+        state=state,
+        started_at=beat,
+        heartbeat_at=beat,
+    )
 
 
 def test_a_running_daemon_without_heartbeat_for_a_lease_is_gone() -> None:
@@ -33,12 +41,27 @@ def test_json_has_stable_keys_and_totals() -> None:
         workers=[daemon("running", 5)],
     )
     data = to_json(snapshot, lease_seconds=60)
-    assert sorted(data) == ["database", "generated_at", "pipelines", "queue_depth", "running",
-                            "throughput", "totals", "workers"]  # fmt: skip
+    assert sorted(data) == [
+        "database",
+        "generated_at",
+        "pipelines",
+        "queue_depth",
+        "running",
+        "throughput",
+        "totals",
+        "workers",
+    ]
     assert data["queue_depth"] == 3
     assert data["totals"]["queued"] == 3 and data["totals"]["succeeded"] == 5
-    assert data["pipelines"]["b"] == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0,
-                                      "dead": 0, "cancelled": 0, "waiting": 0}  # fmt: skip
+    assert data["pipelines"]["b"] == {
+        "queued": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "dead": 0,
+        "cancelled": 0,
+        "waiting": 0,
+    }
     assert data["throughput"]["jobs_per_minute"] == 3.0
     assert data["throughput"]["tokens_per_second"] == 1.5
     assert data["running"][0]["age_seconds"] == 12.0

@@ -16,16 +16,22 @@ from typing import Any
 
 from worker.batch.request import stable_id
 from worker.config import Settings
-from worker.db.models import CANCELLED, DEAD, FAILED, SUCCEEDED, Batch, Job
+from worker.queue.models import Batch, Job, JobStatus
 
 COMPLETION_WINDOW = timedelta(hours=24)
 CODES = frozenset(
     {
-        "invalid_json", "invalid_request", "invalid_url", "invalid_method",
-        "duplicate_custom_id", "model_not_found", "context_length_exceeded",
-        "invalid_response", "batch_cancelled",
+        "invalid_json",
+        "invalid_request",
+        "invalid_url",
+        "invalid_method",
+        "duplicate_custom_id",
+        "model_not_found",
+        "context_length_exceeded",
+        "invalid_response",
+        "batch_cancelled",
     }
-)  # fmt: skip
+)
 _CODED = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
 
 
@@ -50,7 +56,7 @@ def batch_files(settings: Settings, pipeline: str, input_name: str) -> BatchFile
 
 def error_of(child: Job) -> tuple[str, str]:
     """(code, message) of a child that did not succeed."""
-    if child.status == CANCELLED:
+    if child.status == JobStatus.CANCELLED:
         return "batch_cancelled", "the batch was cancelled before this request finished"
     text = child.error or "unknown error"
     match = _CODED.match(text)
@@ -72,9 +78,11 @@ def result_lines(batch_id: str, children: Sequence[Job]) -> tuple[list[str], lis
     outputs: list[str] = []
     errors: list[str] = []
     for child in children:
-        line: dict[str, Any] = {"id": stable_id("batch_req_", batch_id, child.item_index),
-                "custom_id": _custom_id(child)}  # fmt: skip
-        if child.status == SUCCEEDED and child.result_text:
+        line: dict[str, Any] = {
+            "id": stable_id("batch_req_", batch_id, child.item_index),
+            "custom_id": _custom_id(child),
+        }
+        if child.status == JobStatus.SUCCEEDED and child.result_text:
             line["response"] = {
                 "status_code": 200,
                 "request_id": stable_id("req_", batch_id, child.item_index),
@@ -92,8 +100,10 @@ def result_lines(batch_id: str, children: Sequence[Job]) -> tuple[list[str], lis
 
 def request_counts(total: int, statuses: dict[str, int]) -> dict[str, int]:
     """OpenAI's request_counts from child counts by status."""
-    failed = sum(statuses.get(s, 0) for s in (FAILED, DEAD, CANCELLED))
-    return {"total": total, "completed": statuses.get(SUCCEEDED, 0), "failed": failed}
+    failed = sum(
+        statuses.get(s, 0) for s in (JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED)
+    )
+    return {"total": total, "completed": statuses.get(JobStatus.SUCCEEDED, 0), "failed": failed}
 
 
 def _epoch(value: datetime | None) -> int | None:

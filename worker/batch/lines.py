@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.batch.request import LineError, parse_request
-from worker.inputs import InputError, decode_text
+from worker.errors import InputError
+from worker.io.decode import decode_text
 
 MAX_CUSTOM_ID = 512
 
@@ -40,12 +41,14 @@ def _check(value: Any, resolve_model: Callable[[str], str]) -> tuple[str, dict[s
     if custom_id is None:
         raise LineError("invalid_request", "custom_id must be a non-empty string", "custom_id")
     if len(custom_id) > MAX_CUSTOM_ID:
-        raise LineError("invalid_request", f"custom_id is over {MAX_CUSTOM_ID} characters",
-                        "custom_id")  # fmt: skip
+        raise LineError(
+            "invalid_request", f"custom_id is over {MAX_CUSTOM_ID} characters", "custom_id"
+        )
     method = value.get("method")
     if method != "POST":
-        raise LineError("invalid_method", f"method {method!r} is not supported (use POST)",
-                        "method")  # fmt: skip
+        raise LineError(
+            "invalid_method", f"method {method!r} is not supported (use POST)", "method"
+        )
     request = parse_request(str(value.get("url")), value.get("body"))
     try:
         resolve_model(request.model)

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.chat import ChatTemplate
-from worker.engine.grammar import ANY_OBJECT, UnsupportedSchema, check_schema
-from worker.inference import Answer
-from worker.inputs import InputError
-from worker.pipelines import Generation
+from worker.errors import InputError
+from worker.llm.chat import ChatTemplate
+from worker.llm.generation import Generation
+from worker.llm.grammar import ANY_OBJECT, UnsupportedSchema, check_schema
+from worker.pipelines.inference import Answer
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -160,8 +160,9 @@ def _schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         except UnsupportedSchema as exc:
             raise _invalid(str(exc), "response_format") from None
         return schema
-    raise _invalid("response_format.type must be text, json_object or json_schema",
-                   "response_format")  # fmt: skip
+    raise _invalid(
+        "response_format.type must be text, json_object or json_schema", "response_format"
+    )
 
 
 def parse_request(url: str, body: Any) -> Request:

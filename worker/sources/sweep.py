@@ -11,16 +11,20 @@ import glob
 import hashlib
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from worker.config import Settings
-from worker.file_jobs import content_digest
+from worker.errors import InputError
+from worker.io.files import content_digest
+from worker.io.naming import is_ignored_name
+from worker.io.safe_read import read_regular_file
 from worker.logs import event
-from worker.naming import is_ignored_name
-from worker.store import JobStore, NewJob
+from worker.queue.jobs import JobStore, NewJob
+from worker.queue.models import JobKind
 
 KEY_MAX = 500  # jobs.idempotency_key is VARCHAR(500)
 
@@ -33,12 +37,49 @@ def sweep_key(pipeline: str, path: str, digest: str) -> str:
     return f"sweep:{pipeline}:path-sha256={hashlib.sha256(path.encode()).hexdigest()}:{digest}"
 
 
+def glob_pattern(pattern: str) -> re.Pattern[str]:
+    """A regex that matches a path exactly when `glob.glob(pattern, recursive=True)` would
+    find it: `*` and `?` stay within one folder, `**/` spans any number of folders."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+            continue
+        char = pattern[i]
+        closing = pattern.find("]", i + 2) if char == "[" else -1
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif closing > 0:
+            members = pattern[i + 1 : closing]
+            negate = members.startswith("!")
+            body = re.escape(members[1:] if negate else members).replace("\\-", "-")
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = closing + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def absolute_pattern(pattern: str, data_dir: Path) -> str:
+    """A sweep glob as an absolute pattern (relative globs are under data_dir)."""
+    return pattern if os.path.isabs(pattern) else str(data_dir.resolve() / pattern)
+
+
 def matching_files(patterns: Sequence[str], data_dir: Path) -> list[Path]:
     """Absolute paths matching the globs (`**` recurses; relative globs are under data_dir)."""
-    root = data_dir.resolve()
     found: set[Path] = set()
     for pattern in patterns:
-        full = pattern if os.path.isabs(pattern) else str(root / pattern)
+        full = absolute_pattern(pattern, data_dir)
         found.update(Path(os.path.abspath(match)) for match in glob.glob(full, recursive=True))
     return sorted(found)
 
@@ -89,10 +130,10 @@ class Sweeper:
         if size > self.settings.max_input_bytes:
             return "oversize"  # not read: the runner fails it with the size limit
         try:
-            return content_digest(path.read_bytes())
+            return content_digest(read_regular_file(path, self.settings.max_input_bytes))
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, InputError) as exc:
             event("sweep.unreadable", logging.WARNING, path=str(path), error=str(exc))
             return None
 
@@ -100,7 +141,7 @@ class Sweeper:
         job_id = self.store.enqueue(
             NewJob(
                 pipeline=pipeline,
-                source="sweep",
+                source=JobKind.SWEEP,
                 source_path=str(path),
                 idempotency_key=sweep_key(pipeline, str(path), digest),
             )

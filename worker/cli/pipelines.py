@@ -1,0 +1,145 @@
+"""`edge-worker pipelines ...`: list, validate and try the pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from worker.cli import common
+from worker.config import Settings
+from worker.errors import InputError, ModelError
+from worker.pipelines.spec import Pipeline, PipelineError
+
+pipelines_app = typer.Typer(help="Pipelines from the pipelines folder.", no_args_is_help=True)
+
+
+@pipelines_app.command("list")
+def pipelines_list() -> None:
+    """The pipelines and what they do."""
+    settings = common.settings()
+    table = Table("name", "output", "max_tokens", "model", "description")
+    for p in common.load_pipeline_set(settings).values():
+        table.add_row(
+            p.name,
+            p.output_format,
+            str(p.generation.max_tokens),
+            Text(p.model or settings.model),
+            Text(p.description),
+        )
+    common.console.print(table)
+
+
+@pipelines_app.command("validate")
+def validate() -> None:
+    """Check every pipeline file (fields, templates, JSON Schemas, models); exit 2 if any fails."""
+    from worker.pipelines.models import startup_model_errors
+    from worker.pipelines.spec import load_pipelines
+
+    settings = common.settings()
+    try:
+        pipelines = load_pipelines(settings.pipelines_dir)
+    except PipelineError as exc:
+        raise common.fatal(f"invalid pipeline:\n{exc}", 2) from None
+    errors = startup_model_errors(pipelines, settings)
+    if errors:
+        raise common.fatal("invalid pipeline:\n" + "\n".join(errors), 2)
+    table = Table("pipeline", "mode", "reader", "output", "schema", "long input", "model")
+    for p in pipelines.values():
+        table.add_row(
+            p.name,
+            p.mode,
+            p.reader,
+            p.output_format,
+            "yes" if p.json_schema else "",
+            p.long_input,
+            p.model or settings.model,
+        )
+    common.console.print(table)
+    common.console.print(f"{len(pipelines)} pipeline(s) in {settings.pipelines_dir} are valid")
+
+
+@pipelines_app.command("try")
+def try_pipeline(
+    pipeline_name: Annotated[str, typer.Argument(metavar="PIPELINE")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+) -> None:
+    """Render the prompt for FILE, run one inference and print the result. Writes nothing.
+
+    For a file with records (CSV, JSON Lines) or an OpenAI Batch file, the first valid
+    record or request is tried.
+    """
+    from worker.pipelines.spec import load_pipelines
+
+    settings = common.settings()
+    try:
+        pipeline = load_pipelines(settings.pipelines_dir).get(pipeline_name)
+    except PipelineError as exc:
+        raise common.fatal(f"invalid pipeline:\n{exc}", 2) from None
+    if pipeline is None:
+        raise common.fatal(f"no pipeline {pipeline_name!r} in {settings.pipelines_dir}", 2)
+    try:
+        _try(settings, pipeline, file)
+    except ModelError as exc:
+        raise common.fatal(str(exc), 3) from None
+    except InputError as exc:
+        raise common.fatal(str(exc), 1) from None
+
+
+def _try(settings: Settings, pipeline: Pipeline, file: Path) -> None:
+    import json
+
+    from worker.io.readers import Records, read_input, reader_for, template_variables
+    from worker.llm.chat import chat_template_for
+    from worker.llm.loading import open_engine
+    from worker.llm.model_files import resolve_model
+    from worker.pipelines.inference import PipelineRun, generate
+
+    data = file.read_bytes()
+    kind = reader_for(file.name, pipeline.reader)
+    if kind != "openai-batch":
+        document = read_input(data, kind)
+        if isinstance(document, Records):
+            first = next((r for r in document.records if r.fields is not None), None)
+            if first is None:
+                raise InputError("no readable record in the file")
+            common.err.print(f"trying record at line {first.line}", highlight=False)
+            text, variables = template_variables(first.fields or {})
+        else:
+            text, variables = document.text, dict(document.variables)
+    engine = open_engine(settings, resolve_model(settings), parallel=1)
+    spec = settings.models.get(settings.model)
+    chat = chat_template_for(engine, spec.chat_template if spec else None)
+    if kind == "openai-batch":
+        from worker.batch.lines import read_batch
+        from worker.batch.request import parse_request, prompt_and_generation
+
+        line = next((x for x in read_batch(data, lambda n: n) if x.request), None)
+        if line is None or line.request is None:
+            raise InputError("no valid request line in the batch file")
+        request = parse_request(str(line.request["url"]), line.request["body"])
+        prompt, generation = prompt_and_generation(request, pipeline.generation, chat)
+        common.err.rule(f"prompt (line {line.line}, {engine.count_tokens(prompt)} tokens)")
+        common.err.print(prompt, markup=False, highlight=False)
+        answer = generate(engine, prompt, generation, lambda: False)
+    else:
+        run = PipelineRun(engine, pipeline, lambda: chat)
+        prompt = run.prompt(text, variables)
+        common.err.rule(f"prompt ({engine.count_tokens(prompt)} tokens)")
+        common.err.print(prompt, markup=False, highlight=False)
+        answer = run.run(text, variables, lambda: False)
+    common.err.rule("result")
+    print(answer.text)
+    common.err.print(
+        json.dumps(
+            {
+                "prompt_tokens": answer.prompt_tokens,
+                "calls": answer.calls,
+                "completion_tokens": answer.completion_tokens,
+            }
+        ),
+        highlight=False,
+    )

@@ -1,1 +1,0 @@
-"""Database layer: SQLAlchemy models, engine set-up and migrations."""

@@ -1,0 +1,172 @@
+"""The file side of file jobs: keys, input and output paths, archiving the original.
+
+Two sources are files: `file` (the watch folder; `source_path` is `<pipeline>/<name>`
+under the inbox, and the original is archived afterwards) and `sweep` (a schedule's
+globs; `source_path` is the absolute path, read in place and never moved).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from worker.config import Settings
+from worker.errors import InputError
+from worker.io.atomic import move_durably, write_atomic
+from worker.io.naming import archive_name, error_name, output_name
+from worker.io.safe_read import read_regular_file
+
+# The runner (after an outcome) and the watcher (finishing a move a crash interrupted) may
+# archive the same original at the same moment; one at a time, the second finds it gone.
+_ARCHIVE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file job's input: `<inbox>/<pipeline>/<name>`."""
+
+    pipeline: str
+    name: str
+
+    @classmethod
+    def parse(cls, source_path: str, pipeline: str) -> FileRef:
+        """The reference a row's `source_path` names, checked as untrusted input: a file
+        directly inside `inbox/<pipeline>/` of the row's own pipeline. InputError if not."""
+        folder, sep, name = source_path.partition("/")
+        problem = None
+        if not sep or folder != pipeline:
+            problem = f"it must start with the job's pipeline folder {pipeline!r}/"
+        elif not name or name in (".", "..") or "/" in name:
+            problem = "it must name one file directly inside the pipeline's inbox"
+        elif "\x00" in source_path:
+            problem = "it contains a NUL character"
+        if problem is not None:
+            raise InputError(f"invalid source_path {source_path!r}: {problem}")
+        return cls(pipeline, name)
+
+    @property
+    def source_path(self) -> str:
+        return f"{self.pipeline}/{self.name}"
+
+    def inbox_path(self, settings: Settings) -> Path:
+        return settings.folder("inbox", self.pipeline) / self.name
+
+    def output_path(self, settings: Settings, output_format: str) -> Path:
+        return settings.folder("outbox", self.pipeline) / output_name(self.name, output_format)
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of an input file, as its job's idempotency key records it."""
+
+    size: int
+    mtime_ns: int
+    digest: str  # sha256 of the bytes, or "oversize" (not read: over max_input_bytes)
+
+    @classmethod
+    def from_key(cls, key: str | None) -> FileVersion | None:
+        """The version in a `file:` key; None for other keys."""
+        if not key or not key.startswith("file:"):
+            return None
+        parts = key.rsplit(":", 3)
+        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
+            return None
+        return cls(int(parts[1]), int(parts[2]), parts[3])
+
+    def matches(self, info: os.stat_result) -> bool:
+        """Whether a file's lstat result could be this version (size and mtime)."""
+        return info.st_size == self.size and info.st_mtime_ns == self.mtime_ns
+
+
+def content_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_of_key(key: str | None) -> str | None:
+    """The content digest a file or sweep job was queued with (`oversize`: not read)."""
+    return key.rsplit(":", 1)[1] if key and key.startswith(("file:", "sweep:")) else None
+
+
+def file_key(ref: FileRef, size: int, mtime_ns: int, digest: str) -> str:
+    """Idempotency key of one version of an inbox file.
+
+    The same bytes at the same mtime are the same request; a rewrite or a fresh copy
+    of the file is a new one.
+    """
+    return f"file:{ref.source_path}:{size}:{mtime_ns}:{digest}"
+
+
+def archive_original(
+    settings: Settings,
+    ref: FileRef,
+    job_id: int,
+    succeeded: bool,
+    error: str | None = None,
+    when: datetime | None = None,
+    version: FileVersion | None = None,
+) -> Path | None:
+    """Move the original out of the inbox into done/ or failed/ (beside `<name>.error.json`).
+
+    With `version`, only that version of the file moves: a file rewritten in the inbox
+    while its previous version ran is a new job, and stays. Returns the new path, or
+    None if the original (that version) is no longer in the inbox.
+    """
+    with _ARCHIVE_LOCK:
+        source = ref.inbox_path(settings)
+        if version is not None and not _is_version(source, version, settings.max_input_bytes):
+            return None
+        return _archive(settings, ref, job_id, succeeded, error, when)
+
+
+def _is_version(path: Path, version: FileVersion, max_bytes: int) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or not version.matches(info):
+        return False
+    if version.digest == "oversize":
+        return True
+    try:
+        return content_digest(read_regular_file(path, max_bytes)) == version.digest
+    except (OSError, InputError):
+        return False
+
+
+def _archive(
+    settings: Settings,
+    ref: FileRef,
+    job_id: int,
+    succeeded: bool,
+    error: str | None,
+    when: datetime | None,
+) -> Path | None:
+    source = ref.inbox_path(settings)
+    if not source.is_file() or source.is_symlink():
+        return None
+    folder = settings.folder("done" if succeeded else "failed", ref.pipeline)
+    name = archive_name(ref.name, job_id, taken=(folder / ref.name).exists())
+    if not succeeded:
+        reason = {
+            "job_id": job_id,
+            "pipeline": ref.pipeline,
+            "input": ref.name,
+            "error": error or "unknown error",
+            "failed_at": when.isoformat() if when else None,
+        }
+        payload = json.dumps(reason, indent=2, ensure_ascii=False) + "\n"
+        write_atomic(folder / error_name(name), payload.encode())
+    target = folder / name
+    try:
+        move_durably(source, target)
+    except FileNotFoundError:  # another process moved it first
+        if not source.exists():
+            return None
+        raise
+    return target

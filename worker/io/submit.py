@@ -1,0 +1,93 @@
+"""Client-side helpers: putting files into an inbox and waiting for their jobs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.config import Settings
+from worker.io.atomic import fsync_dir, move_durably
+from worker.io.files import FileRef, content_digest, file_key
+from worker.queue.jobs import JobStore
+from worker.queue.models import FINAL_STATUSES, Job, JobKind
+
+
+@dataclass(frozen=True)
+class SubmittedFile:
+    ref: FileRef
+    key: str
+
+
+def _free_name(folder: Path, name: str) -> str:
+    if not (folder / name).exists():
+        return name
+    stem, suffix = os.path.splitext(name)
+    return f"{stem}.{secrets.token_hex(3)}{suffix}"
+
+
+def copy_into_inbox(settings: Settings, pipeline: str, source: Path) -> SubmittedFile:
+    """Copy `source` into `inbox/<pipeline>/` atomically (a hidden temp file, then a rename)."""
+    folder = settings.folder("inbox", pipeline)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = source.read_bytes()
+    name = _free_name(folder, source.name)
+    tmp = folder / f".{name}.{secrets.token_hex(4)}.part"
+    with open(tmp, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / name)
+    fsync_dir(folder)
+    info = (folder / name).stat()
+    ref = FileRef(pipeline, name)
+    return SubmittedFile(ref, file_key(ref, info.st_size, info.st_mtime_ns, content_digest(data)))
+
+
+def wait_keys(
+    store: JobStore,
+    files: Sequence[SubmittedFile],
+    timeout: float,
+    on_progress: Callable[[int], None] = lambda _n: None,
+    poll: float = 0.5,
+) -> dict[str, Job]:
+    """Poll until every file's job is final (or `timeout`); returns the jobs found, by key."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, Job] = {}
+    while True:
+        for item in files:
+            job = store.get_by_key(item.key)
+            if job is not None:
+                found[item.key] = job
+        done = sum(1 for job in found.values() if job.status in FINAL_STATUSES)
+        on_progress(done)
+        if done == len(files) or time.monotonic() >= deadline:
+            return found
+        time.sleep(poll)
+
+
+def restore_original(settings: Settings, job: Job) -> Path | None:
+    """Put a failed file job's original back into its inbox as a new version.
+
+    Returns the inbox path, or None if the job is not a file job with an archived original.
+    """
+    if job.source != JobKind.FILE or not job.source_path or not job.archived_path:
+        return None
+    ref = FileRef.parse(job.source_path, job.pipeline)
+    archived = Path(job.archived_path)
+    # Rows are untrusted: only a regular file directly in done/ or failed/ of the job's
+    # own pipeline is moved back, never a path the row merely names.
+    homes = {settings.folder(kind, ref.pipeline).resolve() for kind in ("done", "failed")}
+    if archived.parent.resolve() not in homes or archived.is_symlink() or not archived.is_file():
+        return None
+    folder = settings.folder("inbox", ref.pipeline)
+    target = folder / _free_name(folder, ref.name)
+    # A fresh mtime makes it a new version, so it gets a new job. Set before the move:
+    # the watcher must never see it in the inbox with the old version's mtime (it would
+    # take it for the failed job's leftover and move it straight back).
+    os.utime(archived)
+    move_durably(archived, target)
+    return target

@@ -1,0 +1,453 @@
+"""Continuous batching on llama.cpp's low-level API.
+
+Many callers (one per runner slot) call `complete()` at once; one decode thread owns
+the llama.cpp context and advances the active sequences with each `llama_decode` (at
+most `n_batch` tokens): the running sequences' next tokens, and new sequences' prompt
+chunks, in the same call or, in batch-invariant mode, in alternate calls. A finished
+sequence frees its slot at once, and the next waiting request takes it without waiting
+for the others.
+
+Batch invariance (`BatchOptions.batch_invariant`, on by default): a job's tokens do not
+depend on what else is in the batch. llama.cpp's CPU backend computes a row with other
+kernels when a matrix product has more columns (8 or more for its tiled K-quant
+matmul, 4 or more for repacked weights), and attention over a stream with other kernels
+when the stream holds a prompt chunk beside a running token; either flips near-ties in
+greedy decoding. So in this mode those two kernel families are turned off for the
+process, and a decode call holds either every running sequence's next token or one
+sequence's prompt chunk, never both.
+
+Shared-prefix reuse: a request may name the part of its prompt that many requests
+share (a pipeline's instructions). That prefix is evaluated once into a cache
+sequence and copied into each new sequence with `llama_memory_seq_cp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from worker.errors import GenerationInterrupted, ModelError
+from worker.llm.engine import Completion, EngineOptions, context_error
+from worker.llm.generation import Generation
+from worker.llm.llama_logs import route_llama_logs
+from worker.llm.model_files import ModelFile, verify_model
+from worker.llm.sampling import SamplerChain
+
+log = logging.getLogger(__name__)
+
+# A cached prefix shorter than this is not worth a cache sequence.
+MIN_PREFIX_TOKENS = 16
+PREFIX_CACHE_SLOTS = 2
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How many sequences run at once and how big each decode call may be."""
+
+    parallel: int = 8
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_threads_batch: int | None = None
+    prefix_cache: bool = True
+    batch_invariant: bool = True
+
+
+@dataclass
+class EngineStats:
+    """Counters since start (read by benchmarks and metrics)."""
+
+    decode_calls: int = 0
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_reused: int = 0
+    generated_tokens: int = 0
+    busy_slots: int = 0
+
+
+@dataclass
+class _Request:
+    tokens: list[int]
+    generation: Generation
+    should_stop: Callable[[], bool]
+    prefix_tokens: list[int] | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Completion | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Sequence:
+    request: _Request
+    seq_id: int
+    sampler: SamplerChain
+    n_past: int = 0  # prompt tokens already in the KV cache
+    pending: int | None = None  # last sampled token, fed in the next decode
+    generated: list[int] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)
+    logits_index: int = -1
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.request.tokens)
+
+
+class BatchedEngine:
+    """One resident model serving `parallel` sequences with continuous batching."""
+
+    def __init__(
+        self,
+        model: ModelFile,
+        options: EngineOptions,
+        batch: BatchOptions = BatchOptions(),
+        verify: bool = True,
+    ) -> None:
+        if verify:
+            verify_model(model)
+        import llama_cpp
+
+        route_llama_logs()
+        self._ll: Any = llama_cpp
+        self.model = model
+        self.options = options
+        self.batch_options = batch
+        self.n_ctx = options.n_ctx  # per sequence, as the settings mean it
+        self.parallel = batch.parallel
+        self.stats = EngineStats()
+        started = time.monotonic()
+        if batch.batch_invariant:
+            # ggml reads this once per process, at its first matrix product, so the
+            # choice holds for the whole process (and its children, which inherit it):
+            # one process should not mix engines of both modes.
+            os.environ["GGML_CPU_TILED_MM"] = "0"
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = options.n_gpu_layers
+        # Repacked weights use a gemm kernel for 4+ rows and a gemv for fewer.
+        mparams.use_extra_bufts = not batch.batch_invariant
+        self._model = llama_cpp.llama_model_load_from_file(str(model.path).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"cannot load model {model.path}: llama.cpp could not read it")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        cache_slots = PREFIX_CACHE_SLOTS if batch.prefix_cache else 0
+        self._n_seq = batch.parallel + cache_slots
+        cparams = llama_cpp.llama_context_default_params()
+        # One KV stream per sequence, each the size of one context window.
+        cparams.n_ctx = options.n_ctx * self._n_seq
+        cparams.n_seq_max = self._n_seq
+        cparams.n_batch = batch.n_batch
+        cparams.n_ubatch = min(batch.n_ubatch, batch.n_batch)
+        threads = options.n_threads or os.cpu_count() or 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = batch.n_threads_batch or threads
+        cparams.swa_full = True  # prefix copies need the full cache of sliding-window layers
+        # One stream per sequence: attention never looks at other sequences' cells.
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        # Same attention kernels as llama-cpp-python's Llama (flash attention off), so a
+        # batched result matches a plain create_completion's.
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelError(f"cannot create a llama.cpp context for {model.path}")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(batch.n_batch, 0, 1)
+        self.load_seconds = time.monotonic() - started
+
+        self._free_slots = list(range(batch.parallel))
+        self._cache_seqs = list(range(batch.parallel, self._n_seq))
+        self._prefixes: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        self._active: list[_Sequence] = []
+        self._incoming: queue.Queue[_Request] = queue.Queue()
+        self._waiting: list[_Request] = []
+        self._prompt_turn = True  # batch-invariant mode alternates prompt and token calls
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
+        self._thread.start()
+
+    # Public --------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, str]:
+        """GGUF metadata (architecture, trained context length, ...)."""
+        ll = self._ll
+        found: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(4096)
+        for i in range(ll.llama_model_meta_count(self._model)):
+            ll.llama_model_meta_key_by_index(self._model, i, buf, len(buf))
+            key = buf.value.decode("utf-8", errors="replace")
+            ll.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
+            found[key] = buf.value.decode("utf-8", errors="replace")
+        return found
+
+    def tokenize(self, text: str, special: bool = False, bos: bool = True) -> list[int]:
+        """Tokens of a prompt, with BOS. `special` parses control-token text (`<start_of_turn>`):
+        only for prompts whose untrusted parts went through `worker.chat.neutralize`."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (self._ll.llama_token * capacity)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, capacity, bos, special)
+        if n < 0:  # pragma: no cover - capacity is always enough (a token is >= 1 byte)
+            raise RuntimeError("tokenizer buffer too small")
+        return list(buf[:n])
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` on its own (no BOS, control-token text not parsed)."""
+        return len(self.tokenize(text, bos=False))
+
+    @cached_property
+    def control_tokens(self) -> frozenset[str]:
+        """Texts that tokenize to a control token when special parsing is on (`<eos>`, ...)."""
+        ll = self._ll
+        wanted = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN
+        found = set()
+        for token in range(ll.llama_vocab_n_tokens(self._vocab)):
+            if ll.llama_vocab_get_attr(self._vocab, token) & wanted:
+                text = ll.llama_vocab_get_text(self._vocab, token)
+                if text:
+                    found.add(text.decode("utf-8", errors="replace"))
+        return frozenset(found)
+
+    def complete(
+        self,
+        prompt: str,
+        generation: Generation,
+        should_stop: Callable[[], bool],
+        shared_prefix: str | None = None,
+    ) -> Completion:
+        """Generate a completion, batched with every other caller's."""
+        tokens = self.tokenize(prompt, special=generation.special)
+        too_long = context_error(len(tokens), self.n_ctx, generation.max_tokens)
+        if too_long is not None:
+            raise too_long
+        prefix = None
+        if shared_prefix and self.batch_options.prefix_cache:
+            prefix = self.tokenize(shared_prefix)
+        request = _Request(tokens, generation, should_stop, prefix)
+        self._incoming.put(request)
+        while not request.done.wait(0.5):
+            if self._closed.is_set():
+                raise GenerationInterrupted("engine closed")
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def close(self) -> None:
+        """Stop the decode thread and free llama.cpp's memory."""
+        self._closed.set()
+        self._thread.join(timeout=30)
+        ll = self._ll
+        ll.llama_batch_free(self._batch)
+        ll.llama_free(self._ctx)
+        ll.llama_model_free(self._model)
+
+    # Decode thread ---------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._admit()
+                if not self._active:
+                    with contextlib.suppress(queue.Empty):
+                        self._waiting.append(self._incoming.get(timeout=0.1))
+                    continue
+                self._step()
+            except Exception as exc:  # fail what is in hand, keep serving
+                log.exception("decode step failed")
+                for seq in list(self._active):
+                    self._finish(seq, error=RuntimeError(f"llama.cpp decode failed: {exc}"))
+
+    def _admit(self) -> None:
+        while True:
+            try:
+                self._waiting.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        while self._waiting and self._free_slots:
+            request = self._waiting.pop(0)
+            if request.should_stop():
+                request.error = GenerationInterrupted("stopped before it started")
+                request.done.set()
+                continue
+            seq_id = self._free_slots.pop(0)
+            sampler = SamplerChain(self._ll, self._vocab, request.generation, self.options.seed)
+            seq = _Sequence(request, seq_id, sampler)
+            seq.n_past = self._reuse_prefix(seq)
+            self._active.append(seq)
+        self.stats.busy_slots = len(self._active)
+
+    def _reuse_prefix(self, seq: _Sequence) -> int:
+        """Copy a cached prefix into the sequence; returns how many prompt tokens it covers."""
+        prefix = seq.request.prefix_tokens
+        tokens = seq.request.tokens
+        if not prefix or (not self._cache_seqs and not self._prefixes):
+            return 0
+        # The prompt's tokens may differ from the prefix's at the seam: use the common part.
+        common = 0
+        for a, b in zip(prefix, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # the last prompt token must produce logits
+        if common < MIN_PREFIX_TOKENS:
+            return 0
+        key = tuple(prefix[:common])
+        cache_seq = self._prefixes.get(key)
+        if cache_seq is None:
+            cache_seq = self._evaluate_prefix(key)
+        else:
+            self._prefixes.move_to_end(key)
+        ll = self._ll
+        ll.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        ll.llama_memory_seq_cp(self._mem, cache_seq, seq.seq_id, -1, -1)
+        self.stats.prompt_tokens_reused += common
+        return common
+
+    def _evaluate_prefix(self, key: tuple[int, ...]) -> int:
+        """Evaluate `key` into a cache sequence (evicting the least recently used)."""
+        if self._cache_seqs:
+            cache_seq = self._cache_seqs.pop(0)
+        else:
+            _old, cache_seq = self._prefixes.popitem(last=False)
+        ll = self._ll
+        ll.llama_memory_seq_rm(self._mem, cache_seq, -1, -1)
+        n_batch = self.batch_options.n_batch
+        for start in range(0, len(key), n_batch):
+            chunk = key[start : start + n_batch]
+            self._batch.n_tokens = 0
+            for offset, token in enumerate(chunk):
+                self._add(token, start + offset, cache_seq, logits=False)
+            self._decode()
+            self.stats.prompt_tokens_evaluated += len(chunk)
+        self._prefixes[key] = cache_seq
+        return cache_seq
+
+    def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        b = self._batch
+        i: int = b.n_tokens
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+        return i
+
+    def _decode(self) -> None:
+        code = self._ll.llama_decode(self._ctx, self._batch)
+        self.stats.decode_calls += 1
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+
+    def _step(self) -> None:
+        """One decode call: running sequences' next tokens and/or prompt chunks."""
+        self._batch.n_tokens = 0
+        running = [s for s in self._active if not s.prefilling and s.pending is not None]
+        prefilling = [s for s in self._active if s.prefilling]
+        budget = self.batch_options.n_batch
+        if not self.batch_options.batch_invariant:
+            budget -= self._add_next_tokens(running)
+            for seq in prefilling:
+                if budget <= 0:
+                    break
+                budget -= self._add_prompt_chunk(seq, budget)
+        elif prefilling and (self._prompt_turn or not running):
+            # One sequence's chunk alone: the same ubatch shape as a sequence on its own.
+            self._add_prompt_chunk(prefilling[0], budget)
+            self._prompt_turn = False
+        else:
+            self._add_next_tokens(running)
+            self._prompt_turn = True
+        if self._batch.n_tokens == 0:
+            return
+        self._decode()
+        for seq in list(self._active):
+            if seq.request.should_stop():
+                self._finish(seq, error=GenerationInterrupted("stopped by request"))
+            elif seq.logits_index >= 0:
+                self._sample(seq)
+                seq.logits_index = -1
+
+    def _add_next_tokens(self, running: list[_Sequence]) -> int:
+        """Each running sequence's last sampled token, to get its next logits."""
+        for seq in running:
+            assert seq.pending is not None
+            pos = len(seq.request.tokens) + len(seq.generated) - 1
+            seq.logits_index = self._add(seq.pending, pos, seq.seq_id, logits=True)
+        return len(running)
+
+    def _add_prompt_chunk(self, seq: _Sequence, budget: int) -> int:
+        """Up to `budget` more prompt tokens of `seq`; logits for its last one."""
+        tokens = seq.request.tokens
+        take = min(budget, len(tokens) - seq.n_past)
+        for pos in range(seq.n_past, seq.n_past + take):
+            last = pos == len(tokens) - 1
+            index = self._add(tokens[pos], pos, seq.seq_id, logits=last)
+            if last:
+                seq.logits_index = index
+        seq.n_past += take
+        self.stats.prompt_tokens_evaluated += take
+        return take
+
+    def _sample(self, seq: _Sequence) -> None:
+        ll = self._ll
+        token = seq.sampler.sample(self._ctx, seq.logits_index)
+        self.stats.generated_tokens += 1
+        generation = seq.request.generation
+        if ll.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, reason="stop")
+            return
+        seq.generated.append(token)
+        seq.text += self._piece(token)
+        if generation.stop:  # decoding the whole text each token only pays off for stops
+            text = seq.text.decode("utf-8", errors="ignore")
+            for stop in generation.stop:
+                at = text.find(stop)
+                if at >= 0:
+                    self._finish(seq, reason="stop", text=text[:at])
+                    return
+        if len(seq.generated) >= generation.max_tokens:
+            self._finish(seq, reason="length")
+            return
+        seq.pending = token
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _finish(
+        self,
+        seq: _Sequence,
+        reason: str = "stop",
+        text: str | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self._active.remove(seq)
+        self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        self._free_slots.append(seq.seq_id)
+        seq.sampler.free()
+        request = seq.request
+        if error is not None:
+            request.error = error
+        else:
+            final = text if text is not None else seq.text.decode("utf-8", errors="replace")
+            request.result = Completion(
+                text=final,
+                prompt_tokens=len(request.tokens),
+                completion_tokens=len(seq.generated),
+                finish_reason=reason,
+            )
+        self.stats.busy_slots = len(self._active)
+        request.done.set()

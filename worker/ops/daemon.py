@@ -1,0 +1,238 @@
+"""Assembly of the daemon: load (config, pipelines, model, database), start the services
+in order from one list, run the dispatcher, and stop everything in reverse order.
+
+Threads of a running daemon (docs/architecture.md): main (the dispatcher), `slot-N`
+(one per `parallel`), `decode` (llama.cpp), `inbox-watcher` (+ watchdog's observer),
+`lease-keeper`, `recovery`, `metrics` (+ `metrics-http` with a port), `pg-listen`
+(PostgreSQL), APScheduler's (schedules), `watchdog` (under systemd).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+from types import FrameType
+
+from worker.background import BackgroundLoop, Progress
+from worker.config import Settings, systemd_notify_socket
+from worker.llm.batched import BatchedEngine
+from worker.llm.loading import open_engine
+from worker.llm.model_files import resolve_model
+from worker.logs import event
+from worker.ops.health import Health
+from worker.ops.metrics import DaemonMetrics, MetricsPublisher
+from worker.ops.sd_notify import Notifier, Watchdog
+from worker.ops.services import Service, ServiceDied, ServiceGroup
+from worker.pipelines.models import startup_model_errors
+from worker.pipelines.spec import Pipeline, PipelineError, load_pipelines
+from worker.queue.database import database_label, make_db_engine
+from worker.queue.jobs import JobStore
+from worker.queue.migrate import upgrade
+from worker.queue.outage import DatabaseUnavailable
+from worker.queue.views import queue_depth
+from worker.run.dispatcher import Dispatcher
+from worker.run.kinds.base import JobContext
+from worker.run.kinds.registry import build_handlers
+from worker.run.leases import LeaseKeeper
+from worker.run.recorder import Recorder
+from worker.run.recovery import RecoverySweep
+from worker.run.runner import JobRunner
+from worker.run.stop import StopFlags
+from worker.sources.inbox import InboxWatcher
+from worker.sources.pg_listen import listener_for
+from worker.sources.schedules import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRegistration:
+    """This daemon's row in `workers`: registered at start, marked stopped at the end."""
+
+    name = "worker-registration"
+
+    def __init__(self, store: JobStore, worker_id: str, model: str, slots: int) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.model = model
+        self.slots = slots
+
+    def start(self) -> None:
+        self.store.register_worker(
+            self.worker_id, socket.gethostname(), os.getpid(), self.model, self.slots
+        )
+
+    def stop(self) -> None:
+        try:
+            self.store.worker_heartbeat(self.worker_id, state="stopped")
+        except DatabaseUnavailable as exc:
+            event("worker.heartbeat_failed", error=str(exc))
+
+
+def load_checked_pipelines(settings: Settings) -> dict[str, Pipeline]:
+    """The pipelines, with every model they name known. Raises PipelineError."""
+    pipelines = load_pipelines(settings.pipelines_dir)
+    model_errors = startup_model_errors(pipelines, settings)
+    if model_errors:
+        raise PipelineError("\n".join(model_errors))
+    return pipelines
+
+
+def run_daemon(settings: Settings, once: bool = False) -> None:
+    """Run until SIGTERM/SIGINT (or, with `once`, until the queue and inboxes are drained).
+
+    Raises PipelineError, ModelError or a database error before any job is claimed, and
+    ServiceDied when a background service stopped on its own.
+    """
+    notify_address, watchdog_seconds = systemd_notify_socket()
+    pipelines = load_checked_pipelines(settings)
+    model = resolve_model(settings)
+    engine = open_engine(settings, model)
+    event(
+        "model.loaded",
+        model=model.name,
+        path=str(model.path),
+        seconds=round(engine.load_seconds, 2),
+    )
+    try:
+        _serve(settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds)
+    finally:
+        engine.close()
+
+
+def _serve(
+    settings: Settings,
+    pipelines: Mapping[str, Pipeline],
+    engine: BatchedEngine,
+    model_name: str,
+    once: bool,
+    notify_address: str | None,
+    watchdog_seconds: float | None,
+) -> None:
+    url = settings.resolved_database_url
+    upgrade(url)
+    store = JobStore(make_db_engine(url))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    stop = StopFlags()
+    wake = threading.Event()
+    progress = Progress()
+    notifier = Notifier(notify_address)
+    died: list[BackgroundLoop] = []
+
+    def on_death(loop: BackgroundLoop, exc: BaseException) -> None:
+        event(
+            "service.died", logging.ERROR, service=loop.name, error=f"{type(exc).__name__}: {exc}"
+        )
+        died.append(loop)
+        stop.soft.set()  # finish the jobs in hand, then exit non-zero: systemd restarts us
+        wake.set()
+
+    metrics = DaemonMetrics(store, worker_id, model_name, settings.parallel, engine.load_seconds)
+    record = Recorder(stop, settings.shutdown_timeout)
+    leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
+    context = JobContext(settings, store, engine, record)
+    runner = JobRunner(
+        settings,
+        store,
+        build_handlers(context),
+        pipelines,
+        leases,
+        record,
+        stop,
+        observer=metrics,
+        progress=progress,
+    )
+    dispatcher = Dispatcher(
+        settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress
+    )
+
+    def health() -> Health:
+        try:
+            depth: int | None = queue_depth(store.counts())
+        except DatabaseUnavailable:
+            depth = None
+        ready = not stop.soft.is_set() and depth is not None
+        reason = None if ready else ("stopping" if stop.soft.is_set() else "database unavailable")
+        finished = metrics.last_finished_at()
+        return Health(
+            ready,
+            dispatcher.slots.busy(),
+            dispatcher.slots.size,
+            depth,
+            finished.isoformat() if finished else None,
+            reason,
+        )
+
+    held = [n for n, p in pipelines.items() if p.schedule and p.inbox_mode == "scheduled"]
+    watcher = InboxWatcher(settings, store, pipelines, on_enqueued=wake.set, held=held)
+    loops: list[BackgroundLoop] = [
+        MetricsPublisher(
+            metrics,
+            settings.resolved_metrics_file,
+            settings.metrics_interval,
+            settings.metrics_port,
+            health,
+        ),
+        watcher,
+        leases,
+        RecoverySweep(settings, store, wake, observer=metrics),
+    ]
+    listener = listener_for(url, wake)  # PostgreSQL: NOTIFY wakes an idle dispatcher at once
+    if listener is not None:
+        loops.append(listener)
+    for loop in loops:
+        loop.on_death = on_death
+    services: list[Service] = [
+        loops[0],
+        WorkerRegistration(store, worker_id, model_name, settings.parallel),
+        *loops[1:],
+    ]
+    if not once:  # --once drains what is there; schedules fire only in a running daemon
+        services.append(
+            Scheduler(settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set)
+        )
+    if watchdog_seconds:
+        half = watchdog_seconds / 2
+        watchdog = Watchdog(notifier, half, progress, lambda: queue_status(store), half, loops)
+        watchdog.on_death = on_death
+        services.append(watchdog)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.request()  # only flags: the dispatcher and the slots act on them
+        wake.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    group = ServiceGroup()
+    try:
+        group.start_all(services)
+        event(
+            "daemon.ready",
+            worker=worker_id,
+            inbox=str((settings.data_dir / "inbox").resolve()),
+            pipelines=sorted(pipelines),
+            database=database_label(url),
+        )
+        notifier.send("READY=1", f"STATUS=ready; inbox {settings.data_dir / 'inbox'}")
+        dispatcher.run(once=once, inputs_pending=watcher.pending)
+    finally:
+        notifier.send("STOPPING=1", "STATUS=stopping")
+        event("daemon.stopping", worker=worker_id)
+        group.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    event("daemon.stopped", worker=worker_id)
+    if died:
+        names = ", ".join(loop.name for loop in died)
+        raise ServiceDied(f"background service stopped on its own: {names}")
+
+
+def queue_status(store: JobStore) -> str:
+    """`queued 3, running 1, ...` for systemd's STATUS= line."""
+    totals: dict[str, int] = {}
+    for (_pipeline, status), count in store.counts().items():
+        totals[status] = totals.get(status, 0) + count
+    return ", ".join(f"{status} {totals[status]}" for status in sorted(totals)) or "idle"

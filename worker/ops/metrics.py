@@ -1,0 +1,254 @@
+"""Prometheus metrics: a text file for node_exporter's textfile collector, optionally a port.
+
+Two kinds of numbers, on a registry of our own (never prometheus_client's global one):
+
+- this daemon's counters (tokens, jobs processed, durations, model load time), fed
+  by explicit calls from the runner and the recovery sweep (`DaemonMetrics` is
+  their `JobObserver`);
+- the job table's state (jobs by pipeline and status, queue depth, this daemon's
+  busy slots) is read from the database at each collection. With several daemons
+  on one PostgreSQL table every daemon reports the same table-wide job gauges; sum
+  the counters across daemons, not the gauges.
+
+The file is rewritten atomically (temp file, fsync, rename) every
+`metrics_interval` seconds and once more at exit, so a scraper never reads half. The
+optional loopback port serves `/metrics` and `/healthz` (see `worker.ops.health`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.background import BackgroundLoop
+from worker.io.atomic import write_atomic
+from worker.logs import event
+from worker.ops.health import Health, HealthServer
+from worker.queue.jobs import JobStore
+from worker.queue.models import STATUSES
+from worker.queue.views import queue_depth, running_jobs
+
+# LLM jobs take from a fraction of a second to many minutes.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+RATE_WINDOW_SECONDS = 60.0
+
+
+class MetricsError(Exception):
+    """The metrics port cannot be opened (in use, not allowed)."""
+
+
+class _DatabaseCollector(Collector):
+    """Gauges read from the job table at collection time."""
+
+    def __init__(self, store: JobStore, worker_id: str) -> None:
+        self.store = store
+        self.worker_id = worker_id
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("edge_worker_database_up", "1 if the job table could be read"),
+            GaugeMetricFamily(
+                "edge_worker_jobs",
+                "Jobs in the table by pipeline and status (table-wide)",
+                labels=["pipeline", "status"],
+            ),
+            GaugeMetricFamily("edge_worker_queue_depth", "Queued jobs, all pipelines"),
+            GaugeMetricFamily("edge_worker_busy_slots", "Jobs this daemon is running now"),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()  # names only: registering must not query the database
+
+    def collect(self) -> Iterable[Metric]:
+        up, jobs, depth, busy = self._families()
+        try:
+            counts = self.store.counts()
+            mine = len(running_jobs(self.store, owner=self.worker_id))
+        except Exception:  # the database is away: say so, keep the daemon's own numbers
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        for pipeline in sorted({p for p, _ in counts}):
+            for status in STATUSES:
+                jobs.add_metric([pipeline, status], counts.get((pipeline, status), 0))
+        depth.add_metric([], queue_depth(counts))
+        busy.add_metric([], mine)
+        return [up, jobs, depth, busy]
+
+
+class DaemonMetrics:
+    """The registry of one daemon and what feeds it."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        worker_id: str,
+        model: str,
+        slots: int,
+        model_load_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # No `*_created` series: node_exporter's textfile collector has no use for them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self.clock = clock
+        self._recent: deque[tuple[float, int, float]] = deque()  # (when, tokens, seconds)
+        self._lock = threading.Lock()
+        self._last_finished: datetime | None = None
+        reg = self.registry
+        Info("edge_worker_daemon", "This daemon", registry=reg).info(
+            {"worker": worker_id, "model": model}
+        )
+        Gauge("edge_worker_slots", "Jobs this daemon can run at once", registry=reg).set(slots)
+        load = Gauge("edge_worker_model_load_seconds", "Seconds to load the model", registry=reg)
+        load.set(model_load_seconds)
+        self.processed = Counter(
+            "edge_worker_jobs_processed",
+            "Jobs this daemon finished, by outcome (succeeded, failed, retrying)",
+            ["pipeline", "outcome"],
+            registry=reg,
+        )
+        self.prompt_tokens = Counter(
+            "edge_worker_prompt_tokens",
+            "Prompt tokens of succeeded jobs",
+            ["pipeline"],
+            registry=reg,
+        )
+        self.generated_tokens = Counter(
+            "edge_worker_generated_tokens",
+            "Generated tokens of succeeded jobs",
+            ["pipeline"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "edge_worker_job_duration_seconds",
+            "Claim to success, seconds",
+            ["pipeline"],
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.recovered = Counter(
+            "edge_worker_jobs_recovered", "Expired leases this daemon requeued", registry=reg
+        )
+        Gauge(
+            "edge_worker_tokens_per_second",
+            f"Generated tokens per second of job time, jobs finished in the last "
+            f"{RATE_WINDOW_SECONDS:.0f} s (0 when none)",
+            registry=reg,
+        ).set_function(self.tokens_per_second)
+        reg.register(_DatabaseCollector(store, worker_id))
+
+    # JobObserver -----------------------------------------------------------------
+    def job_succeeded(
+        self, pipeline: str, prompt_tokens: int, completion_tokens: int, seconds: float
+    ) -> None:
+        self.processed.labels(pipeline, "succeeded").inc()
+        self.prompt_tokens.labels(pipeline).inc(prompt_tokens)
+        self.generated_tokens.labels(pipeline).inc(completion_tokens)
+        self.duration.labels(pipeline).observe(seconds)
+        with self._lock:
+            self._recent.append((self.clock(), completion_tokens, seconds))
+            self._last_finished = datetime.now(UTC)
+
+    def job_failed(self, pipeline: str, final: bool) -> None:
+        self.processed.labels(pipeline, "failed" if final else "retrying").inc()
+        if final:
+            with self._lock:
+                self._last_finished = datetime.now(UTC)
+
+    def last_finished_at(self) -> datetime | None:
+        """When this daemon last finished a job (succeeded or finally failed)."""
+        with self._lock:
+            return self._last_finished
+
+    def jobs_recovered(self, count: int) -> None:
+        self.recovered.inc(count)
+
+    def tokens_per_second(self) -> float:
+        """Generation speed over the jobs that finished within the last minute."""
+        cutoff = self.clock() - RATE_WINDOW_SECONDS
+        with self._lock:
+            while self._recent and self._recent[0][0] < cutoff:
+                self._recent.popleft()
+            tokens = sum(t for _, t, _ in self._recent)
+            seconds = sum(s for _, _, s in self._recent)
+        return tokens / seconds if seconds > 0 else 0.0
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything."""
+        return generate_latest(self.registry)
+
+
+class MetricsPublisher(BackgroundLoop):
+    """Writes the metrics file periodically and at exit; serves the optional loopback port."""
+
+    name = "metrics"
+
+    def __init__(
+        self,
+        metrics: DaemonMetrics,
+        path: Path,
+        interval: float,
+        port: int | None,
+        health: Callable[[], Health] | None = None,
+    ) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.path = path
+        self.interval = interval
+        self.port = port
+        self.health = health
+        self._server: HealthServer | None = None
+        self._write_failing = False
+
+    def before_start(self) -> None:
+        """Open the loopback port (if set) and write the file once. Raises MetricsError."""
+        if self.port is not None:
+            try:
+                # Loopback only: the numbers are for a local scraper or an SSH tunnel.
+                self._server = HealthServer(self.port, self.metrics.render, self.health)
+            except OSError as exc:
+                raise MetricsError(
+                    f"cannot serve metrics on 127.0.0.1:{self.port} "
+                    f"(setting metrics_port, EDGE_WORKER_METRICS_PORT): {exc}"
+                ) from None
+        self.write()
+        event("metrics.started", file=str(self.path), port=self.port)
+
+    def write(self) -> None:
+        """Rewrite the file now; a failure is logged once and retried next time."""
+        try:
+            write_atomic(self.path, self.metrics.render())
+        except OSError as exc:
+            if not self._write_failing:
+                event("metrics.write_failed", logging.WARNING, file=str(self.path), error=str(exc))
+            self._write_failing = True
+            return
+        self._write_failing = False
+
+    def step(self) -> float | None:
+        self.write()
+        return None
+
+    def after_stop(self) -> None:
+        """Close the port, then write the final numbers."""
+        if self._server is not None:
+            self._server.close()
+        self.write()

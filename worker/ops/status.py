@@ -1,0 +1,196 @@
+"""`edge-worker status`: one snapshot of the job table, as rich tables or as JSON.
+
+The JSON keys are a stable interface for scripts (see README, "Status"); the
+rich rendering is for people and may change.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from worker.config import Settings
+from worker.queue.jobs import JobStore, utcnow
+from worker.queue.models import STATUSES, Worker
+from worker.queue.views import RunningJob, Throughput, queue_depth, running_jobs, throughput
+
+# Daemons whose last heartbeat is older than this are not shown (they left long ago).
+WORKERS_SHOWN_FOR = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What `status` shows, read at `now`."""
+
+    now: datetime
+    database: str
+    counts: dict[tuple[str, str], int]
+    throughput: Throughput
+    running: list[RunningJob]
+    workers: list[Worker]
+
+
+def take_snapshot(store: JobStore, database: str, now: datetime) -> Snapshot:
+    """Read the queue, the last minute's throughput, running jobs and daemons."""
+    workers = [w for w in store.list_workers() if now - w.heartbeat_at < WORKERS_SHOWN_FOR]
+    return Snapshot(
+        now=now,
+        database=database,
+        counts=store.counts(),
+        throughput=throughput(store, now),
+        running=running_jobs(store),
+        workers=workers,
+    )
+
+
+def worker_state(worker: Worker, now: datetime, lease_seconds: float) -> str:
+    """`running`, `stopped`, or `gone` for a daemon that stopped heartbeating without saying so.
+
+    The lease keeper heartbeats every lease_seconds / 3; a full lease without one
+    means the daemon died (its jobs are recovered by the others).
+    """
+    if worker.state == "running" and now - worker.heartbeat_at > timedelta(seconds=lease_seconds):
+        return "gone"
+    return worker.state
+
+
+def _seconds(later: datetime, earlier: datetime | None) -> float | None:
+    return None if earlier is None else round((later - earlier).total_seconds(), 1)
+
+
+def to_json(snapshot: Snapshot, lease_seconds: float) -> dict[str, Any]:
+    """The snapshot as plain data with stable keys (`edge-worker status --json`)."""
+    now = snapshot.now
+    pipelines = sorted({p for p, _ in snapshot.counts})
+    totals = {s: sum(snapshot.counts.get((p, s), 0) for p in pipelines) for s in STATUSES}
+    rate = snapshot.throughput
+    return {
+        "generated_at": now.isoformat(),
+        "database": snapshot.database,
+        "queue_depth": queue_depth(snapshot.counts),
+        "totals": totals,
+        "pipelines": {p: {s: snapshot.counts.get((p, s), 0) for s in STATUSES} for p in pipelines},
+        "throughput": {
+            "window_seconds": rate.window_seconds,
+            "jobs": rate.jobs,
+            "completion_tokens": rate.completion_tokens,
+            "jobs_per_minute": round(rate.jobs_per_minute, 3),
+            "tokens_per_second": round(rate.tokens_per_second, 3),
+        },
+        "running": [
+            {
+                "id": job.id,
+                "pipeline": job.pipeline,
+                "worker": job.owner,
+                "attempts": job.attempts,
+                "started_at": job.started_at.isoformat() if job.started_at else None,
+                "age_seconds": _seconds(now, job.started_at),
+            }
+            for job in snapshot.running
+        ],
+        "workers": [
+            {
+                "id": w.id,
+                "host": w.host,
+                "pid": w.pid,
+                "model": w.model,
+                "slots": w.slots,
+                "state": worker_state(w, now, lease_seconds),
+                "started_at": w.started_at.isoformat(),
+                "heartbeat_at": w.heartbeat_at.isoformat(),
+                "heartbeat_age_seconds": _seconds(now, w.heartbeat_at),
+            }
+            for w in snapshot.workers
+        ],
+    }
+
+
+def render(snapshot: Snapshot, lease_seconds: float) -> Group:
+    """The dashboard: queue by pipeline, last minute's throughput, running jobs, daemons."""
+    data = to_json(snapshot, lease_seconds)
+    queue = Table("pipeline", *STATUSES, title="jobs")
+    for name, by_status in data["pipelines"].items():
+        queue.add_row(name, *(str(by_status[s]) for s in STATUSES))
+    if len(data["pipelines"]) > 1:
+        queue.add_row("all", *(str(data["totals"][s]) for s in STATUSES), style="bold")
+
+    rate = data["throughput"]
+    speed = Table("jobs", "jobs/min", "generated tokens", "tokens/s", title="last minute")
+    speed.add_row(
+        str(rate["jobs"]),
+        f"{rate['jobs_per_minute']:.1f}",
+        str(rate["completion_tokens"]),
+        f"{rate['tokens_per_second']:.1f}",
+    )
+
+    running = Table("job", "pipeline", "daemon", "attempt", "age", title="running")
+    for job in data["running"]:
+        age = job["age_seconds"]
+        running.add_row(
+            str(job["id"]),
+            job["pipeline"],
+            job["worker"] or "",
+            str(job["attempts"]),
+            "" if age is None else f"{age:.0f} s",
+        )
+
+    daemons = Table("daemon", "host", "state", "model", "slots", "last heartbeat", title="daemons")
+    for w in data["workers"]:
+        daemons.add_row(
+            w["id"],
+            w["host"],
+            w["state"],
+            w["model"],
+            str(w["slots"]),
+            f"{w['heartbeat_age_seconds']:.0f} s ago",
+        )
+    return Group(queue, speed, running, daemons)
+
+
+def watch_status(
+    settings: Settings,
+    store: JobStore,
+    console: Console,
+    as_json: bool = False,
+    watch: bool = False,
+    interval: float = 2.0,
+) -> None:
+    """Print the status once, or (`watch`) refresh it every `interval` seconds until Ctrl-C.
+
+    With `as_json` each refresh is one JSON object on its own line.
+    """
+    database = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+    def current() -> Snapshot:
+        return take_snapshot(store, database, utcnow())
+
+    def emit_json() -> None:
+        sys.stdout.write(json.dumps(to_json(current(), settings.lease_seconds)) + "\n")
+        sys.stdout.flush()
+
+    try:
+        if as_json:
+            emit_json()
+            while watch:
+                time.sleep(interval)
+                emit_json()
+        elif not watch:
+            console.print(render(current(), settings.lease_seconds))
+        else:
+            with Live(
+                render(current(), settings.lease_seconds), console=console, auto_refresh=False
+            ) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(render(current(), settings.lease_seconds), refresh=True)
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,206 @@
+"""Job store, part two: file jobs that fan out into child jobs, and OpenAI Batch records.
+
+A file job whose input has many records (a CSV, JSON Lines, an OpenAI Batch file) is
+expanded in ONE transaction: the parent goes from `running` to `waiting` (guarded by its
+lease token) and every child row is inserted. A crash before the commit leaves nothing
+behind (the parent's lease expires and it is expanded again); after it, the children
+exist exactly once (their idempotency keys are `child:<parent>:<line>`). When the last
+child is final, `wake_parent` queues the parent again; it then gathers the children's
+results into one output, written atomically, so every line appears exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, exists, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
+
+from worker.queue.models import Batch, Job, JobStatus
+from worker.queue.outage import translate_outages
+
+LIVE_CHILD = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class NewChild:
+    """One line or row of a parent file job. With `error`, it is created already failed."""
+
+    index: int
+    input_text: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """The record of an OpenAI Batch file, created with its child jobs."""
+
+    id: str
+    input_name: str
+    endpoint: str
+    errors_json: str | None
+    total: int
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+@translate_outages
+class FamilyStore:
+    """Parent and child jobs, and batches. Mixed into JobStore (same database and clock)."""
+
+    db: Engine
+    clock: Callable[[], datetime]
+
+    def expand(
+        self,
+        job_id: int,
+        token: str,
+        pipeline: str,
+        source: str,
+        children: Sequence[NewChild],
+        batch: NewBatch | None = None,
+    ) -> bool:
+        """Turn a running file job into a waiting parent with `children`; False if lease lost."""
+        now = self.clock()
+        rows = [
+            {
+                "pipeline": pipeline,
+                "input_text": child.input_text,
+                "source": source,
+                "parent_id": job_id,
+                "item_index": child.index,
+                "idempotency_key": f"child:{job_id}:{child.index}",
+                "status": JobStatus.QUEUED if child.error is None else JobStatus.FAILED,
+                "error": child.error,
+                "run_after": now,
+                "created_at": now,
+                "updated_at": now,
+                "finished_at": None if child.error is None else now,
+            }
+            for child in children
+        ]
+        try:
+            with self.db.begin() as conn:
+                moved = conn.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING
+                    )
+                    .values(
+                        status=JobStatus.WAITING,
+                        lease_owner=None,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                    )
+                ).rowcount
+                if moved != 1:
+                    raise _LeaseLost
+                if rows:
+                    conn.execute(insert(Job), rows)
+                if batch is not None:
+                    conn.execute(
+                        insert(Batch).values(
+                            id=batch.id,
+                            job_id=job_id,
+                            input_name=batch.input_name,
+                            endpoint=batch.endpoint,
+                            status="in_progress",
+                            errors_json=batch.errors_json,
+                            request_total=batch.total,
+                            created_at=now,
+                            in_progress_at=now,
+                        )
+                    )
+        except _LeaseLost:
+            return False
+        return True
+
+    def has_children(self, job_id: int) -> bool:
+        """Whether this job was expanded (its children exist)."""
+        stmt = select(Job.id).where(Job.parent_id == job_id).limit(1)
+        with self.db.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def children(self, parent_id: int) -> list[Job]:
+        """The child jobs of a parent, in input order."""
+        stmt = select(Job).where(Job.parent_id == parent_id).order_by(Job.item_index)
+        with Session(self.db, expire_on_commit=False) as session:
+            return list(session.scalars(stmt).all())
+
+    def child_counts(self, parent_id: int) -> dict[str, int]:
+        """Number of children by status."""
+        stmt = (
+            select(Job.status, func.count()).where(Job.parent_id == parent_id).group_by(Job.status)
+        )
+        with self.db.connect() as conn:
+            return {status: n for status, n in conn.execute(stmt)}
+
+    def _wake(self, *where: Any) -> list[int]:
+        now = self.clock()
+        child = aliased(Job)
+        live = exists().where(child.parent_id == Job.id, child.status.in_(LIVE_CHILD))
+        stmt = (
+            update(Job)
+            .where(Job.status == JobStatus.WAITING, ~live, *where)
+            .values(status=JobStatus.QUEUED, run_after=now, updated_at=now)
+            .returning(Job.id)
+        )
+        with self.db.begin() as conn:
+            return [row.id for row in conn.execute(stmt)]
+
+    def wake_parent(self, parent_id: int) -> bool:
+        """Queue a waiting parent again if none of its children is queued or running."""
+        return bool(self._wake(Job.id == parent_id))
+
+    def wake_waiting(self) -> list[int]:
+        """`wake_parent` for every waiting parent (the sweep; covers a crash in between)."""
+        return self._wake()
+
+    def cancel_children(self, parent_id: int, error: str) -> int:
+        """Cancel a parent's queued and running children (running ones lose their lease)."""
+        now = self.clock()
+        stmt = (
+            update(Job)
+            .where(Job.parent_id == parent_id, Job.status.in_(LIVE_CHILD))
+            .values(
+                status=JobStatus.CANCELLED,
+                error=error,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        with self.db.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    # Batches -------------------------------------------------------------------
+    def get_batch(self, batch_id: str) -> Batch | None:
+        with Session(self.db, expire_on_commit=False) as session:
+            return session.get(Batch, batch_id)
+
+    def batch_of_job(self, job_id: int) -> Batch | None:
+        with Session(self.db, expire_on_commit=False) as session:
+            return session.scalars(select(Batch).where(Batch.job_id == job_id)).first()
+
+    def list_batches(self, limit: int = 50) -> list[Batch]:
+        """Newest first."""
+        stmt = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+        with Session(self.db, expire_on_commit=False) as session:
+            return list(session.scalars(stmt).all())
+
+    def update_batch(
+        self, batch_id: str, only_if_status: Sequence[str] = (), **values: Any
+    ) -> bool:
+        """Set columns of a batch (optionally only while it has one of `only_if_status`)."""
+        stmt = update(Batch).where(Batch.id == batch_id).values(**values)
+        if only_if_status:
+            stmt = stmt.where(Batch.status.in_(list(only_if_status)))
+        with self.db.begin() as conn:
+            return int(conn.execute(stmt).rowcount) == 1

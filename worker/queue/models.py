@@ -1,0 +1,200 @@
+"""SQLAlchemy 2.0 models. The schema itself is created only by Alembic migrations.
+
+The `jobs` table is a public interface: `INSERT INTO jobs (pipeline, input_text)`
+is enough, so every other column has a server-side default.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobStatus(StrEnum):
+    """Where a job is. `queued`, `running` and `waiting` are live; the rest are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    # A file job that fanned out into child jobs (one per line or row) and waits for them;
+    # it is queued again to gather their results when the last one is final.
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+class JobKind(StrEnum):
+    """What a job is, stored in `jobs.source`; `worker.run.kinds` has one handler for each."""
+
+    TABLE = "table"  # a row another program inserted: `input_text` is the input
+    FILE = "file"  # a file in the watch folder: `source_path` is `<pipeline>/<name>`
+    SWEEP = "sweep"  # a file a schedule's sweep found: `source_path` is its absolute path
+    ITEM = "item"  # one record (line or row) of a file job
+    BATCH = "batch"  # one request line of an OpenAI Batch file
+
+
+STATUSES = tuple(JobStatus)
+FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED)
+
+
+class Job(Base):
+    """One unit of work: a file, a table row or a batch line, and its result."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    input_text: Mapped[str | None] = mapped_column(Text)
+    # What the job is (`JobKind`): 'table' by default, for another program's INSERT.
+    source: Mapped[str] = mapped_column(String(20), server_default=text("'table'"))
+    # For file jobs: '<pipeline>/<name>' relative to the inbox root.
+    source_path: Mapped[str | None] = mapped_column(Text)
+    # Makes enqueue idempotent: a second enqueue with the same key is a no-op.
+    idempotency_key: Mapped[str | None] = mapped_column(String(500), unique=True)
+    status: Mapped[str] = mapped_column(String(20), server_default=text("'queued'"))
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Attempts that ended with the process dying; counted when the lease is recovered.
+    crashes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    result_text: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_path: Mapped[str | None] = mapped_column(Text)
+    archived_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Child jobs: the file job they came from, and their 1-based line in it.
+    parent_id: Mapped[int | None] = mapped_column(Integer)
+    item_index: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_jobs_claim", "status", "priority", "run_after"),
+        Index("ix_jobs_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_pipeline_status", "pipeline", "status"),
+        Index("ix_jobs_parent", "parent_id", "status"),
+    )
+
+
+class Batch(Base):
+    """An OpenAI Batch file: its parent job, endpoint, life-cycle times and final counts."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, unique=True)
+    input_name: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(String(100))
+    # validating, in_progress, finalizing, completed, cancelling, cancelled, failed
+    status: Mapped[str] = mapped_column(String(20))
+    errors_json: Mapped[str | None] = mapped_column(Text)
+    request_total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    request_completed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    request_failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    output_file: Mapped[str | None] = mapped_column(Text)
+    error_file: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Worker(Base):
+    """A daemon that is or was running: its heartbeat, host, model and slots."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(255))
+    slots: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), server_default=text("'running'"))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class ScheduleFire(Base):
+    """One fire of a pipeline's schedule, recorded by the daemon that acted on it.
+
+    The unique (pipeline, fire_time) is what lets daemons share a database: each
+    tries to insert the fire, and only the one whose insert succeeds enqueues.
+    """
+
+    __tablename__ = "schedule_fires"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    fire_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    # True for the one fire made at start-up for fires missed while no daemon ran.
+    catch_up: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    worker: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    jobs_enqueued: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+    __table_args__ = (
+        UniqueConstraint("pipeline", "fire_time", name="uq_schedule_fires_pipeline_fire_time"),
+    )
+
+
+class ScheduleFireJob(Base):
+    """A job enqueued by a fire. A link table, so the `jobs` table stays as it is."""
+
+    __tablename__ = "schedule_fire_jobs"
+
+    fire_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("schedule_fires.id", ondelete="CASCADE"), primary_key=True
+    )
+    # No foreign key: jobs may be purged without touching the fire history.
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)

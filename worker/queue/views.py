@@ -1,0 +1,74 @@
+"""Read-only views of the job table for `edge-worker status` and the metrics.
+
+Nothing here changes a row (worker/store.py owns every state change); each
+function is one short read, so it is safe to run every few seconds against a
+busy shared database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from worker.queue.jobs import JobStore
+from worker.queue.models import Job, JobStatus
+
+THROUGHPUT_WINDOW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job some daemon holds a lease on."""
+
+    id: int
+    pipeline: str
+    owner: str | None
+    attempts: int
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Jobs that succeeded within `window` before `now`, and the tokens they generated."""
+
+    window_seconds: float
+    jobs: int
+    completion_tokens: int
+
+    @property
+    def jobs_per_minute(self) -> float:
+        return self.jobs * 60.0 / self.window_seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.window_seconds
+
+
+def running_jobs(store: JobStore, owner: str | None = None) -> list[RunningJob]:
+    """Running jobs, oldest claim first; only those leased by `owner` when given."""
+    stmt = (
+        select(Job.id, Job.pipeline, Job.lease_owner, Job.attempts, Job.started_at)
+        .where(Job.status == JobStatus.RUNNING)
+        .order_by(Job.started_at, Job.id)
+    )
+    if owner is not None:
+        stmt = stmt.where(Job.lease_owner == owner)
+    with store.db.connect() as conn:
+        return [RunningJob(*row) for row in conn.execute(stmt)]
+
+
+def throughput(store: JobStore, now: datetime, window: timedelta = THROUGHPUT_WINDOW) -> Throughput:
+    """What succeeded in the `window` before `now` (by `finished_at`), across all daemons."""
+    stmt = select(func.count(), func.coalesce(func.sum(Job.completion_tokens), 0)).where(
+        Job.status == JobStatus.SUCCEEDED, Job.finished_at >= now - window
+    )
+    with store.db.connect() as conn:
+        jobs, tokens = conn.execute(stmt).one()
+    return Throughput(window.total_seconds(), int(jobs), int(tokens or 0))
+
+
+def queue_depth(counts: dict[tuple[str, str], int]) -> int:
+    """Queued jobs in all pipelines, from `JobStore.counts()`."""
+    return sum(n for (_pipeline, status), n in counts.items() if status == JobStatus.QUEUED)

@@ -1,0 +1,111 @@
+"""The dispatcher: one per daemon. It waits for a wake-up (PostgreSQL NOTIFY, the
+watcher, a slot coming free) or the poll interval, claims as many jobs as there are
+free slots in one claim call, and hands them to the slots."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+from worker.background import Progress
+from worker.config import Settings
+from worker.pipelines.spec import Pipeline
+from worker.queue.jobs import ClaimedJob, JobStore
+from worker.queue.outage import DatabaseUnavailable, Outage
+from worker.run.slots import SlotPool
+from worker.run.stop import StopFlags
+
+
+class Dispatcher:
+    """Claims jobs for free slots until stopped (or, with `once`, until nothing is left)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        pipelines: Mapping[str, Pipeline],
+        worker_id: str,
+        run_job: Callable[[ClaimedJob], None],
+        stop: StopFlags,
+        wake: threading.Event,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.pipelines = pipelines
+        self.worker_id = worker_id
+        self.stop = stop
+        self.wake = wake
+        self.progress = progress or Progress()
+        self.outage = Outage("db.unavailable", "db.recovered")
+        self._crashed: list[BaseException] = []
+        self._run_job = run_job
+        self.slots = self._new_slots()
+
+    def _new_slots(self) -> SlotPool:
+        size = max(1, self.settings.parallel)
+        return SlotPool(size, self._run_job, self.wake.set, self._slot_crashed)
+
+    def _slot_crashed(self, exc: BaseException) -> None:
+        self._crashed.append(exc)
+        self.stop.soft.set()
+        self.stop.hard.set()
+        self.wake.set()
+
+    def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:
+        """Claim and hand out jobs until a stop is requested (`once`: until drained).
+
+        Returns after every slot finished its job; re-raises a slot's crash.
+        """
+        if self.slots.started:
+            self.slots = self._new_slots()
+        self.slots.start()
+        try:
+            while not self.stop.soft.is_set():
+                if not self._dispatch(once, inputs_pending):
+                    break
+        finally:
+            self.slots.close()
+        if self._crashed:
+            raise self._crashed[0]
+
+    def _dispatch(self, once: bool, inputs_pending: Callable[[], int]) -> bool:
+        """One round; False when `once` finds nothing left to do."""
+        busy = self.slots.busy()
+        if busy == 0:  # with work in flight, the engine touches progress
+            self.progress.touch()
+        free = self.slots.size - busy
+        if free == 0:
+            self.wake.wait(self.settings.poll_interval)
+            self.wake.clear()
+            return True
+        self.wake.clear()  # a wake-up from here on is not lost: the wait below sees it
+        try:
+            # Pipelines outside their run window wait, queued (README, "Schedules").
+            now = self.store.clock()
+            closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
+            jobs = self.store.claim(
+                self.worker_id, free, self.settings.lease_seconds, exclude_pipelines=closed
+            )
+            self.outage.ok()
+        except DatabaseUnavailable as exc:  # the database is not answering: wait, try again
+            self.stop.soft.wait(self.outage.failed(exc))
+            return True
+        for job in jobs:
+            self.slots.submit(job)
+        if jobs:
+            return True
+        if once and self._drained(inputs_pending, closed):
+            return False
+        self.wake.wait(self.settings.poll_interval)
+        return True
+
+    def _drained(self, inputs_pending: Callable[[], int], closed: list[str]) -> bool:
+        try:
+            return (
+                self.slots.busy() == 0
+                and inputs_pending() == 0
+                and not self.store.has_ready(closed)
+            )
+        except DatabaseUnavailable:
+            return False

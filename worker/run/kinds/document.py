@@ -1,0 +1,80 @@
+"""Files dropped into `inbox/<pipeline>/`: one document, or a file of records or OpenAI
+Batch lines that expands into child jobs and later gathers their results. When the job
+is final, the original moves to done/ or failed/ (beside `<name>.error.json`)."""
+
+from __future__ import annotations
+
+import logging
+
+from worker.io.files import FileRef, FileVersion, archive_original
+from worker.io.readers import Records, read_input, reader_for
+from worker.logs import event
+from worker.queue.jobs import ClaimedJob
+from worker.queue.models import JobKind
+from worker.run.kinds import batch_lines, records
+from worker.run.kinds.base import (
+    EXPANDED,
+    Attempt,
+    Expanded,
+    FinalOutcome,
+    JobContext,
+    JobResult,
+    publish,
+    read_version,
+)
+
+
+class DocumentFile:
+    """A file job: run, expand or gather, by what the file holds and how far it got."""
+
+    kind = JobKind.FILE
+
+    def __init__(self, context: JobContext) -> None:
+        self.context = context
+
+    def run(self, attempt: Attempt) -> JobResult | Expanded:
+        context, job, pipeline = self.context, attempt.job, attempt.pipeline
+        settings = context.settings
+        ref = FileRef.parse(job.source_path or "", job.pipeline)
+        if context.store.has_children(job.id):
+            if context.store.batch_of_job(job.id) is not None:
+                return batch_lines.gather(context, job, pipeline, ref, attempt.still_leased)
+            return records.gather(context, job, pipeline, ref, attempt.still_leased)
+        path = ref.inbox_path(settings)
+        data = read_version(path, job.idempotency_key, settings.max_input_bytes)
+        kind = reader_for(ref.name, pipeline.reader)
+        if kind == "openai-batch":
+            batch_lines.expand(context, job, pipeline, ref, data)
+            return EXPANDED
+        document = read_input(data, kind)
+        if isinstance(document, Records):
+            records.expand(context, job, pipeline, document)
+            return EXPANDED
+        run = context.pipeline_run(pipeline)
+        answer = run.run(document.text, document.variables, attempt.should_stop)
+        output = ref.output_path(settings, pipeline.output_format)
+        publish(attempt.still_leased, output, answer.text + "\n")
+        return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
+
+    def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
+        """Move the version of the file that ran out of the inbox."""
+        context = self.context
+        try:
+            ref = FileRef.parse(job.source_path or "", job.pipeline)
+        except Exception:  # an invalid row: nothing of ours to move
+            return
+        try:
+            archived = archive_original(
+                context.settings,
+                ref,
+                job.id,
+                outcome.succeeded,
+                outcome.error,
+                outcome.when,
+                version=FileVersion.from_key(job.idempotency_key),
+            )
+        except OSError as exc:  # the watcher finishes the move on a later rescan
+            event("job.archive_failed", logging.WARNING, job_id=job.id, error=str(exc))
+            return
+        if archived is not None:
+            context.record(lambda: context.store.set_archived_path(job.id, str(archived)))

@@ -1,0 +1,35 @@
+"""Table rows: another program inserted the row; `input_text` is the input, the result
+goes back into the same row."""
+
+from __future__ import annotations
+
+from worker.errors import InputError
+from worker.io.decode import decode_text
+from worker.queue.jobs import ClaimedJob
+from worker.queue.models import JobKind
+from worker.run.kinds.base import Attempt, FinalOutcome, JobContext, JobResult
+
+
+class TableRow:
+    """The pipeline on the row's text."""
+
+    kind = JobKind.TABLE
+
+    def __init__(self, context: JobContext) -> None:
+        self.context = context
+
+    def run(self, attempt: Attempt) -> JobResult:
+        job, pipeline = attempt.job, attempt.pipeline
+        if pipeline.reader == "openai-batch":
+            raise InputError(
+                f"pipeline {pipeline.name} reads OpenAI Batch files: drop them into "
+                f"inbox/{pipeline.name}/ (or use `edge-worker batch submit`)"
+            )
+        if job.input_text is None:
+            raise InputError("input_text is NULL: nothing to process")
+        text = decode_text(job.input_text.encode("utf-8", errors="surrogatepass"))
+        answer = self.context.pipeline_run(pipeline).run(text, {}, attempt.should_stop)
+        return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens)
+
+    def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
+        """Nothing: the row itself holds the outcome."""

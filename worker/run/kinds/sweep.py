@@ -1,0 +1,65 @@
+"""Swept files: a schedule's sweep found the file by its pipeline's globs. It is read
+where it is, as one document, and never moved; the output goes to the outbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.errors import InputError
+from worker.io.naming import output_name
+from worker.io.readers import Records, read_input, reader_for
+from worker.pipelines.spec import Pipeline
+from worker.queue.jobs import ClaimedJob
+from worker.queue.models import JobKind
+from worker.run.kinds.base import (
+    Attempt,
+    FinalOutcome,
+    JobContext,
+    JobResult,
+    publish,
+    read_version,
+)
+from worker.sources.sweep import absolute_pattern, glob_pattern
+
+
+def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> Path:
+    """The file a sweep row names, checked as untrusted input: an absolute, normalized path
+    that matches one of its pipeline's sweep globs. InputError if not."""
+    if not source_path or "\x00" in source_path:
+        raise InputError("a sweep job needs the absolute path of its file in source_path")
+    path = Path(source_path)
+    if not path.is_absolute() or ".." in path.parts or str(path) != source_path:
+        raise InputError(f"invalid source_path {source_path!r}: not an absolute, normal path")
+    globs = [glob_pattern(absolute_pattern(g, data_dir)) for g in pipeline.sweep]
+    if not any(glob.match(source_path) for glob in globs):
+        raise InputError(
+            f"invalid source_path {source_path!r}: it matches none of pipeline "
+            f"{pipeline.name}'s sweep globs"
+        )
+    return path
+
+
+class SweptFile:
+    """The pipeline on one swept file."""
+
+    kind = JobKind.SWEEP
+
+    def __init__(self, context: JobContext) -> None:
+        self.context = context
+
+    def run(self, attempt: Attempt) -> JobResult:
+        job, pipeline, settings = attempt.job, attempt.pipeline, self.context.settings
+        path = swept_path(job.source_path, pipeline, settings.data_dir)
+        data = read_version(path, job.idempotency_key, settings.max_input_bytes)
+        document = read_input(data, reader_for(path.name, pipeline.reader))
+        if isinstance(document, Records):
+            raise InputError("swept files are read as one document; put row files in an inbox")
+        run = self.context.pipeline_run(pipeline)
+        answer = run.run(document.text, document.variables, attempt.should_stop)
+        name = output_name(path.name, pipeline.output_format)
+        output = settings.folder("outbox", pipeline.name) / name
+        publish(attempt.still_leased, output, answer.text + "\n")
+        return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
+
+    def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
+        """Nothing: a swept file stays where it is."""

@@ -1,0 +1,69 @@
+"""The recovery sweep: jobs whose daemon died go back to the queue, parents whose
+children all finished while no one looked get gathered, and temp files of a process
+killed mid-write are removed. Any daemon on the database does this every
+`sweep_interval`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from worker.background import BackgroundLoop
+from worker.config import Settings
+from worker.io.atomic import remove_stale_temps
+from worker.logs import event
+from worker.queue.jobs import JobStore
+from worker.run.runner import JobObserver, NoObserver
+
+
+class RecoverySweep(BackgroundLoop):
+    """Requeues expired leases and wakes finished families, every `sweep_interval`."""
+
+    name = "recovery"
+    stall_after = 300.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        wake: threading.Event,
+        observer: JobObserver | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.wake = wake
+        self.interval = settings.sweep_interval
+        self.observer: JobObserver = observer or NoObserver()
+        self._temps_swept_at = float("-inf")
+
+    def step(self) -> float | None:
+        recovered = self.store.recover_expired(max_crashes=self.settings.max_attempts)
+        for job in recovered:
+            event("job.recovered", job_id=job.id, status=job.status)
+        if recovered:
+            self.observer.jobs_recovered(len(recovered))
+        woken = self.store.wake_waiting()  # children finished while no one looked
+        for parent in woken:
+            event("job.gather_queued", job_id=parent)
+        if recovered or woken:
+            self.wake.set()
+        if time.monotonic() - self._temps_swept_at >= self.settings.lease_seconds:
+            # A temp file must be lease_seconds old to go: no need to look more often.
+            self._temps_swept_at = time.monotonic()
+            try:
+                self._remove_stale_temps()
+            except OSError as exc:  # not a database outage: log it and go on
+                event("sweep.temp_failed", logging.WARNING, error=str(exc))
+        return None
+
+    def _remove_stale_temps(self) -> None:
+        # Temp files of a process killed mid-write (this one's previous life, or another's).
+        now = time.time()
+        for kind in ("outbox", "failed"):
+            root = self.settings.data_dir / kind
+            folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+            for folder in folders:
+                for path in remove_stale_temps(folder, self.settings.lease_seconds, now):
+                    event("sweep.temp_removed", path=str(path))

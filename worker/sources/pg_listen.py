@@ -1,0 +1,105 @@
+"""LISTEN for new jobs on PostgreSQL and wake the runner at once.
+
+Migration 0002 makes every insert of a queued job (and every job put back to
+`queued`) send `NOTIFY edge_worker_jobs, '<pipeline>'`. This thread holds one
+dedicated psycopg connection in autocommit mode, LISTENs on that channel and sets
+the runner's wake event for each notification, so an idle daemon claims a new row
+within milliseconds instead of at its next poll. The connection is separate from
+SQLAlchemy's pool on purpose: a pooled connection may be handed to someone else,
+reset or closed, and a LISTEN only lives as long as its session.
+
+The runner keeps polling every `poll_interval` as a safety net (jobs whose
+`run_after` lies in the future send no notification when they become due).
+If the server restarts, the listener reconnects with exponential backoff and wakes
+the runner once connected, to catch up with rows inserted while it was away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import make_url
+
+from worker.background import BackgroundLoop
+from worker.logs import event
+
+if TYPE_CHECKING:
+    import psycopg
+
+CHANNEL = "edge_worker_jobs"
+APPLICATION_NAME = "edge-worker-listen"
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+# How often the notification loop looks at the stop flag.
+STOP_CHECK_SECONDS = 1.0
+
+
+def next_backoff(current: float) -> float:
+    """The pause after a failed connect: doubling from BACKOFF_START, at most BACKOFF_MAX."""
+    return min(max(current * 2, BACKOFF_START), BACKOFF_MAX)
+
+
+def libpq_conninfo(sqlalchemy_url: str) -> str:
+    """A libpq URI for psycopg from a SQLAlchemy URL (`postgresql+psycopg://...`)."""
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class PgListener(BackgroundLoop):
+    """A background loop that turns NOTIFY edge_worker_jobs into `wake.set()`."""
+
+    name = "pg-listen"
+
+    def __init__(self, url: str, wake: threading.Event) -> None:
+        super().__init__()
+        self.conninfo = libpq_conninfo(url)
+        self.wake = wake
+        self.notifications = 0
+        self._backoff = 0.0
+        self._lost = False
+
+    def step(self) -> float | None:
+        """One LISTEN session, until stopped or the connection is lost."""
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                application_name=APPLICATION_NAME,
+                connect_timeout=10,
+                # A server that vanished without closing the socket (a network cut)
+                # is noticed within about 25 s by TCP keepalives.
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            ) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                event("db.listening", channel=CHANNEL, reconnected=self._lost)
+                self._backoff, self._lost = 0.0, False
+                self.wake.set()  # rows inserted while we were not listening
+                self._relay(conn)
+        except psycopg.Error as exc:
+            if not self._lost:  # log once per outage
+                event("db.listen_lost", logging.WARNING, error=str(exc).strip())
+                self._lost = True
+            self._backoff = next_backoff(self._backoff)
+            return self._backoff
+        return 0.0
+
+    def _relay(self, conn: psycopg.Connection[Any]) -> None:
+        while not self.stopping:
+            # Returns after the timeout even when nothing arrived, to see the stop flag.
+            for _notify in conn.notifies(timeout=STOP_CHECK_SECONDS):
+                self.notifications += 1
+                self.wake.set()
+
+
+def listener_for(url: str, wake: threading.Event) -> PgListener | None:
+    """A listener for a PostgreSQL `url`; None for other databases (they poll)."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    return PgListener(url, wake)
