@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # A job's greedy output does not depend on what else is in the batch (see README,
     # Performance); off trades that for faster prompt processing on CPUs.
     batch_invariant: bool = True
+    # Repacked weight layouts and AMX tiles (llama.cpp's extra buffer types); ignored while
+    # batch_invariant is on. Off: some virtual machines report AMX and fault on it.
+    repack_weights: bool = False
 
     lease_seconds: float = Field(default=60.0, gt=1)
     poll_interval: float = Field(default=0.5, gt=0, le=60)

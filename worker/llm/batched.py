@@ -60,6 +60,10 @@ class BatchOptions:
     n_threads_batch: int | None = None
     prefix_cache: bool = True
     batch_invariant: bool = True
+    # llama.cpp's extra weight buffers (repacked layouts, AMX tiles). Off by default: some
+    # virtual machines report AMX and then fault on it (SIGILL), and on the default model
+    # repacking bought nothing measurable (docs/performance.md).
+    repack_weights: bool = False
 
 
 @dataclass
@@ -131,8 +135,9 @@ class BatchedEngine:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
-        # Repacked weights use a gemm kernel for 4+ rows and a gemv for fewer.
-        mparams.use_extra_bufts = not batch.batch_invariant
+        # Repacked weights use a gemm kernel for 4+ rows and a gemv for fewer, so batch
+        # invariance needs them off.
+        mparams.use_extra_bufts = batch.repack_weights and not batch.batch_invariant
         self._model = llama_cpp.llama_model_load_from_file(str(model.path).encode(), mparams)
         if not self._model:
             raise ModelError(f"cannot load model {model.path}: llama.cpp could not read it")

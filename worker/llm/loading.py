@@ -25,5 +25,6 @@ def open_engine(settings: Settings, model: ModelFile, parallel: int | None = Non
         n_ubatch=settings.n_ubatch,
         n_threads_batch=settings.n_threads_batch,
         batch_invariant=settings.batch_invariant,
+        repack_weights=settings.repack_weights,
     )
     return BatchedEngine(model, engine_options(settings), batch)
