@@ -35,11 +35,13 @@ def gguf() -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, gguf: Path) -> Settings:
-    """Settings on an empty temp data dir, using the prepared model file."""
+def settings(tmp_path: Path) -> Settings:
+    """Settings on an empty temp data dir; the models folder is the prepared model's (not
+    required to exist: unit tests never load it)."""
+    model = Path(os.environ.get("EDGE_WORKER_TEST_MODEL", DEFAULT_MODEL))
     return load_settings(
         data_dir=tmp_path / "data",
-        models_dir=gguf.parent,
+        models_dir=model.parent,
         settle_seconds=0.2,
         rescan_interval=1.0,
         sweep_interval=0.5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -50,3 +51,35 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
     yield started
     for daemon in started:
         daemon.kill()
+
+
+class StartDaemon(Protocol):
+    def __call__(
+        self,
+        env: dict[str, str],
+        name: str = "daemon",
+        *args: str,
+        program: list[str] | None = None,
+        ready: bool = True,
+    ) -> Daemon: ...
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, daemons: list[Daemon]) -> StartDaemon:
+    """Start `edge-worker run ARGS` logging to `<tmp>/<name>.log`, killed at the end of the
+    test if still running; waits for `daemon.ready` unless `ready` is False."""
+
+    def start(
+        env: dict[str, str],
+        name: str = "daemon",
+        *args: str,
+        program: list[str] | None = None,
+        ready: bool = True,
+    ) -> Daemon:
+        daemon = Daemon(env, tmp_path / f"{name}.log", *args, program=program)
+        daemons.append(daemon)
+        if ready:
+            daemon.wait_for("daemon.ready")
+        return daemon
+
+    return start

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, write_pipelines
 from worker.io.naming import error_name, output_name
 
 pytestmark = pytest.mark.timeout(300)
@@ -119,13 +120,11 @@ def wait_final(data_dir: Path, source_paths: list[str], timeout: float = 180) ->
 
 
 def test_bad_input_corpus(
-    data_dir: Path, corpus_env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, corpus_env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     inbox_root = data_dir / "inbox"
     inbox = inbox_root / "terse"
-    daemon = Daemon(corpus_env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(corpus_env)
 
     for name, (content, _) in FAILING.items():
         (inbox / name).write_bytes(content)
@@ -226,12 +225,10 @@ def test_bad_input_corpus(
 
 
 def test_a_file_removed_or_rewritten_while_queued_is_skipped_and_logged(
-    data_dir: Path, corpus_env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, corpus_env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     # one slot, so that the other files wait queued while it is busy
-    daemon = Daemon({**corpus_env, "EDGE_WORKER_PARALLEL": "1"}, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon({**corpus_env, "EDGE_WORKER_PARALLEL": "1"})
     (data_dir / "inbox" / "slow" / "busy.txt").write_text("Go.\n")
     daemon.wait_for("job.claimed")  # the runner is busy with a long generation
     inbox = data_dir / "inbox" / "terse"

@@ -12,7 +12,8 @@ import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from tests.acceptance.daemon import Daemon, db_rows, run_cli
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, run_cli
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,7 +63,7 @@ def wait_batch(
 
 
 def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     env = {
         **env,
@@ -78,8 +79,7 @@ def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
     assert batch_id.startswith("batch_")
     assert batch_status(env, batch_id)["status"] == "validating"
 
-    first = Daemon(env, tmp_path / "first.log")
-    daemons.append(first)
+    first = start_daemon(env, "first", ready=False)
     wait_batch(env, batch_id, lambda b: b.get("request_counts", {}).get("completed", 0) >= 5)
     first.stop(signal.SIGKILL)  # a crash: no clean shutdown
     done_before = {
@@ -90,8 +90,7 @@ def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
     }
     assert len(done_before) >= 5
 
-    second = Daemon(env, tmp_path / "second.log")
-    daemons.append(second)
+    second = start_daemon(env, "second", ready=False)
     final = wait_batch(env, batch_id, lambda b: b["status"] == "completed")
     assert second.stop() == 0
     rerun = {e["job_id"] for e in second.events() if e.get("event") == "job.claimed"}
@@ -129,7 +128,7 @@ def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
 
 
 def test_submit_wait_json_output_and_cancel(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     env = {**env, "EDGE_WORKER_MODEL_ALIASES": ALIASES, "EDGE_WORKER_N_CTX": "512"}
     early = tmp_path / "early.jsonl"
@@ -165,9 +164,7 @@ def test_submit_wait_json_output_and_cancel(
     ]
     source = tmp_path / "mixed.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     result = run_cli(env, "batch", "submit", str(source), "--wait", timeout=400)
     assert result.returncode == 0, result.stderr
     final = json.loads(result.stdout[result.stdout.index("{") :])

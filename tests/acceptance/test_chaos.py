@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import StartDaemon
 from tests.acceptance.daemon import Daemon, db_rows, wait_until_final, write_pipelines
 
 # Generous hang guards: on a busy 2-core host a job can take 10 s instead of 0.3 s.
@@ -48,7 +49,7 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_does_nothing_twice(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     print(f"chaos seed {seed} (set CHAOS_SEED to replay the same kill moments)")
@@ -78,8 +79,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_does_nothing_twice(
         # killed in, and the watcher's start-up scan and events are hit as well.
         for i in range(life * per_life, (life + 1) * per_life):
             (inbox / names[i]).write_text(note(i))
-        daemon = Daemon(env, tmp_path / f"daemon{life}.log")
-        daemons.append(daemon)
+        daemon = start_daemon(env, f"daemon{life}", ready=False)
         if life == 0 or rng.random() < 0.2:  # any moment of start-up and the first work
             delay = rng.uniform(0.5, 4.0)
             time.sleep(delay)
@@ -95,9 +95,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_does_nothing_twice(
         daemon.kill()
     print("killed at:", "; ".join(moments))
 
-    final = Daemon(env, tmp_path / "final.log")
-    daemons.append(final)
-    final.wait_for("daemon.ready")
+    final = start_daemon(env, "final")
     rows = wait_until_final(data_dir, count=FILES, timeout=600)
     deadline = time.monotonic() + 30  # leftovers archived at a rescan, temps swept
     while (list(inbox.iterdir()) or temp_files(data_dir)) and time.monotonic() < deadline:

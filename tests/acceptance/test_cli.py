@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import DOCUMENT
-from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
+from tests.acceptance.conftest import DOCUMENT, StartDaemon
+from tests.acceptance.daemon import db_rows, run_cli, wait_until_final
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def test_submit_wait_status_and_jobs(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     good = tmp_path / "report.txt"
     good.write_text(DOCUMENT)
     bad = tmp_path / "blank.txt"

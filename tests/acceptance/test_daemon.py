@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import DOCUMENT
+from tests.acceptance.conftest import DOCUMENT, StartDaemon
 from tests.acceptance.daemon import (
-    Daemon,
     db_rows,
     run_cli,
     wait_until_final,
@@ -23,14 +22,13 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def test_files_rows_and_bad_input_then_sigterm(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     inbox = data_dir / "inbox" / "summarize"
     inbox.mkdir(parents=True)
     (inbox / "before.txt").write_text(DOCUMENT)
 
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
+    daemon = start_daemon(env, ready=False)
     ready = daemon.wait_for("daemon.ready")
     assert ready["inbox"] == str((data_dir / "inbox").resolve())
 
@@ -80,11 +78,9 @@ def test_files_rows_and_bad_input_then_sigterm(
 
 
 def test_a_file_still_being_written_is_taken_only_when_complete(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     data = (DOCUMENT * 3).encode()
     # 8 writes 0.2 s apart: longer than the 0.5 s settle time in all, shorter between writes
     write_slowly(data_dir / "inbox" / "summarize" / "slow.txt", data, chunks=8, pause=0.2)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, wait_until_final, write_pipelines
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, wait_until_final, write_pipelines
 from worker.queue.database import SQLITE_BUSY_TIMEOUT_MS
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,7 +28,7 @@ SENTENCE = "The bridge reopens on Monday after repairs."
 
 
 def test_sqlite_locked_for_long_is_waited_out_and_logged_once(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
@@ -37,9 +38,7 @@ def test_sqlite_locked_for_long_is_waited_out_and_logged_once(
         # The lease outlives the outage, so the job in hand is still this daemon's after it.
         "EDGE_WORKER_LEASE_SECONDS": "60",
     }
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     db = data_dir / "jobs.db"
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES ('terse', ?)", (SENTENCE,))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, write_pipelines
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,7 +62,7 @@ def test_disk_full_is_retried_without_partial_output_and_succeeds_once_space_is_
     env: dict[str, str],
     tmp_path: Path,
     full_outbox: Path,
-    daemons: list[Daemon],
+    start_daemon: StartDaemon,
 ) -> None:
     pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
@@ -71,9 +72,7 @@ def test_disk_full_is_retried_without_partial_output_and_succeeds_once_space_is_
         "EDGE_WORKER_RETRY_BASE_SECONDS": "1",
         "EDGE_WORKER_MAX_ATTEMPTS": "20",
     }
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     inbox = data_dir / "inbox" / "terse"
     (inbox / "report.txt").write_text("The bridge reopens on Monday after repairs.\n")
 

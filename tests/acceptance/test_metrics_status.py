@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.acceptance.conftest import StartDaemon
 from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
 
 pytestmark = pytest.mark.timeout(240)
@@ -29,15 +30,14 @@ def test_metrics_file_matches_the_database_and_status_reports_the_run(
     tmp_path: Path,
     tiny_pipelines: Path,
     daemons: list[Daemon],
+    start_daemon: StartDaemon,
 ) -> None:
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(tiny_pipelines),
         "EDGE_WORKER_METRICS_INTERVAL": "0.5",
     }
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     started = daemon.wait_for("metrics.started")
     metrics_file = data_dir / "metrics.prom"
     assert started["file"] == str(metrics_file)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, run_cli, wait_until_final
 from tests.files import make_pdf
 from worker.config import SHIPPED_PIPELINES_DIR
 
@@ -40,7 +41,7 @@ def wait_for_file(path: Path, timeout: float = 600) -> Path:
 
 
 def test_extract_and_classify_read_every_input_format(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     extract_inbox = data_dir / "inbox" / "extract"
     classify_inbox = data_dir / "inbox" / "classify"
@@ -61,8 +62,7 @@ def test_extract_and_classify_read_every_input_format(
         "time I open it. Fix it!</p></body></html>"
     )
 
-    daemon = Daemon({**env, "EDGE_WORKER_N_CTX": "1024"}, tmp_path / "daemon.log")
-    daemons.append(daemon)
+    daemon = start_daemon({**env, "EDGE_WORKER_N_CTX": "1024"}, ready=False)
     rows_final = wait_until_final(data_dir, count=8, timeout=840)  # 5 files, 3 records
     assert {status for _, status in rows_final} == {"succeeded"}, rows_final
 

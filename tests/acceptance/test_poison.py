@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, write_pipelines
 from tests.acceptance.poison_daemon import POISON_MARKER
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,7 +43,7 @@ def settled(data_dir: Path) -> bool:
 
 
 def test_an_input_that_aborts_the_worker_is_quarantined_and_others_succeed(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
     env = {
@@ -63,8 +64,7 @@ def test_an_input_that_aborts_the_worker_is_quarantined_and_others_succeed(
     exits: list[int] = []
     life = 0
     while True:  # Restart=on-failure
-        daemon = Daemon(env, tmp_path / f"daemon{life}.log", program=WRAPPER)
-        daemons.append(daemon)
+        daemon = start_daemon(env, f"daemon{life}", program=WRAPPER, ready=False)
         if life == 0:
             daemon.wait_for("daemon.ready")
             with sqlite3.connect(data_dir / "jobs.db") as conn:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.acceptance.conftest import StartDaemon
 from tests.acceptance.daemon import Daemon, daemon_env, run_cli
 from tests.conftest import run_sql
 
@@ -45,7 +46,12 @@ def wait_all_final(url: str, count: int, timeout: float) -> None:
 
 
 def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
-    pg_url: str, gguf: Path, tmp_path: Path, tiny_pipelines: Path, daemons: list[Daemon]
+    pg_url: str,
+    gguf: Path,
+    tmp_path: Path,
+    tiny_pipelines: Path,
+    daemons: list[Daemon],
+    start_daemon: StartDaemon,
 ) -> None:
     first = pg_env(tmp_path, "d0", gguf, pg_url, tiny_pipelines)
     assert run_cli(first, "db", "upgrade").returncode == 0
@@ -61,7 +67,7 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
             lease_seconds=4,
             sweep_interval=1,
         )
-        daemons.append(Daemon(env, tmp_path / f"d{i}.log"))
+        start_daemon(env, f"d{i}", ready=False)
     workers = [d.wait_for("daemon.ready")["worker"] for d in daemons]
     for daemon in daemons:
         daemon.wait_for("db.listening")
@@ -132,13 +138,11 @@ def test_three_daemons_run_300_jobs_exactly_once_and_recover_a_killed_one(
 
 
 def test_listen_wakes_an_idle_daemon_and_survives_a_dropped_connection(
-    pg_url: str, gguf: Path, tmp_path: Path, tiny_pipelines: Path, daemons: list[Daemon]
+    pg_url: str, gguf: Path, tmp_path: Path, tiny_pipelines: Path, start_daemon: StartDaemon
 ) -> None:
     # Polling every 30 s: a row claimed within seconds was announced by NOTIFY.
     env = pg_env(tmp_path, "d", gguf, pg_url, tiny_pipelines, poll_interval=30, n_threads=1)
-    daemon = Daemon(env, tmp_path / "d.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env, "d")
     daemon.wait_for("db.listening")
     time.sleep(1.0)  # the runner is now idle in its 30 s wait
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from tests.acceptance.conftest import StartDaemon
 from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
 from worker.queue.database import make_db_engine
 
@@ -71,7 +72,7 @@ def sweep_jobs(data_dir: Path) -> list[tuple[str, str]]:
 
 
 def test_a_five_second_sweep_takes_new_and_changed_files_once(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     folder = tmp_path / "reports"
     folder.mkdir()
@@ -82,8 +83,7 @@ def test_a_five_second_sweep_takes_new_and_changed_files_once(
         nightly='schedule = "*/5 * * * * *"\ninbox_mode = "scheduled"',
     )
     env = {**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
+    daemon = start_daemon(env, ready=False)
 
     first = wait_fires(daemon, "sweeper", 1)
     assert first["jobs"] == 1  # a.txt, there before the start
@@ -141,7 +141,7 @@ def test_a_five_second_sweep_takes_new_and_changed_files_once(
 
 
 def test_a_daemon_down_across_two_fires_catches_up_once(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     folder = tmp_path / "reports"
     folder.mkdir()
@@ -150,16 +150,14 @@ def test_a_daemon_down_across_two_fires_catches_up_once(
         sweeper=f'schedule = "*/4 * * * * *"\nsweep = ["{folder}/*.txt"]\nmisfire_grace = 60',
     )
     env = {**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}
-    first = Daemon(env, tmp_path / "first.log")
-    daemons.append(first)
+    first = start_daemon(env, "first", ready=False)
     before = datetime.fromisoformat(wait_fires(first, "sweeper", 1)["fire_time"])
     assert first.stop() == 0
     (folder / "while-down.txt").write_text("The river rose overnight.")
     while datetime.now(UTC) < before + timedelta(seconds=9):  # the fires at +4 s and +8 s pass
         time.sleep(0.2)
 
-    second = Daemon(env, tmp_path / "second.log")
-    daemons.append(second)
+    second = start_daemon(env, "second", ready=False)
     catch_up = wait_fires(second, "sweeper", 1)
     assert catch_up["catch_up"] is True
     assert catch_up["jobs"] == 1
@@ -183,7 +181,7 @@ def test_two_daemons_on_one_database_act_on_each_fire_once(
     data_dir: Path,
     env: dict[str, str],
     tmp_path: Path,
-    daemons: list[Daemon],
+    start_daemon: StartDaemon,
     request: pytest.FixtureRequest,
     backend: str,
 ) -> None:
@@ -199,8 +197,7 @@ def test_two_daemons_on_one_database_act_on_each_fire_once(
     if backend == "postgresql":
         env["EDGE_WORKER_DATABASE_URL"] = request.getfixturevalue("pg_url")
     assert run_cli(env, "db", "upgrade").returncode == 0
-    pair = [Daemon(env, tmp_path / f"daemon{i}.log") for i in range(2)]
-    daemons.extend(pair)
+    pair = [start_daemon(env, f"daemon{i}", ready=False) for i in range(2)]
     for daemon in pair:
         daemon.wait_for("schedule.started")
     time.sleep(3)
@@ -254,13 +251,12 @@ def test_jobs_outside_their_window_wait(
 
 
 def test_a_daemon_with_a_busy_schedule_stops_cleanly(
-    env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     pipelines = write_pipelines(
         tmp_path / "pipelines",
         sweeper=f'schedule = "* * * * * *"\nsweep = ["{tmp_path}/none/*.txt"]',
     )
-    daemon = Daemon({**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}, tmp_path / "d.log")
-    daemons.append(daemon)
+    daemon = start_daemon({**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}, "d", ready=False)
     wait_fires(daemon, "sweeper", 2)
     assert daemon.stop(signal.SIGTERM, timeout=30) == 0

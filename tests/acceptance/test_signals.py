@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import db_rows, write_pipelines
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,7 +34,7 @@ def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
     env: dict[str, str],
     tmp_path: Path,
     long_pipelines: Path,
-    daemons: list[Daemon],
+    start_daemon: StartDaemon,
 ) -> None:
     notify_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -47,9 +48,7 @@ def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
         "NOTIFY_SOCKET": str(notify_path),
         "WATCHDOG_USEC": "1000000",
     }
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     with sqlite3.connect(data_dir / "jobs.db") as conn:
         conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES ('long', 'one')")
     daemon.wait_for("job.claimed")
@@ -83,16 +82,14 @@ def test_second_sigterm_stops_at_once(
     env: dict[str, str],
     tmp_path: Path,
     long_pipelines: Path,
-    daemons: list[Daemon],
+    start_daemon: StartDaemon,
 ) -> None:
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(long_pipelines),
         "EDGE_WORKER_SHUTDOWN_TIMEOUT": "600",
     }
-    daemon = Daemon(env, tmp_path / "daemon.log")
-    daemons.append(daemon)
-    daemon.wait_for("daemon.ready")
+    daemon = start_daemon(env)
     with sqlite3.connect(data_dir / "jobs.db") as conn:
         conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES ('long', 'one')")
     daemon.wait_for("job.claimed")

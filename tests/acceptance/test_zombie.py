@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import StartDaemon
 from tests.acceptance.daemon import Daemon, db_rows, write_pipelines
 
 pytestmark = pytest.mark.timeout(600)
@@ -47,7 +48,7 @@ def freeze_outside_a_transaction(daemon: Daemon, db: Path) -> None:
 
 
 def test_a_frozen_daemon_cannot_complete_or_publish_after_its_lease_was_taken(
-    data_dir: Path, env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     pipelines = write_pipelines(tmp_path / "pipelines", long=LONG)
     env = {
@@ -57,17 +58,14 @@ def test_a_frozen_daemon_cannot_complete_or_publish_after_its_lease_was_taken(
         "EDGE_WORKER_LEASE_SECONDS": "3",
         "EDGE_WORKER_SWEEP_INTERVAL": "0.5",
     }
-    a = Daemon(env, tmp_path / "a.log")
-    daemons.append(a)
-    a.wait_for("daemon.ready")
+    a = start_daemon(env, "a")
     (data_dir / "inbox" / "long" / "job.txt").write_text("Go.\n")
     a.wait_for("job.claimed")
     time.sleep(0.2)  # generating (60 tokens take a second or more)
     freeze_outside_a_transaction(a, data_dir / "jobs.db")
     frozen_at = time.monotonic()
 
-    b = Daemon(env, tmp_path / "b.log")
-    daemons.append(b)
+    b = start_daemon(env, "b", ready=False)
     b_worker = b.wait_for("daemon.ready")["worker"]
     recovered = b.wait_for("job.recovered")
     assert recovered["status"] == "queued"

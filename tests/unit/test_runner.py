@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +171,110 @@ def test_a_cancelled_job_stops_and_is_not_completed(settings: Settings, store: J
     thread.join(timeout=10)
     job = store.get(job_id)
     assert job is not None and job.status == "cancelled"
+
+
+@pytest.mark.timeout(20)
+def test_a_cancel_is_seen_within_about_a_second_whatever_the_lease(
+    settings: Settings, store: JobStore
+) -> None:
+    settings = settings.model_copy(update={"lease_seconds": 600})  # renewals every 200 s
+    job_id = store.enqueue(NewJob("echo", "x"))
+    assert job_id is not None
+    engine = FakeEngine(block=threading.Event())
+    runner = make_runner(settings, store, engine)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while not store.list_jobs(status="running"):
+        threading.Event().wait(0.01)
+    assert store.cancel(job_id)
+    assert engine.interrupted.wait(3)
+    runner.stop.request()
+    thread.join(timeout=10)
+
+
+@pytest.mark.timeout(20)
+def test_cancel_then_retry_runs_once_more_and_the_old_attempt_stays_stopped(
+    settings: Settings, store: JobStore
+) -> None:
+    # Leases are per attempt: the retried job has a new token, so the cancelled attempt
+    # neither keeps running nor stops renewing the new attempt's lease.
+    settings = settings.model_copy(update={"lease_seconds": 600, "parallel": 2})
+    job_id = store.enqueue(NewJob("echo", "x"))
+    assert job_id is not None
+    release = threading.Event()
+    calls: list[int] = []
+
+    def answer(prompt: str) -> str:
+        calls.append(1)
+        return "done"
+
+    engine = FakeEngine(answer, block=release)
+    runner = make_runner(settings, store, engine)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while not store.list_jobs(status="running"):
+        threading.Event().wait(0.01)
+    assert store.cancel(job_id)
+    assert engine.interrupted.wait(3)  # the first attempt stopped
+    engine.block = None
+    assert store.retry(job_id)
+    deadline = threading.Event()
+    while (job := store.get(job_id)) is not None and job.status != "succeeded":
+        assert not deadline.wait(0.05) and job.status in ("queued", "running"), job.status
+    runner.stop.request()
+    thread.join(timeout=10)
+    assert len(engine.prompts) == 2  # the cancelled attempt and the retry, nothing more
+
+
+def test_a_file_rewritten_while_its_old_version_runs_is_not_archived_and_runs_next(
+    settings: Settings, store: JobStore
+) -> None:
+    inbox = settings.folder("inbox", "echo")
+    old = drop(settings, store, "a.txt", b"version one")
+
+    def rewrite_then_answer(prompt: str) -> str:
+        if "version one" in prompt:  # the user saves a new version mid-generation
+            (inbox / "a.txt").write_bytes(b"version two!")
+            os.utime(inbox / "a.txt", ns=(1, 10**18))
+        return f"answer to {prompt}"
+
+    engine = FakeEngine(rewrite_then_answer)
+    make_runner(settings, store, engine).run(once=True)
+    job = store.get(old)
+    assert job is not None and job.status == "succeeded"
+    assert job.archived_path is None  # version one is gone: nothing of it to move
+    assert (inbox / "a.txt").read_bytes() == b"version two!"  # not archived as done
+    assert not (settings.folder("done", "echo") / "a.txt").exists()
+
+    info = (inbox / "a.txt").stat()  # the watcher queues version two
+    key = file_key(
+        FileRef("echo", "a.txt"), info.st_size, info.st_mtime_ns, content_digest(b"version two!")
+    )
+    new = store.enqueue(
+        NewJob("echo", source="file", source_path="echo/a.txt", idempotency_key=key)
+    )
+    assert new is not None
+    make_runner(settings, store, engine).run(once=True)
+    job = store.get(new)
+    assert job is not None and job.status == "succeeded", job and job.error
+    assert (settings.folder("done", "echo") / "a.txt").read_bytes() == b"version two!"
+
+
+def test_a_row_naming_a_file_outside_its_inbox_fails_and_touches_nothing(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret.txt").write_text("secret")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in victim.iterdir())
+    bad_paths = ["echo/../../../victim/secret.txt", "other/secret.txt", "echo/", "echo/a/b"]
+    ids = [store.enqueue(NewJob("echo", source="file", source_path=p)) for p in bad_paths]
+    engine = FakeEngine()
+    make_runner(settings, store, engine).run(once=True)
+    for job_id in ids:
+        job = store.get(job_id)  # type: ignore[arg-type]
+        assert job is not None and job.status == "failed"
+        assert job.error is not None and job.error.startswith("invalid source_path")
+    assert engine.prompts == []
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in victim.iterdir()) == before
+    assert not settings.folder("done", "echo").exists()

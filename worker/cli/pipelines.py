@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +11,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from worker.batch.lines import read_batch
+from worker.batch.request import CHAT, parse_request, prompt_and_generation
 from worker.cli import common
 from worker.config import Settings
 from worker.errors import InputError, ModelError
+from worker.io.readers import ReaderName, Records, read_input, reader_for, template_variables
+from worker.llm.chat import chat_template_for
+from worker.llm.engine import Engine
+from worker.pipelines.inference import Answer, PipelineRun, generate
 from worker.pipelines.spec import Pipeline, PipelineError
 
 pipelines_app = typer.Typer(help="Pipelines from the pipelines folder.", no_args_is_help=True)
@@ -89,34 +97,45 @@ def try_pipeline(
         raise common.fatal(str(exc), 1) from None
 
 
-def _try(settings: Settings, pipeline: Pipeline, file: Path) -> None:
-    import json
-
-    from worker.io.readers import Records, read_input, reader_for, template_variables
-    from worker.llm.chat import chat_template_for
+def _open_engine(settings: Settings) -> Engine:
     from worker.llm.loading import open_engine
     from worker.llm.model_files import resolve_model
-    from worker.pipelines.inference import PipelineRun, generate
 
+    return open_engine(settings, resolve_model(settings), parallel=1)
+
+
+def _try(
+    settings: Settings,
+    pipeline: Pipeline,
+    file: Path,
+    open_engine: Callable[[Settings], Engine] = _open_engine,
+) -> None:
+    """One inference on FILE's first input with `pipeline`, as the daemon would run it."""
     data = file.read_bytes()
     kind = reader_for(file.name, pipeline.reader)
-    if kind != "openai-batch":
-        document = read_input(data, kind)
-        if isinstance(document, Records):
-            first = next((r for r in document.records if r.fields is not None), None)
-            if first is None:
-                raise InputError("no readable record in the file")
-            common.err.print(f"trying record at line {first.line}", highlight=False)
-            text, variables = template_variables(first.fields or {})
-        else:
-            text, variables = document.text, dict(document.variables)
-    engine = open_engine(settings, resolve_model(settings), parallel=1)
+    engine = open_engine(settings)
+    try:
+        answer = _answer(settings, pipeline, engine, data, kind)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    common.err.rule("result")
+    print(answer.text)
+    counts = {
+        "prompt_tokens": answer.prompt_tokens,
+        "calls": answer.calls,
+        "completion_tokens": answer.completion_tokens,
+    }
+    common.err.print(json.dumps(counts), highlight=False, markup=False)
+
+
+def _answer(
+    settings: Settings, pipeline: Pipeline, engine: Engine, data: bytes, kind: ReaderName
+) -> Answer:
     spec = settings.models.get(settings.model)
     chat = chat_template_for(engine, spec.chat_template if spec else None)
     if kind == "openai-batch":
-        from worker.batch.lines import read_batch
-        from worker.batch.request import parse_request, prompt_and_generation
-
         line = next((x for x in read_batch(data, lambda n: n) if x.request), None)
         if line is None or line.request is None:
             raise InputError("no valid request line in the batch file")
@@ -124,22 +143,20 @@ def _try(settings: Settings, pipeline: Pipeline, file: Path) -> None:
         prompt, generation = prompt_and_generation(request, pipeline.generation, chat)
         common.err.rule(f"prompt (line {line.line}, {engine.count_tokens(prompt)} tokens)")
         common.err.print(prompt, markup=False, highlight=False)
-        answer = generate(engine, prompt, generation, lambda: False)
+        # As the daemon answers it: only chat completions are stripped.
+        strip = request.endpoint == CHAT
+        return generate(engine, prompt, generation, lambda: False, strip=strip)
+    document = read_input(data, kind)
+    if isinstance(document, Records):
+        first = next((r for r in document.records if r.fields is not None), None)
+        if first is None:
+            raise InputError("no readable record in the file")
+        common.err.print(f"trying record at line {first.line}", highlight=False)
+        text, variables = template_variables(first.fields or {})
     else:
-        run = PipelineRun(engine, pipeline, lambda: chat)
-        prompt = run.prompt(text, variables)
-        common.err.rule(f"prompt ({engine.count_tokens(prompt)} tokens)")
-        common.err.print(prompt, markup=False, highlight=False)
-        answer = run.run(text, variables, lambda: False)
-    common.err.rule("result")
-    print(answer.text)
-    common.err.print(
-        json.dumps(
-            {
-                "prompt_tokens": answer.prompt_tokens,
-                "calls": answer.calls,
-                "completion_tokens": answer.completion_tokens,
-            }
-        ),
-        highlight=False,
-    )
+        text, variables = document.text, dict(document.variables)
+    run = PipelineRun(engine, pipeline, lambda: chat)
+    prompt = run.prompt(text, variables)
+    common.err.rule(f"prompt ({engine.count_tokens(prompt)} tokens)")
+    common.err.print(prompt, markup=False, highlight=False)
+    return run.run(text, variables, lambda: False)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.config import Settings
-from worker.io.atomic import fsync_dir, move_durably
+from worker.io.atomic import fsync_dir, move_durably, temp_name
 from worker.io.files import FileRef, content_digest, file_key
 from worker.queue.jobs import JobStore
 from worker.queue.models import FINAL_STATUSES, Job, JobKind
@@ -35,7 +35,7 @@ def copy_into_inbox(settings: Settings, pipeline: str, source: Path) -> Submitte
     folder.mkdir(parents=True, exist_ok=True)
     data = source.read_bytes()
     name = _free_name(folder, source.name)
-    tmp = folder / f".{name}.{secrets.token_hex(4)}.part"
+    tmp = folder / temp_name(name)  # hidden, and within 255 bytes for any name
     with open(tmp, "xb") as handle:
         handle.write(data)
         handle.flush()

@@ -68,13 +68,12 @@ class BatchOptions:
 
 @dataclass
 class EngineStats:
-    """Counters since start (read by benchmarks and metrics)."""
+    """Counters since start, exported as metrics (edge_worker_engine_*) and read by the bench."""
 
     decode_calls: int = 0
     prompt_tokens_evaluated: int = 0
     prompt_tokens_reused: int = 0
     generated_tokens: int = 0
-    busy_slots: int = 0
 
 
 @dataclass
@@ -287,7 +286,6 @@ class BatchedEngine:
             seq = _Sequence(request, seq_id, sampler)
             seq.n_past = self._reuse_prefix(seq)
             self._active.append(seq)
-        self.stats.busy_slots = len(self._active)
 
     def _reuse_prefix(self, seq: _Sequence) -> int:
         """Copy a cached prefix into the sequence; returns how many prompt tokens it covers."""
@@ -454,5 +452,4 @@ class BatchedEngine:
                 completion_tokens=len(seq.generated),
                 finish_reason=reason,
             )
-        self.stats.busy_slots = len(self._active)
         request.done.set()

@@ -109,7 +109,6 @@ class ChatTemplate:
     template: str
     source: str  # "gguf", "config" or "built-in"
     control_tokens: frozenset[str] = frozenset()
-    bos_token: str = ""
     eos_token: str = ""
     stop: tuple[str, ...] = ()
 

@@ -16,6 +16,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Mapping
+from dataclasses import asdict
 from types import FrameType
 
 from worker.background import BackgroundLoop, Progress
@@ -132,6 +133,7 @@ def _serve(
         wake.set()
 
     metrics = DaemonMetrics(store, worker_id, model_name, settings.parallel, engine.load_seconds)
+    metrics.watch_engine(lambda: asdict(engine.stats))
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
     context = JobContext(settings, store, engine, record)

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +48,12 @@ from worker.queue.views import queue_depth, running_jobs
 # LLM jobs take from a fraction of a second to many minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 RATE_WINDOW_SECONDS = 60.0
+ENGINE_COUNTERS = {
+    "decode_calls": "llama_decode calls since start",
+    "prompt_tokens_evaluated": "Prompt tokens the engine computed since start",
+    "prompt_tokens_reused": "Prompt tokens copied from the shared-prefix cache since start",
+    "generated_tokens": "Tokens sampled since start",
+}
 
 
 class MetricsError(Exception):
@@ -154,6 +160,16 @@ class DaemonMetrics:
             registry=reg,
         ).set_function(self.tokens_per_second)
         reg.register(_DatabaseCollector(store, worker_id))
+        self._engine_counters = {
+            name: Gauge(f"edge_worker_engine_{name}", text, registry=reg)
+            for name, text in ENGINE_COUNTERS.items()
+        }
+
+    def watch_engine(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the engine's counters (decode calls, prompt tokens evaluated and reused,
+        generated tokens), read at each collection."""
+        for name, gauge in self._engine_counters.items():
+            gauge.set_function(_reader(stats, name))
 
     # JobObserver -----------------------------------------------------------------
     def job_succeeded(
@@ -194,6 +210,10 @@ class DaemonMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""
         return generate_latest(self.registry)
+
+
+def _reader(stats: Callable[[], Mapping[str, int]], name: str) -> Callable[[], float]:
+    return lambda: float(stats().get(name, 0))
 
 
 class MetricsPublisher(BackgroundLoop):

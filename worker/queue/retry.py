@@ -26,7 +26,8 @@ def decide_retry(
     base_seconds: float,
     rng: random.Random | None = None,
 ) -> RetryDecision:
-    """Exponential backoff with full jitter for retryable errors, until attempts run out.
+    """Exponential backoff with equal jitter (a delay drawn from the upper half of the
+    doubling ceiling) for retryable errors, until attempts run out.
 
     Non-retryable errors (bad input) fail at once and are not `dead`: they are `failed`.
     """
