@@ -14,6 +14,7 @@ from worker.config import Settings
 from worker.io.atomic import remove_stale_temps
 from worker.logs import event
 from worker.queue.jobs import JobStore
+from worker.queue.outage import DatabaseUnavailable
 from worker.run.runner import JobObserver, NoObserver
 
 
@@ -37,6 +38,13 @@ class RecoverySweep(BackgroundLoop):
         self.interval = settings.sweep_interval
         self.observer: JobObserver = observer or NoObserver()
         self._temps_swept_at = float("-inf")
+
+    def before_start(self) -> None:
+        """One sweep before the dispatcher starts, so `--once` finds recovered jobs."""
+        try:
+            self.step()
+        except DatabaseUnavailable as exc:  # the loop keeps trying
+            event("recovery.db_unavailable", logging.WARNING, error=str(exc))
 
     def step(self) -> float | None:
         recovered = self.store.recover_expired(max_crashes=self.settings.max_attempts)
