@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
+    # Wall-clock seconds one attempt at a job may take, map-reduce included (0: no limit).
+    job_timeout: float = Field(default=3600.0, ge=0)
+    # A job naming a pipeline this daemon does not know waits this long (a pipeline file
+    # may be on its way, then `systemctl reload`) before it fails for good.
+    unknown_pipeline_grace: float = Field(default=600.0, ge=0)
 
     metrics_file: Path | None = Field(
         default=None, description="Prometheus text file; default <data_dir>/metrics.prom"

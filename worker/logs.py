@@ -53,3 +53,8 @@ def configure(log_format: str, level: str) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+def set_level(level: str) -> None:
+    """Change the level of the daemon's log while it runs (a reload)."""
+    log.setLevel(level)

@@ -55,6 +55,8 @@ def corpus_env(env: dict[str, str], pipelines: Path) -> dict[str, str]:
         "EDGE_WORKER_PIPELINES_DIR": str(pipelines),
         "EDGE_WORKER_MAX_INPUT_BYTES": str(MAX_INPUT_BYTES),
         "EDGE_WORKER_N_CTX": str(N_CTX),
+        # Unknown pipelines fail at once here (by default they wait for a reload first).
+        "EDGE_WORKER_UNKNOWN_PIPELINE_GRACE": "0",
     }
 
 

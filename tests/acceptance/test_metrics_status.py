@@ -36,6 +36,7 @@ def test_metrics_file_matches_the_database_and_status_reports_the_run(
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(tiny_pipelines),
         "EDGE_WORKER_METRICS_INTERVAL": "0.5",
+        "EDGE_WORKER_UNKNOWN_PIPELINE_GRACE": "0",
     }
     daemon = start_daemon(env)
     started = daemon.wait_for("metrics.started")

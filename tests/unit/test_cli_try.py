@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ class ClosingEngine(FakeEngine):
         self.closed = True
 
 
-def batch_file(tmp_path: Path, url: str, body: dict[str, object]) -> Path:
+def batch_file(tmp_path: Path, url: str, body: Mapping[str, object]) -> Path:
     line = {"custom_id": "a", "method": "POST", "url": url, "body": body}
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps(line) + "\n")
@@ -33,7 +34,7 @@ def test_a_completions_line_is_not_stripped_and_the_engine_is_closed(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     engine = ClosingEngine(lambda prompt: " continued text\n")
-    body = {"model": settings.model, "prompt": "Once upon a time", "max_tokens": 5}
+    body: dict[str, object] = {"model": settings.model, "prompt": "Once", "max_tokens": 5}
     _try(settings, BATCH, batch_file(tmp_path, "/v1/completions", body), lambda _s: engine)
     assert capsys.readouterr().out == " continued text\n\n"  # print() adds the last newline
     assert engine.closed

@@ -76,6 +76,7 @@ def test_prompt_too_long_is_not_retried(settings: Settings, store: JobStore) -> 
 
 
 def test_unknown_pipeline_fails_with_the_known_names(settings: Settings, store: JobStore) -> None:
+    settings = settings.model_copy(update={"unknown_pipeline_grace": 0})
     job_id = store.enqueue(NewJob("nope", "x"))
     make_runner(settings, store, FakeEngine()).run(once=True)
     job = store.get(job_id)  # type: ignore[arg-type]
@@ -278,3 +279,33 @@ def test_a_row_naming_a_file_outside_its_inbox_fails_and_touches_nothing(
     assert engine.prompts == []
     assert sorted((p.name, p.stat().st_mtime_ns) for p in victim.iterdir()) == before
     assert not settings.folder("done", "echo").exists()
+
+
+def test_an_unknown_pipeline_waits_queued_within_the_grace_then_fails(
+    settings: Settings, store: JobStore
+) -> None:
+    job_id = store.enqueue(NewJob("later", "x"))
+    assert job_id is not None
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.attempts) == ("queued", 0)
+    assert job.error == "unknown pipeline 'later' (known: echo); waiting for a reload"
+    assert job.run_after > utcnow()  # looked at again later, not in a busy loop
+    store.clock = frozen(utcnow() + timedelta(seconds=settings.unknown_pipeline_grace + 60))
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error == "unknown pipeline 'later' (known: echo)"
+
+
+@pytest.mark.timeout(20)
+def test_a_job_past_job_timeout_fails_with_the_limit_and_is_not_retried(
+    settings: Settings, store: JobStore
+) -> None:
+    settings = settings.model_copy(update={"job_timeout": 0.3})
+    job_id = store.enqueue(NewJob("echo", "x"))
+    engine = FakeEngine(block=threading.Event())
+    make_runner(settings, store, engine).run(once=True)
+    job = store.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and (job.status, job.attempts) == ("failed", 1)
+    assert job.error == "job ran past job_timeout (0.3 s) and was stopped"

@@ -45,19 +45,25 @@ def run(
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from worker import logs
+    from worker.config import load_settings
     from worker.ops.daemon import run_daemon
     from worker.ops.metrics import MetricsError
+    from worker.ops.services import ServiceDied
 
     settings = common.settings()
     logs.configure(settings.log_format, settings.log_level)
     try:
-        run_daemon(settings, once=once)
+        run_daemon(
+            settings, once=once, reload_settings=lambda: load_settings(common.state.config_path)
+        )
     except PipelineError as exc:
         raise common.fatal(f"invalid pipeline:\n{exc}", 2) from None
     except ModelError as exc:
         raise common.fatal(str(exc), 3) from None
     except MetricsError as exc:
         raise common.fatal(str(exc), 2) from None
+    except ServiceDied as exc:
+        raise common.fatal(f"{exc}; see the log above", 1) from None
 
 
 @app.command()

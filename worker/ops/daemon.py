@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import asdict
 from types import FrameType
 
@@ -27,10 +27,10 @@ from worker.llm.model_files import resolve_model
 from worker.logs import event
 from worker.ops.health import Health
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
+from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
-from worker.pipelines.models import startup_model_errors
-from worker.pipelines.spec import Pipeline, PipelineError, load_pipelines
+from worker.pipelines.live import LivePipelines
 from worker.queue.database import database_label, make_db_engine
 from worker.queue.jobs import JobStore
 from worker.queue.migrate import upgrade
@@ -74,23 +74,19 @@ class WorkerRegistration:
             event("worker.heartbeat_failed", error=str(exc))
 
 
-def load_checked_pipelines(settings: Settings) -> dict[str, Pipeline]:
-    """The pipelines, with every model they name known. Raises PipelineError."""
-    pipelines = load_pipelines(settings.pipelines_dir)
-    model_errors = startup_model_errors(pipelines, settings)
-    if model_errors:
-        raise PipelineError("\n".join(model_errors))
-    return pipelines
-
-
-def run_daemon(settings: Settings, once: bool = False) -> None:
+def run_daemon(
+    settings: Settings,
+    once: bool = False,
+    reload_settings: Callable[[], Settings] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT (or, with `once`, until the queue and inboxes are drained).
 
+    SIGHUP reloads the pipelines and live settings (`reload_settings` reads them again).
     Raises PipelineError, ModelError or a database error before any job is claimed, and
     ServiceDied when a background service stopped on its own.
     """
     notify_address, watchdog_seconds = systemd_notify_socket()
-    pipelines = load_checked_pipelines(settings)
+    pipelines = LivePipelines(checked_pipelines(settings))
     model = resolve_model(settings)
     engine = open_engine(settings, model)
     event(
@@ -99,20 +95,24 @@ def run_daemon(settings: Settings, once: bool = False) -> None:
         path=str(model.path),
         seconds=round(engine.load_seconds, 2),
     )
+    reload = reload_settings or (lambda: settings)
     try:
-        _serve(settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds)
+        _serve(
+            settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds, reload
+        )
     finally:
         engine.close()
 
 
 def _serve(
     settings: Settings,
-    pipelines: Mapping[str, Pipeline],
+    pipelines: LivePipelines,
     engine: BatchedEngine,
     model_name: str,
     once: bool,
     notify_address: str | None,
     watchdog_seconds: float | None,
+    reload_settings: Callable[[], Settings],
 ) -> None:
     url = settings.resolved_database_url
     upgrade(url)
@@ -169,8 +169,15 @@ def _serve(
             reason,
         )
 
-    held = [n for n, p in pipelines.items() if p.schedule and p.inbox_mode == "scheduled"]
-    watcher = InboxWatcher(settings, store, pipelines, on_enqueued=wake.set, held=held)
+    watcher = InboxWatcher(
+        settings, store, pipelines, on_enqueued=wake.set, held=held_inboxes(pipelines)
+    )
+    scheduler = None
+    if not once:  # --once drains what is there; schedules fire only in a running daemon
+        scheduler = Scheduler(
+            settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set
+        )
+    reloader = Reloader(settings, reload_settings, pipelines, watcher, scheduler)
     loops: list[BackgroundLoop] = [
         MetricsPublisher(
             metrics,
@@ -186,6 +193,7 @@ def _serve(
     listener = listener_for(url, wake)  # PostgreSQL: NOTIFY wakes an idle dispatcher at once
     if listener is not None:
         loops.append(listener)
+    loops.append(reloader)
     for loop in loops:
         loop.on_death = on_death
     services: list[Service] = [
@@ -193,10 +201,8 @@ def _serve(
         WorkerRegistration(store, worker_id, model_name, settings.parallel),
         *loops[1:],
     ]
-    if not once:  # --once drains what is there; schedules fire only in a running daemon
-        services.append(
-            Scheduler(settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set)
-        )
+    if scheduler is not None:
+        services.append(scheduler)
     if watchdog_seconds:
         half = watchdog_seconds / 2
         watchdog = Watchdog(notifier, half, progress, lambda: queue_status(store), half, loops)
@@ -204,10 +210,15 @@ def _serve(
         services.append(watchdog)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.request()  # only flags: the dispatcher and the slots act on them
+        # Only flags: the dispatcher, the slots and the reloader act on them.
+        if signum == signal.SIGHUP:
+            reloader.requested.set()
+            return
+        stop.request()
         wake.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     group = ServiceGroup()
     try:
         group.start_all(services)

@@ -53,6 +53,7 @@ class ClaimedJob:
     lease_token: str
     parent_id: int | None = None
     item_index: int | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class JobStore(FamilyStore):
                 Job.priority,
                 Job.parent_id,
                 Job.item_index,
+                Job.created_at,
             )
         )
         with self.db.begin() as conn:
@@ -171,6 +173,7 @@ class JobStore(FamilyStore):
                 lease_token=token,
                 parent_id=r.parent_id,
                 item_index=r.item_index,
+                created_at=r.created_at,
             )
             for r in rows
         ]
@@ -242,6 +245,21 @@ class JobStore(FamilyStore):
             lease_expires_at=None,
             finished_at=now,
             updated_at=now,
+        )
+
+    def defer(self, job_id: int, token: str, reason: str, run_after: datetime) -> bool:
+        """Put a job back to wait until `run_after`, this attempt not counted, with the
+        reason in `error` (e.g. its pipeline is not loaded yet)."""
+        return self._guarded(
+            job_id,
+            token,
+            status=JobStatus.QUEUED,
+            attempts=Job.attempts - 1,
+            error=reason,
+            run_after=run_after,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
         )
 
     def release(self, job_id: int, token: str) -> bool:

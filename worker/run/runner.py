@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Protocol
 
 from worker.background import Progress
@@ -34,6 +35,11 @@ from worker.run.recorder import DatabaseGone, Recorder
 from worker.run.stop import StopFlags
 
 log = logging.getLogger(__name__)
+UNKNOWN_PIPELINE_RECHECK_SECONDS = 15.0
+
+
+class _UnknownPipeline(Exception):
+    """The job's pipeline is not loaded, within the grace period."""
 
 
 class JobObserver(Protocol):
@@ -105,9 +111,11 @@ class JobRunner:
         finally:
             self.leases.drop(job)
 
-    def _should_stop(self, job: ClaimedJob) -> bool:
+    def _should_stop(self, job: ClaimedJob, deadline: float | None) -> bool:
         self.progress.touch()  # called once per generated token: the watchdog's heartbeat
         if self.stop.hard.is_set() or self.leases.is_lost(job):
+            return True
+        if deadline is not None and time.monotonic() > deadline:
             return True
         return self.record.past_shutdown_timeout()
 
@@ -123,20 +131,40 @@ class JobRunner:
         pipeline = self.pipelines.get(job.pipeline)
         if pipeline is None:
             known = ", ".join(sorted(self.pipelines))
-            raise InputError(f"unknown pipeline {job.pipeline!r} (known: {known})")
+            reason = f"unknown pipeline {job.pipeline!r} (known: {known})"
+            if self._within_grace(job):
+                raise _UnknownPipeline(reason)
+            raise InputError(reason)
         return pipeline
+
+    def _within_grace(self, job: ClaimedJob) -> bool:
+        grace = self.settings.unknown_pipeline_grace
+        if grace <= 0 or job.created_at is None:
+            return False
+        return (self.store.clock() - job.created_at).total_seconds() < grace
+
+    def _defer(self, job: ClaimedJob, reason: str) -> None:
+        # Not yet a failure: the pipeline may come with the next reload. Look again soon.
+        retry_at = self.store.clock() + timedelta(seconds=UNKNOWN_PIPELINE_RECHECK_SECONDS)
+        waiting = f"{reason}; waiting for a reload"
+        if self.record(lambda: self.store.defer(job.id, job.lease_token, waiting, retry_at)):
+            event("job.deferred", logging.WARNING, job_id=job.id, reason=waiting)
 
     def _handle(self, job: ClaimedJob, started: float) -> None:
         handler: JobHandler | None = None
+        timeout = self.settings.job_timeout
+        deadline = started + timeout if timeout > 0 else None
         try:
             handler = self._handler(job)
             attempt = Attempt(
                 job,
                 self._pipeline(job),
-                should_stop=lambda: self._should_stop(job),
+                should_stop=lambda: self._should_stop(job, deadline),
                 still_leased=lambda: self.record(lambda: self.leases.confirm(job)),
             )
             outcome = handler.run(attempt)
+        except _UnknownPipeline as exc:
+            self._defer(job, str(exc))
         except JobVanished as exc:
             reason = str(exc)
             self.record(lambda: self.store.fail(job.id, job.lease_token, reason, retry_at=None))
@@ -144,7 +172,11 @@ class JobRunner:
         except InputError as exc:
             self._fail(job, handler, str(exc), retryable=False)
         except GenerationInterrupted:
-            self._release(job, "shutdown")
+            if deadline is not None and time.monotonic() > deadline and not self._stopping(job):
+                error = f"job ran past job_timeout ({timeout:g} s) and was stopped"
+                self._fail(job, handler, error, retryable=False)
+            else:
+                self._release(job, "shutdown")
         except DatabaseUnavailable as exc:  # mid-job: run it again when the database is back
             event("job.db_unavailable", logging.WARNING, job_id=job.id, error=str(exc))
             self._release(job, "database unavailable")
@@ -160,6 +192,9 @@ class JobRunner:
                 event("job.expanded", job_id=job.id, pipeline=job.pipeline)
             else:
                 self._succeed(job, handler, outcome, started)
+
+    def _stopping(self, job: ClaimedJob) -> bool:
+        return self.stop.hard.is_set() or self.leases.is_lost(job)
 
     def _release(self, job: ClaimedJob, reason: str) -> None:
         if self.leases.is_lost(job):

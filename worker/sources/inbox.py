@@ -64,10 +64,17 @@ class InboxWatcher(BackgroundLoop):
         self._last_rescan = float("-inf")
 
     # Life cycle ------------------------------------------------------------
+    def watch(self, pipelines: Collection[str], held: Collection[str] = ()) -> None:
+        """Watch the inboxes of `pipelines` (creating them) from now on (a reload)."""
+        for name in pipelines:
+            self.settings.folder("inbox", name).mkdir(parents=True, exist_ok=True)
+        self.pipelines = set(pipelines)
+        self.held = frozenset(held)
+        self._last_rescan = float("-inf")  # files that waited for a new pipeline: now
+
     def before_start(self) -> None:
         """Create the inboxes, start watchdog's observer and make the start-up scan."""
-        for name in self.pipelines:
-            self.settings.folder("inbox", name).mkdir(parents=True, exist_ok=True)
+        self.watch(self.pipelines, self.held)
         self._start_observer()
         self.tick()  # the start-up scan, so --once sees what is already there
 

@@ -46,16 +46,28 @@ class Scheduler:
         self.store = store
         self.fires = FireStore(store.db, clock=store.clock)
         self.sweeper = Sweeper(settings, store)
+        self._use(pipelines)
+        self.worker_id = worker_id
+        self.enqueue_inbox = enqueue_inbox
+        self.on_enqueued = on_enqueued
+        self._scheduler: Any = None
+
+    def _use(self, pipelines: Mapping[str, Pipeline]) -> None:
         self.pipelines = {name: p for name, p in pipelines.items() if p.schedule is not None}
         self.triggers: dict[str, Any] = {
             name: cron_trigger(p.schedule, p.timezone)
             for name, p in self.pipelines.items()
             if p.schedule is not None
         }
-        self.worker_id = worker_id
-        self.enqueue_inbox = enqueue_inbox
-        self.on_enqueued = on_enqueued
-        self._scheduler: Any = None
+
+    def reload(self, pipelines: Mapping[str, Pipeline]) -> None:
+        """Fire on the schedules of `pipelines` from now on (a reload); unchanged
+        schedules keep firing without a gap worth a catch-up."""
+        running = self._scheduler is not None
+        self.stop()
+        self._use(pipelines)
+        if running:
+            self.start()
 
     # Life cycle ------------------------------------------------------------
     def start(self) -> None:
