@@ -99,3 +99,7 @@ def test_metrics_file_matches_the_database_and_status_reports_the_run(
     assert got[("edge_worker_queue_depth", ())] == 0
     assert got[("edge_worker_model_load_seconds", ())] > 0
     assert got[("edge_worker_tokens_per_second", ())] > 0
+    # The engine's own counters: every generated token came from a decode call.
+    assert got[("edge_worker_engine_generated_tokens", ())] >= completion_tokens
+    assert got[("edge_worker_engine_decode_calls", ())] >= completion_tokens / 2
+    assert got[("edge_worker_engine_prompt_tokens_evaluated", ())] > 0

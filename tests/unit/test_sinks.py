@@ -81,3 +81,17 @@ def test_remove_stale_temps_only_removes_old_temps(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path, max_age=60, now=now) == [old]
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, result.name]
     assert remove_stale_temps(tmp_path / "missing", max_age=60, now=now) == []
+
+
+def test_submitting_a_file_with_a_255_byte_name_works(tmp_path: Path) -> None:
+    from worker.config import load_settings
+    from worker.io.submit import copy_into_inbox
+
+    settings = load_settings(data_dir=tmp_path / "data")
+    name = "é" * 125 + ".txt"  # 254 bytes: the temp name must be cut, not the input's
+    source = tmp_path / name
+    source.write_text("hello")
+    submitted = copy_into_inbox(settings, "summarize", source)
+    assert submitted.ref.name == name
+    assert (settings.folder("inbox", "summarize") / name).read_text() == "hello"
+    assert [p.name for p in settings.folder("inbox", "summarize").iterdir()] == [name]
