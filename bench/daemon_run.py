@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ from bench.workload import INSTRUCTION
 EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
 
 
-def _pipeline(max_tokens: int) -> str:
+def summary_pipeline(max_tokens: int) -> str:
     # The same prompt text as bench.workload.prompt(): instruction, report, "### Summary", "-".
     return (
         "description = 'benchmark summaries'\n"
@@ -30,14 +31,24 @@ def _pipeline(max_tokens: int) -> str:
 
 
 def run_daemon_bench(
-    model: Path, docs: list[str], parallel: int, threads: int, n_ctx: int, max_tokens: int
+    model: Path,
+    docs: list[str],
+    parallel: int,
+    threads: int,
+    n_ctx: int,
+    pipelines_from: Path,
+    suffix: str,
+    settings: dict[str, str] | None = None,
 ) -> tuple[float, list[float], int, int, float]:
-    """Seconds from the first drop to the last result, job latencies, tokens, peak RSS (MB)."""
+    """Seconds from the first drop to the last result, job latencies, tokens, peak RSS (MB).
+
+    `pipelines_from` is a pipelines folder holding `bench.toml` (and what it refers to);
+    `suffix` is its outputs' extension.
+    """
     with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp:
         root = Path(tmp)
         pipelines = root / "pipelines"
-        pipelines.mkdir()
-        (pipelines / "bench.toml").write_text(_pipeline(max_tokens))
+        shutil.copytree(pipelines_from, pipelines)
         data = root / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_WORKER_")}
         env.update(
@@ -50,6 +61,7 @@ def run_daemon_bench(
             EDGE_WORKER_SETTLE_SECONDS="0.2",
             EDGE_WORKER_LOG_FORMAT="json",
         )
+        env.update(settings or {})
         log = (root / "daemon.log").open("wb")
         proc = subprocess.Popen([EDGE_WORKER, "run"], env=env, stdout=log, stderr=log)
         try:
@@ -65,8 +77,8 @@ def run_daemon_bench(
                 tmp_file = inbox / f".doc{i:03d}.txt.part"
                 tmp_file.write_text(doc)
                 tmp_file.rename(inbox / f"doc{i:03d}.txt")
-                dropped[f"doc{i:03d}.txt.md"] = time.time()
-            while not outbox.is_dir() or len(list(outbox.glob("*.md"))) < len(docs):
+                dropped[f"doc{i:03d}.txt{suffix}"] = time.time()
+            while not outbox.is_dir() or len(list(outbox.glob(f"*{suffix}"))) < len(docs):
                 if proc.poll() is not None:
                     raise RuntimeError((root / "daemon.log").read_text())
                 time.sleep(0.05)

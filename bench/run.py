@@ -1,15 +1,21 @@
-"""`make bench`: edge-worker's throughput against the plain llama-cpp-python loop.
+"""`make bench`: edge-worker's throughput against llama.cpp's own llama-server.
 
-On the same 64 inputs (bench/workload.py), in one run:
-  (a) a plain loop over llama-cpp-python's `create_completion`, the baseline a user writes;
-  (b) edge-worker end to end: files dropped into the inbox of a running daemon until every
-      result is written;
-  (c) the engine alone (continuous batching, shared-prefix reuse), with the default
-      `batch_invariant` on, and (d) the same with it off (faster prompt kernels).
+Two workloads, in one run, the same prompt text for every method:
+  summary: 32 reports (bench/workload.py) behind one shared instruction, at most 128
+    tokens each, temperature 0;
+  json: 64 reports through the shipped `extract` pipeline (a JSON Schema grammar).
+Methods:
+  (s)  llama-server (built from the llama.cpp that llama-cpp-python vendors), `-np`
+       parallel, the same threads and context per slot, concurrent `/completion`
+       requests with `cache_prompt` (and `json_schema` for the json workload);
+  (b)  edge-worker end to end: files dropped into a running daemon's inbox until every
+       result is written, default settings;
+  (c)  the engine alone, default settings, and (d) with `batch_invariant` on (its cost);
+  (a)  the plain llama-cpp-python `create_completion` loop (summary only).
 Each is measured `--runs` times, each measurement in a process of its own (llama.cpp
 reads some kernel switches once per process); medians are printed with the ratios
-b/a, c/a and d/a, the ceiling for this workload from rates measured here, and peak RSS.
-Figures go to bench/results/<time>.json, the tokens/s-per-slot chart to parallel.png.
+against llama-server, the plain loop and batch invariance, and the daemon's peak RSS.
+Figures go to bench/results/<time>.json, the chart to bench/results/throughput.png.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import argparse
 import json
 import os
 import queue
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -30,13 +38,22 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.daemon_run import run_daemon_bench  # noqa: E402
+from bench.daemon_run import run_daemon_bench, summary_pipeline  # noqa: E402
+from bench.llama_server import (  # noqa: E402
+    ServerOptions,
+    llama_cpp_version,
+    run_requests,
+    running_server,
+    server_binary,
+)
 from bench.proc import status_mb  # noqa: E402
 from bench.workload import INSTRUCTION, documents, prompt  # noqa: E402
+from worker.config import SHIPPED_PIPELINES_DIR  # noqa: E402
 from worker.llm.batched import BatchedEngine, BatchOptions  # noqa: E402
 from worker.llm.engine import EngineOptions  # noqa: E402
 from worker.llm.generation import Generation  # noqa: E402
 from worker.llm.model_files import ModelFile  # noqa: E402
+from worker.pipelines.spec import Pipeline, load_pipelines  # noqa: E402
 
 MAX_TOKENS = 128
 GREEDY = Generation(max_tokens=MAX_TOKENS, temperature=0, repeat_penalty=1.0)
@@ -146,7 +163,7 @@ def engine_alone(
     evaluated = engine.stats.prompt_tokens_evaluated
     reused = engine.stats.prompt_tokens_reused
     engine.close()
-    name = "engine alone" if invariant else "engine, batch_invariant off"
+    name = "engine alone, batch_invariant on" if invariant else "engine alone"
     return Figures(
         name,
         seconds,
@@ -224,21 +241,68 @@ def median_of(runs: list[Figures]) -> dict[str, Any]:
     return merged
 
 
-def prompt_tokens_per_job(
-    model: Path, docs: list[str], args: argparse.Namespace
-) -> dict[str, float]:
-    """Prompt tokens evaluated per job with and without prefix reuse (prefill only)."""
-    one_token = Generation(max_tokens=1, temperature=0)
-    found = {}
-    for reuse in (True, False):
-        figures = engine_alone(
-            model, docs, args.threads, args.n_ctx, args.parallel, generation=one_token, reuse=reuse
+def extract_pipeline() -> Pipeline:
+    return load_pipelines(SHIPPED_PIPELINES_DIR)["extract"]
+
+
+def summary_folder(tmp: Path) -> Path:
+    """A pipelines folder whose `bench.toml` renders exactly `bench.workload.prompt`."""
+    folder = tmp / "summary"
+    folder.mkdir()
+    (folder / "bench.toml").write_text(summary_pipeline(MAX_TOKENS))
+    return folder
+
+
+def json_folder(tmp: Path) -> Path:
+    """A pipelines folder whose `bench.toml` is the shipped `extract` pipeline."""
+    folder = tmp / "json"
+    shutil.copytree(SHIPPED_PIPELINES_DIR / "schemas", folder / "schemas")
+    (folder / "bench.toml").write_text((SHIPPED_PIPELINES_DIR / "extract.toml").read_text())
+    return folder
+
+
+def server_bodies(workload: str, docs: list[str]) -> list[dict[str, Any]]:
+    """The requests llama-server gets: the same prompts and limits as the daemon's jobs."""
+    if workload == "summary":
+        limits: dict[str, Any] = {"n_predict": MAX_TOKENS, "temperature": 0, "repeat_penalty": 1.0}
+        return [{"prompt": prompt(doc), "cache_prompt": True, **limits} for doc in docs]
+    pipeline = extract_pipeline()
+    gen = pipeline.generation
+    common: dict[str, Any] = {
+        "n_predict": gen.max_tokens,
+        "temperature": 0,
+        "repeat_penalty": gen.repeat_penalty,
+        "json_schema": pipeline.json_schema,
+    }
+    return [{"prompt": pipeline.render(doc), "cache_prompt": True, **common} for doc in docs]
+
+
+def server_run(model: Path, docs: list[str], args: argparse.Namespace, workload: str) -> Figures:
+    """(s) llama-server with `-np parallel`, fed by `parallel` concurrent clients."""
+    options = ServerOptions(args.parallel, args.threads, args.n_ctx)
+    with running_server(model, options) as (base, pid):
+        seconds, answers = run_requests(base, server_bodies(workload, docs), args.parallel)
+        rss = status_mb(pid, "VmHWM")
+    return Figures(
+        f"llama-server, {workload}",
+        seconds,
+        len(docs),
+        sum(a.prompt_tokens for a in answers),
+        sum(a.generated_tokens for a in answers),
+        [a.seconds for a in answers],
+        rss,
+    )
+
+
+def daemon_run(model: Path, docs: list[str], args: argparse.Namespace, workload: str) -> Figures:
+    """(b) a real daemon, default settings, files dropped into its inbox."""
+    with tempfile.TemporaryDirectory(prefix="ew-bench-pipelines-") as tmp:
+        folder = summary_folder(Path(tmp)) if workload == "summary" else json_folder(Path(tmp))
+        suffix = ".md" if workload == "summary" else ".json"
+        seconds, lat, ptok, gtok, rss = run_daemon_bench(
+            model, docs, args.parallel, args.threads, args.n_ctx, folder, suffix
         )
-        evaluated = figures.prompt_tokens_evaluated or 0
-        found["with_reuse" if reuse else "without_reuse"] = evaluated / figures.jobs
-        if reuse:
-            found["shared_prefix"] = (figures.prompt_tokens_reused or 0) / figures.jobs
-    return found
+    return Figures(f"edge-worker end to end, {workload}", seconds, len(docs), ptok, gtok, lat, rss)
 
 
 def measure_one(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,21 +310,19 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(
         os.environ.get("EDGE_WORKER_TEST_MODEL", REPO / "var/models/gemma-3-270m-q4_k_m.gguf")
     )
-    docs = documents(args.jobs)
     method = args.one
+    workload = "json" if method.endswith("-json") else "summary"
+    docs = documents(args.json_jobs if workload == "json" else args.jobs)
     if method == "loop":
         return plain_loop(model, docs, args.threads, args.n_ctx).__dict__
-    if method == "daemon":
-        seconds, lat, ptok, gtok, rss = run_daemon_bench(
-            model, docs, args.parallel, args.threads, args.n_ctx, MAX_TOKENS
-        )
-        return Figures("edge-worker end to end", seconds, len(docs), ptok, gtok, lat, rss).__dict__
-    if method in ("engine", "engine-fast"):
-        invariant = method == "engine"
+    if method.startswith("server"):
+        return server_run(model, docs, args, workload).__dict__
+    if method.startswith("daemon"):
+        return daemon_run(model, docs, args, workload).__dict__
+    if method in ("engine", "engine-invariant"):
+        invariant = method == "engine-invariant"
         figures = engine_alone(model, docs, args.threads, args.n_ctx, args.parallel, invariant)
         return figures.__dict__
-    if method == "reuse":
-        return prompt_tokens_per_job(model, docs[:8], args)
     if method.startswith("rates:"):
         return rates(model, args.threads, args.n_ctx, int(method.split(":")[1]))
     raise SystemExit(f"unknown method {method}")
@@ -275,6 +337,8 @@ def in_subprocess(method: str, args: argparse.Namespace) -> dict[str, Any]:
         method,
         "--jobs",
         str(args.jobs),
+        "--json-jobs",
+        str(args.json_jobs),
         "--parallel",
         str(args.parallel),
         "--threads",
@@ -291,42 +355,75 @@ def in_subprocess(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 METHODS = {
-    "loop": "(a)",
-    "daemon": "(b)",
-    "engine": "(c)",
-    "engine-fast": "(d)",
+    "server": "(s) summary",
+    "daemon": "(b) summary",
+    "engine": "(c) summary",
+    "engine-invariant": "(d) summary",
+    "loop": "(a) summary",
+    "server-json": "(s) json",
+    "daemon-json": "(b) json",
 }
+RATIOS = (
+    ("daemon", "server", "daemon / llama-server, summary"),
+    ("engine", "server", "engine / llama-server, summary"),
+    ("daemon-json", "server-json", "daemon / llama-server, json"),
+    ("daemon", "loop", "daemon / plain loop, summary"),
+    ("engine", "loop", "engine / plain loop, summary"),
+    ("engine-invariant", "engine", "batch_invariant on / default (its cost)"),
+)
+
+
+def bar_chart(medians: dict[str, dict[str, Any]], path: Path) -> None:
+    """Jobs/s of each method, by workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m for m in METHODS if m in medians]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    values = [medians[m]["jobs_per_s"] for m in names]
+    bars = ax.barh([medians[m]["method"] for m in names], values)
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("jobs/s (median of runs; higher is better)")
+    ax.set_title("Gemma 3 270M Q4_K_M on 2 CPU cores: edge-worker vs llama-server")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=32, help="summary workload size")
+    parser.add_argument("--json-jobs", type=int, default=64, help="json workload size")
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--sweep", default="1,2,4,8,16", help="parallel values for the chart")
-    parser.add_argument(
-        "--skip", default="", help="comma list of: loop,daemon,engine,engine-fast,sweep"
-    )
+    parser.add_argument("--sweep", default="", help="parallel values for a generation chart")
+    parser.add_argument("--skip", default="", help="comma list of: " + ",".join(METHODS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(args)))
         return 0
     skip = set(filter(None, args.skip.split(",")))
+    server_binary()  # built once, before anything is timed
     results: dict[str, Any] = {
         "jobs": args.jobs,
+        "json_jobs": args.json_jobs,
         "max_tokens": MAX_TOKENS,
         "parallel": args.parallel,
         "threads": args.threads,
+        "llama_cpp_python": llama_cpp_version(),
     }
     runs: dict[str, list[Figures]] = {m: [] for m in METHODS if m not in skip}
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}", flush=True)
         for method in runs:
             runs[method].append(Figures(**in_subprocess(method, args)))
-            print(f"  {METHODS[method]}", runs[method][-1].summary(), flush=True)
+            print(f"  {METHODS[method]:<12}", runs[method][-1].summary(), flush=True)
     medians = {k: median_of(v) for k, v in runs.items() if v}
     results["medians"] = medians
     results["runs"] = {k: [r.summary() for r in v] for k, v in runs.items()}
@@ -334,60 +431,24 @@ def main() -> int:
     print("\nmedians of", args.runs, "runs:")
     for med in medians.values():
         print(
-            f"  {med['method']:<28} {med['jobs_per_s']:.3f} jobs/s  "
+            f"  {med['method']:<36} {med['jobs_per_s']:.3f} jobs/s  "
             f"{med['generated_tokens_per_s']:.1f} gen tok/s  "
             f"{med['prompt_tokens_per_s']:.1f} prompt tok/s  "
             f"p50 {med['p50_latency_s']} s  p95 {med['p95_latency_s']} s"
             + (f"  peak RSS {med['peak_rss_mb']} MB" if med.get("peak_rss_mb") else "")
         )
-    base = medians["loop"]["jobs_per_s"] if "loop" in medians else None
-    if base:
-        for key, label in (
-            ("daemon", "b/a end to end"),
-            ("engine", "c/a engine alone"),
-            ("engine-fast", "d/a engine, batch_invariant off"),
-        ):
-            if key in medians:
-                ratio = medians[key]["jobs_per_s"] / base
-                results[f"ratio_{key}"] = round(ratio, 2)
-                print(f"  ratio {label}: {ratio:.2f}x")
-
-    reuse = in_subprocess("reuse", args)
-    results["prompt_tokens_per_job"] = {k: round(v, 1) for k, v in reuse.items()}
-    print(
-        f"  prompt tokens evaluated per job: {reuse['with_reuse']:.0f} with prefix reuse, "
-        f"{reuse['without_reuse']:.0f} without; the shared instruction is "
-        f"{reuse['shared_prefix']:.0f} tokens, evaluated once for all {min(8, args.jobs)} jobs"
-    )
-    if "engine" in medians:
-        measured = in_subprocess(f"rates:{args.parallel}", args)
-        last = runs["engine"][-1]
-        gen_per_job = last.generated_tokens / last.jobs
-        prompt_per_job = (last.prompt_tokens_evaluated or 0) / last.jobs  # all the jobs
-        ceiling = 1 / (
-            prompt_per_job / measured["prompt_tokens_per_s"]
-            + gen_per_job / measured["generation_tokens_per_s"]
-        )
-        results["rates"] = {k: round(v, 1) for k, v in measured.items()}
-        results["ceiling_jobs_per_s"] = round(ceiling, 3)
-        print(
-            f"  measured rates: {measured['prompt_tokens_per_s']:.0f} prompt tok/s, "
-            f"{measured['generation_tokens_per_s']:.0f} gen tok/s at parallel {args.parallel}"
-        )
-        reached = {
-            k: medians[k]["jobs_per_s"] / ceiling for k in ("engine", "daemon") if k in medians
-        }
-        results["ceiling_fraction"] = {k: round(v, 3) for k, v in reached.items()}
-        print(
-            f"  ceiling for this workload: {ceiling:.3f} jobs/s"
-            + (f" ({ceiling / base:.2f}x the plain loop)" if base else "")
-            + "; reached: "
-            + ", ".join(f"{k} {v:.0%}" for k, v in reached.items())
-        )
+    ratios: dict[str, float] = {}
+    for top, bottom, label in RATIOS:
+        if top in medians and bottom in medians:
+            ratio = medians[top]["jobs_per_s"] / medians[bottom]["jobs_per_s"]
+            ratios[label] = round(ratio, 3)
+            print(f"  ratio {label}: {ratio:.2f}x")
+    results["ratios"] = ratios
 
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if "sweep" not in skip:
+    bar_chart(medians, out_dir / "throughput.png")
+    if args.sweep:
         points: dict[int, float] = {}
         for p in (int(x) for x in args.sweep.split(",")):
             points[p] = in_subprocess(f"rates:{p}", args)["generation_tokens_per_s"]
@@ -396,7 +457,7 @@ def main() -> int:
         chart(points, out_dir / "parallel.png")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote bench/results/{stamp}.json")
+    print(f"\nwrote bench/results/{stamp}.json and bench/results/throughput.png")
     return 0
 
 
