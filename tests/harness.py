@@ -45,7 +45,14 @@ class Runner:
         self.jobs = JobRunner(settings, store, handlers, pipelines, self.leases, record, stop)
         self.recovery = RecoverySweep(settings, store, wake)
         self.dispatcher = Dispatcher(
-            settings, store, pipelines, worker_id, self.jobs.run_one, stop, wake
+            settings,
+            store,
+            pipelines,
+            worker_id,
+            self.jobs.run_one,
+            stop,
+            wake,
+            outage=record.outage,
         )
 
     def run(self, once: bool = False, inputs_pending: Callable[[], int] = lambda: 0) -> None:

@@ -38,6 +38,8 @@ class BackgroundLoop:
     """A named thread that runs `step()` every `interval` seconds until stopped."""
 
     name = "loop"
+    # Outages are logged as `<event_prefix>.db_unavailable` / `.db_recovered`.
+    event_prefix: str | None = None
     interval = 1.0
     # A step still running after this many seconds counts as stalled (None: never).
     stall_after: float | None = None
@@ -90,7 +92,8 @@ class BackgroundLoop:
         return limit is not None and started is not None and time.monotonic() - started > limit
 
     def _run(self) -> None:
-        outage = Outage(f"{self.name}.db_unavailable", f"{self.name}.db_recovered")
+        prefix = self.event_prefix or self.name
+        outage = Outage(f"{prefix}.db_unavailable", f"{prefix}.db_recovered")
         delay: float | None = 0.0
         try:
             while not self._stop.wait(self.interval if delay is None else delay):

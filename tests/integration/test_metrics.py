@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.logs import LOGGER_NAME, event
 from worker.ops.metrics import DaemonMetrics, MetricsError, MetricsPublisher
 from worker.queue.jobs import JobStore, NewJob
 
@@ -27,26 +24,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-@pytest.fixture
-def quiet_logger() -> Iterator[logging.Logger]:
-    """The daemon's logger as `log_level = "WARNING"` leaves it, restored afterwards."""
-    log = logging.getLogger(LOGGER_NAME)
-    saved = (log.level, list(log.handlers), log.propagate)
-    log.handlers[:] = [logging.NullHandler()]
-    log.setLevel(logging.WARNING)
-    log.propagate = False
-    yield log
-    log.setLevel(saved[0])
-    log.handlers[:] = saved[1]
-    log.propagate = saved[2]
-
-
-def test_counters_follow_events_and_gauges_follow_the_table(
-    store: JobStore, tmp_path: Path, quiet_logger: logging.Logger
-) -> None:
+def test_counters_follow_calls_and_gauges_follow_the_table(store: JobStore, tmp_path: Path) -> None:
     for text in ("a", "b", "c"):
         store.enqueue(NewJob("summarize", text))
-    (held,) = store.claim("me", 1, 30)
+    store.claim("me", 1, 30)
     store.claim("someone-else", 1, 30)
     now = [100.0]
     metrics = DaemonMetrics(
@@ -54,27 +35,12 @@ def test_counters_follow_events_and_gauges_follow_the_table(
     )
     publisher = MetricsPublisher(metrics, tmp_path / "m" / "metrics.prom", 60, port=None)
     publisher.start()
-    # Events reach the metrics although the log level hides INFO from the log itself.
-    event(
-        "job.succeeded",
-        job_id=held.id,
-        pipeline="summarize",
-        prompt_tokens=20,
-        completion_tokens=8,
-        seconds=2.0,
-    )
-    event(
-        "job.succeeded",
-        job_id=9,
-        pipeline="summarize",
-        prompt_tokens=5,
-        completion_tokens=4,
-        seconds=0.05,
-    )
-    event("job.failed", logging.WARNING, job_id=10, pipeline="x", error="bad")
-    event("job.retrying", logging.WARNING, job_id=11, pipeline="x", error="later")
-    event("job.recovered", job_id=12, status="queued")
-    assert quiet_logger.handlers[0].level == logging.WARNING  # the log still says less
+    # The runner and the recovery sweep tell the metrics directly (no log involved).
+    metrics.job_succeeded("summarize", prompt_tokens=20, completion_tokens=8, seconds=2.0)
+    metrics.job_succeeded("summarize", prompt_tokens=5, completion_tokens=4, seconds=0.05)
+    metrics.job_failed("x", final=True)
+    metrics.job_failed("x", final=False)
+    metrics.jobs_recovered(1)
     publisher.stop()
 
     got = samples((tmp_path / "m" / "metrics.prom").read_text())

@@ -149,7 +149,7 @@ def _serve(
         progress=progress,
     )
     dispatcher = Dispatcher(
-        settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress
+        settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
     )
 
     def health() -> Health:

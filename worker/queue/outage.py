@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -78,6 +79,8 @@ class Outage:
         self.up_event = up_event
         self.failures = 0
         self.since: float | None = None
+        # Several threads may share one view (the dispatcher and the slots' recorder).
+        self._lock = threading.Lock()
 
     @property
     def down(self) -> bool:
@@ -85,23 +88,28 @@ class Outage:
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed call; returns how long to wait before trying again."""
-        self.failures += 1
-        if self.since is None:
-            self.since = time.monotonic()
+        with self._lock:
+            self.failures += 1
+            failures, first = self.failures, self.since is None
+            if first:
+                self.since = time.monotonic()
+        if first:
             event(
                 self.down_event,
                 logging.ERROR,
                 error=(str(exc).splitlines() or [repr(exc)])[0][:500],
             )
-        return backoff_seconds(self.failures)
+        return backoff_seconds(failures)
 
     def ok(self) -> None:
         """Record a successful call."""
-        if self.since is not None:
+        with self._lock:
+            since, failures = self.since, self.failures
+            self.since = None
+            self.failures = 0
+        if since is not None:
             event(
                 self.up_event,
-                down_seconds=round(time.monotonic() - self.since, 1),
-                failed_calls=self.failures,
+                down_seconds=round(time.monotonic() - since, 1),
+                failed_calls=failures,
             )
-        self.since = None
-        self.failures = 0

@@ -29,6 +29,7 @@ class Dispatcher:
         stop: StopFlags,
         wake: threading.Event,
         progress: Progress | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -37,7 +38,8 @@ class Dispatcher:
         self.stop = stop
         self.wake = wake
         self.progress = progress or Progress()
-        self.outage = Outage("db.unavailable", "db.recovered")
+        # Shared with the recorder: one `db.unavailable` per outage, whoever saw it first.
+        self.outage = outage or Outage("db.unavailable", "db.recovered")
         self._crashed: list[BaseException] = []
         self._run_job = run_job
         self.slots = self._new_slots()

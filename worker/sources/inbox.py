@@ -34,6 +34,7 @@ class InboxWatcher(BackgroundLoop):
     """Finds settled files in the inboxes and enqueues one job per file version."""
 
     name = "inbox-watcher"
+    event_prefix = "inbox"
     interval = TICK_SECONDS
     # A tick that takes this long is stuck (reads are bounded and never block): the
     # watchdog stops, and systemd restarts a daemon whose intake stopped.
