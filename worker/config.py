@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     metrics_interval: float = Field(default=5.0, gt=0, description="seconds between rewrites")
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="127.0.0.1 only")
 
+    retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="days a finished job (and its done/ and failed/ files) is kept; 0: forever",
+    )
+
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

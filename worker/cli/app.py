@@ -72,13 +72,22 @@ def submit(
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Pipeline to run.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the results.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+    priority: Annotated[
+        int, typer.Option("--priority", help="Higher runs first; inbox files run at 0.")
+    ] = 0,
 ) -> None:
-    """Copy files into a pipeline's inbox; with --wait, show progress until they are done."""
+    """Copy files into a pipeline's inbox and queue them; with --wait, show progress until
+    they are done."""
     from worker.io.submit import copy_into_inbox, wait_keys
 
     settings = common.settings()
+    common.check_pipeline(settings, pipeline)  # before anything is created
     store = common.open_store(settings)
-    keys = [copy_into_inbox(settings, pipeline, path) for path in files]
+    keys = []
+    for path in files:
+        submitted = copy_into_inbox(settings, pipeline, path)
+        common.enqueue_submitted(store, submitted, priority)
+        keys.append(submitted)
     for path, key in zip(files, keys, strict=True):
         common.console.print(f"queued {path.name} -> inbox/{pipeline}/{key.ref.name}", markup=False)
     if not wait:
@@ -111,7 +120,11 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.2)] = 2.0,
 ) -> None:
-    """Queue by pipeline, the last minute's throughput, running jobs and the daemons."""
+    """Queue by pipeline, the last minute's throughput, running jobs and the daemons.
+
+    tokens/s is the completion tokens of the jobs that succeeded in the last 60 s
+    (all daemons), divided by 60 s: the sum of the daemons' edge_worker_tokens_per_second.
+    """
     from worker.ops.status import watch_status
 
     settings = common.settings()

@@ -6,6 +6,9 @@ pipeline or argument, 3 the model cannot be loaded.
 
 from __future__ import annotations
 
+import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +18,7 @@ from rich.console import Console
 from worker.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from worker.io.submit import SubmittedFile
     from worker.pipelines.spec import Pipeline
     from worker.queue.jobs import JobStore
 
@@ -69,3 +73,56 @@ def fatal(message: str, code: int) -> typer.Exit:
     err.print("[red]error:[/red] ", markup=True, highlight=False, end="")
     err.print(message, markup=False, highlight=False)
     return typer.Exit(code)
+
+
+def write_json(data: object) -> None:
+    """`data` as one JSON document on stdout (plain text, never Rich markup)."""
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def check_pipeline(settings: Settings, name: str, store: JobStore | None = None) -> None:
+    """Exit 2 unless `name` is a configured pipeline (or, given `store`, one the job table
+    still has jobs of: a pipeline removed since leaves its jobs behind)."""
+    if store is not None and store.list_jobs(pipeline=name, limit=1):
+        return
+    known = load_pipeline_set(settings)
+    if name not in known:
+        raise fatal(f"unknown pipeline {name!r} (known: {', '.join(sorted(known))})", 2)
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time (a date alone is midnight; no offset means UTC); exit 2 if invalid."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise fatal(
+            f"{option}: {text!r} is not an ISO time, e.g. 2026-11-01T08:00:00Z", 2
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def enqueue_submitted(store: JobStore, submitted: SubmittedFile, priority: int) -> int:
+    """Queue a file just copied into an inbox, under the key the watcher uses for it (so
+    the watcher finds it queued and leaves it), with `priority`; returns the job id."""
+    from worker.queue.jobs import NewJob
+    from worker.queue.models import JobKind
+
+    ref = submitted.ref
+    job = NewJob(
+        ref.pipeline,
+        source=JobKind.FILE,
+        source_path=ref.source_path,
+        idempotency_key=submitted.key,
+        priority=priority,
+    )
+    job_id = store.enqueue(job)
+    if job_id is not None:
+        return job_id
+    # The watcher was first (settle_seconds 0): give its job the priority asked for.
+    existing = store.get_by_key(submitted.key)
+    if existing is None:  # purged already: impossible for a file copied a moment ago
+        raise fatal(f"the job of {ref.source_path} vanished", 1)
+    if existing.priority != priority:
+        store.set_priority(existing.id, priority)
+    return existing.id

@@ -36,14 +36,24 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                # A failing probe still gets an answer (no dropped connection), and a
+                # failure never says "ready".
+                try:
+                    code, content_type, body = self._answer(path)
+                except Exception as exc:
+                    failure = {"ready": False, "reason": f"{type(exc).__name__}: {exc}"}
+                    code = 503 if path == "/healthz" else 500
+                    content_type, body = "application/json", json.dumps(failure).encode() + b"\n"
+                self._send(code, content_type, body)
+
+            def _answer(self, path: str) -> tuple[int, str, bytes]:
                 if path == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics())
-                elif path == "/healthz" and health is not None:
+                    return 200, "text/plain; version=0.0.4; charset=utf-8", metrics()
+                if path == "/healthz" and health is not None:
                     state = health()
                     body = json.dumps(asdict(state)).encode() + b"\n"
-                    self._send(200 if state.ready else 503, "application/json", body)
-                else:
-                    self._send(404, "text/plain; charset=utf-8", b"not found\n")
+                    return 200 if state.ready else 503, "application/json", body
+                return 404, "text/plain; charset=utf-8", b"not found\n"
 
             def _send(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)

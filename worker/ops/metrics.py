@@ -43,11 +43,17 @@ from worker.logs import event
 from worker.ops.health import Health, HealthServer
 from worker.queue.jobs import JobStore
 from worker.queue.models import STATUSES
-from worker.queue.views import queue_depth, running_jobs
+from worker.queue.views import (
+    THROUGHPUT_WINDOW,
+    TOKENS_PER_SECOND_HELP,
+    Throughput,
+    queue_depth,
+    running_jobs,
+)
 
 # LLM jobs take from a fraction of a second to many minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
-RATE_WINDOW_SECONDS = 60.0
+RATE_WINDOW_SECONDS = THROUGHPUT_WINDOW.total_seconds()
 ENGINE_COUNTERS = {
     "decode_calls": "llama_decode calls since start",
     "prompt_tokens_evaluated": "Prompt tokens the engine computed since start",
@@ -115,7 +121,7 @@ class DaemonMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.clock = clock
-        self._recent: deque[tuple[float, int, float]] = deque()  # (when, tokens, seconds)
+        self._recent: deque[tuple[float, int]] = deque()  # (when, generated tokens)
         self._lock = threading.Lock()
         self._last_finished: datetime | None = None
         reg = self.registry
@@ -155,8 +161,7 @@ class DaemonMetrics:
         )
         Gauge(
             "edge_worker_tokens_per_second",
-            f"Generated tokens per second of job time, jobs finished in the last "
-            f"{RATE_WINDOW_SECONDS:.0f} s (0 when none)",
+            f"{TOKENS_PER_SECOND_HELP}, this daemon's jobs",
             registry=reg,
         ).set_function(self.tokens_per_second)
         reg.register(_DatabaseCollector(store, worker_id))
@@ -180,7 +185,7 @@ class DaemonMetrics:
         self.generated_tokens.labels(pipeline).inc(completion_tokens)
         self.duration.labels(pipeline).observe(seconds)
         with self._lock:
-            self._recent.append((self.clock(), completion_tokens, seconds))
+            self._recent.append((self.clock(), completion_tokens))
             self._last_finished = datetime.now(UTC)
 
     def job_failed(self, pipeline: str, final: bool) -> None:
@@ -198,14 +203,15 @@ class DaemonMetrics:
         self.recovered.inc(count)
 
     def tokens_per_second(self) -> float:
-        """Generation speed over the jobs that finished within the last minute."""
+        """This daemon's share of `edge-worker status`'s tokens/s (`Throughput`): what its
+        jobs that succeeded in the last window generated, over the window."""
         cutoff = self.clock() - RATE_WINDOW_SECONDS
         with self._lock:
             while self._recent and self._recent[0][0] < cutoff:
                 self._recent.popleft()
-            tokens = sum(t for _, t, _ in self._recent)
-            seconds = sum(s for _, _, s in self._recent)
-        return tokens / seconds if seconds > 0 else 0.0
+            jobs = len(self._recent)
+            tokens = sum(t for _, t in self._recent)
+        return Throughput(RATE_WINDOW_SECONDS, jobs, tokens).tokens_per_second
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""

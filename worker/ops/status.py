@@ -124,7 +124,14 @@ def render(snapshot: Snapshot, lease_seconds: float) -> Group:
         queue.add_row("all", *(str(data["totals"][s]) for s in STATUSES), style="bold")
 
     rate = data["throughput"]
-    speed = Table("jobs", "jobs/min", "generated tokens", "tokens/s", title="last minute")
+    speed = Table(
+        "jobs",
+        "jobs/min",
+        "generated tokens",
+        "tokens/s",
+        title="last minute",
+        caption="tokens/s: generated tokens of the last 60 s / 60 s, all daemons",
+    )
     speed.add_row(
         str(rate["jobs"]),
         f"{rate['jobs_per_minute']:.1f}",

@@ -78,6 +78,9 @@ class Pipeline(BaseModel):
     inbox_mode: Literal["continuous", "scheduled"] = "continuous"
     window: str | None = Field(default=None, description="'HH:MM-HH:MM': when jobs are claimed")
     misfire_grace: float = Field(default=3600, ge=0, description="seconds; catch-up limit")
+    # At most this many jobs of the pipeline run at once, over every daemon on the
+    # database (None: no limit beyond the daemons' slots).
+    max_concurrent: int | None = Field(default=None, ge=1, description="jobs running at once")
 
     @field_validator("timezone")
     @classmethod

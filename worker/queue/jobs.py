@@ -7,13 +7,26 @@ transaction is held across inference: each method is one short transaction.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, String, case, cast, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Engine,
+    Select,
+    String,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -21,10 +34,19 @@ from worker.queue.families import FamilyStore, NewBatch, NewChild
 from worker.queue.models import FINAL_STATUSES, Job, JobStatus, Worker
 from worker.queue.outage import translate_outages
 
+# Ids per UPDATE of an operator's retry: short write transactions, bounded IN lists.
+RETRY_CHUNK = 500
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def _lock_key(pipeline: str) -> int:
+    """The PostgreSQL advisory lock key that serializes capped claims of `pipeline`."""
+    digest = hashlib.sha256(f"edge-worker:max_concurrent:{pipeline}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -100,40 +122,77 @@ class JobStore(FamilyStore):
         lease_seconds: float,
         pipelines: Collection[str] | None = None,
         exclude_pipelines: Collection[str] = (),
+        limits: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
         """Lease up to `limit` ready jobs, highest priority first, oldest first.
 
         `pipelines` limits the claim to those pipelines; `exclude_pipelines` leaves
         those out (e.g. outside their run window), so jobs of unknown pipelines still
-        get claimed and failed with a clear error.
+        get claimed and failed with a clear error. `limits` caps, per pipeline, how many
+        of its jobs may run at once across every daemon on the database (the pipelines'
+        `max_concurrent`).
         """
         if limit <= 0:
             return []
         now = self.clock()
         token = secrets.token_hex(16)
+        excluded = set(exclude_pipelines)
+        capped = {
+            name: cap
+            for name, cap in (limits or {}).items()
+            if name not in excluded and (pipelines is None or name in pipelines)
+        }
+        if capped:
+            rows = self._claim_capped(
+                owner, token, now, limit, lease_seconds, pipelines, excluded, capped
+            )
+        else:
+            rows = self._claim_uncapped(
+                owner, token, now, limit, lease_seconds, pipelines, excluded
+            )
+        rows = sorted(rows, key=lambda r: (-r.priority, r.id))
+        return [
+            ClaimedJob(
+                id=r.id,
+                pipeline=r.pipeline,
+                input_text=r.input_text,
+                source=r.source,
+                source_path=r.source_path,
+                idempotency_key=r.idempotency_key,
+                attempts=r.attempts,
+                lease_token=token,
+                parent_id=r.parent_id,
+                item_index=r.item_index,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    def _ready(
+        self,
+        now: datetime,
+        limit: int,
+        pipelines: Collection[str] | None,
+        excluded: Collection[str],
+    ) -> Select[int, int]:
+        """Queued jobs due at `now`, in claim order, at most `limit`."""
         ready = (
-            select(Job.id)
+            select(Job.id, Job.priority)
             .where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
             .order_by(Job.priority.desc(), Job.id)
             .limit(limit)
         )
         if pipelines is not None:
             ready = ready.where(Job.pipeline.in_(list(pipelines)))
-        if exclude_pipelines:
-            ready = ready.where(Job.pipeline.not_in(list(exclude_pipelines)))
-        if self._postgres:
-            # A materialized CTE runs once. As `id IN (subquery)` PostgreSQL may run the
-            # SKIP LOCKED subquery again for each candidate row and claim far more than
-            # `limit` rows (seen: 298 rows for limit 1 with three claimers).
-            locked = (
-                ready.with_for_update(skip_locked=True).cte("ready").prefix_with("MATERIALIZED")
-            )
-            chosen = Job.id == locked.c.id
-        else:
-            chosen = Job.id.in_(ready.scalar_subquery())
-        stmt = (
+        if excluded:
+            ready = ready.where(Job.pipeline.not_in(list(excluded)))
+        return ready
+
+    def _take(self, owner: str, token: str, now: datetime, lease_seconds: float) -> Any:
+        """The UPDATE that leases the jobs its WHERE clause chooses (still queued)."""
+        return (
             update(Job)
-            .where(chosen, Job.status == JobStatus.QUEUED)
+            .where(Job.status == JobStatus.QUEUED)
             .values(
                 status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
@@ -158,25 +217,79 @@ class JobStore(FamilyStore):
                 Job.created_at,
             )
         )
-        with self.db.begin() as conn:
-            rows = conn.execute(stmt).all()
-        rows = sorted(rows, key=lambda r: (-r.priority, r.id))
-        return [
-            ClaimedJob(
-                id=r.id,
-                pipeline=r.pipeline,
-                input_text=r.input_text,
-                source=r.source,
-                source_path=r.source_path,
-                idempotency_key=r.idempotency_key,
-                attempts=r.attempts,
-                lease_token=token,
-                parent_id=r.parent_id,
-                item_index=r.item_index,
-                created_at=r.created_at,
+
+    def _claim_uncapped(
+        self,
+        owner: str,
+        token: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        pipelines: Collection[str] | None,
+        excluded: Collection[str],
+    ) -> list[Any]:
+        ready = self._ready(now, limit, pipelines, excluded).with_only_columns(Job.id)
+        if self._postgres:
+            # A materialized CTE runs once. As `id IN (subquery)` PostgreSQL may run the
+            # SKIP LOCKED subquery again for each candidate row and claim far more than
+            # `limit` rows (seen: 298 rows for limit 1 with three claimers).
+            locked = (
+                ready.with_for_update(skip_locked=True).cte("ready").prefix_with("MATERIALIZED")
             )
-            for r in rows
-        ]
+            chosen = Job.id == locked.c.id
+        else:
+            chosen = Job.id.in_(ready.scalar_subquery())
+        with self.db.begin() as conn:
+            return list(conn.execute(self._take(owner, token, now, lease_seconds).where(chosen)))
+
+    def _claim_capped(
+        self,
+        owner: str,
+        token: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        pipelines: Collection[str] | None,
+        excluded: Collection[str],
+        capped: Mapping[str, int],
+    ) -> list[Any]:
+        """Claim with per-pipeline caps, in one transaction.
+
+        The running jobs of each capped pipeline are counted after taking that
+        pipeline's lock (SQLite: BEGIN IMMEDIATE already serializes writers; PostgreSQL:
+        a transaction advisory lock per pipeline, taken in name order so two claimers
+        cannot deadlock), so two daemons never both see the last free place. Candidates
+        are read group by group (the uncapped pipelines, then each capped one up to its
+        room; FOR UPDATE SKIP LOCKED cannot be combined with a window function), merged
+        in claim order, and the first `limit` are leased.
+        """
+        with self.db.begin() as conn:
+            if self._postgres:
+                for name in sorted(capped):
+                    conn.execute(select(func.pg_advisory_xact_lock(_lock_key(name))))
+            running = dict(
+                conn.execute(
+                    select(Job.pipeline, func.count())
+                    .where(Job.status == JobStatus.RUNNING, Job.pipeline.in_(list(capped)))
+                    .group_by(Job.pipeline)
+                ).all()
+            )
+            groups = [self._ready(now, limit, pipelines, {*excluded, *capped})]
+            for name, cap in sorted(capped.items()):
+                room = min(limit, cap - running.get(name, 0))
+                if room > 0:
+                    groups.append(self._ready(now, room, [name], ()))
+            candidates: list[Any] = []
+            for group in groups:
+                if self._postgres:
+                    group = group.with_for_update(skip_locked=True)
+                candidates.extend(conn.execute(group).all())
+            chosen = sorted(candidates, key=lambda r: (-r.priority, r.id))[:limit]
+            if not chosen:
+                return []
+            ids = [r.id for r in chosen]
+            take = self._take(owner, token, now, lease_seconds).where(Job.id.in_(ids))
+            return list(conn.execute(take))
 
     def _guarded(self, job_id: int, token: str, **values: Any) -> bool:
         values.setdefault("updated_at", self.clock())
@@ -341,10 +454,10 @@ class JobStore(FamilyStore):
         self,
         status: str | None = None,
         pipeline: str | None = None,
-        limit: int = 50,
+        limit: int | None = 50,
         ids: Sequence[int] | None = None,
     ) -> list[Job]:
-        """Newest first."""
+        """Newest first (`limit` None: all)."""
         stmt = select(Job).order_by(Job.id.desc()).limit(limit)
         if status:
             stmt = stmt.where(Job.status == status)
@@ -372,24 +485,56 @@ class JobStore(FamilyStore):
         with self.db.connect() as conn:
             return conn.execute(stmt).first() is not None
 
-    def retry(self, job_id: int) -> bool:
-        """Operator: queue a failed, dead or cancelled job again with fresh attempts."""
+    def retry(self, job_id: int, force: bool = False) -> bool:
+        """Operator: queue a failed, dead or cancelled job again with fresh attempts.
+
+        With `force`, a succeeded job too. The previous result is cleared.
+        """
+        return self.retry_many([job_id], force) == [job_id]
+
+    def retry_many(self, job_ids: Collection[int], force: bool = False) -> list[int]:
+        """`retry` for many jobs; returns the ids queued again (the others were not final)."""
+        statuses = [JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED]
+        if force:
+            statuses.append(JobStatus.SUCCEEDED)
+        queued: list[int] = []
+        ids = sorted(set(job_ids))
+        for start in range(0, len(ids), RETRY_CHUNK):
+            with self.db.begin() as conn:
+                queued.extend(
+                    conn.execute(
+                        self._requeue().where(
+                            Job.id.in_(ids[start : start + RETRY_CHUNK]), Job.status.in_(statuses)
+                        )
+                    ).scalars()
+                )
+        return sorted(queued)
+
+    def _requeue(self) -> Any:
         now = self.clock()
-        stmt = (
+        return (
             update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status.in_([JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED]),
-            )
             .values(
                 status=JobStatus.QUEUED,
                 attempts=0,
                 crashes=0,
                 run_after=now,
                 error=None,
+                result_text=None,
+                prompt_tokens=None,
+                completion_tokens=None,
                 finished_at=None,
                 updated_at=now,
             )
+            .returning(Job.id)
+        )
+
+    def set_priority(self, job_id: int, priority: int) -> bool:
+        """Change a queued job's priority; False if it is no longer queued."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(priority=priority, updated_at=self.clock())
         )
         with self.db.begin() as conn:
             return conn.execute(stmt).rowcount == 1

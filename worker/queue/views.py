@@ -1,6 +1,6 @@
 """Read-only views of the job table for `edge-worker status` and the metrics.
 
-Nothing here changes a row (worker/store.py owns every state change); each
+Nothing here changes a row (worker/queue/jobs.py owns every state change); each
 function is one short read, so it is safe to run every few seconds against a
 busy shared database.
 """
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from worker.queue.jobs import JobStore
-from worker.queue.models import Job, JobStatus
+from worker.queue.models import FINAL_STATUSES, Job, JobStatus
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
 
@@ -27,6 +28,15 @@ class RunningJob:
     owner: str | None
     attempts: int
     started_at: datetime | None
+
+
+# The one definition of tokens/s, shared by `edge-worker status` and the
+# `edge_worker_tokens_per_second` gauge (README, "Metrics").
+TOKENS_PER_SECOND_HELP = (
+    f"Generated tokens per second of wall-clock time: the completion tokens of the jobs "
+    f"that succeeded in the last {THROUGHPUT_WINDOW.total_seconds():.0f} s, divided by "
+    f"{THROUGHPUT_WINDOW.total_seconds():.0f} s (0 when none)"
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ class Throughput:
 
     @property
     def tokens_per_second(self) -> float:
+        """See TOKENS_PER_SECOND_HELP: tokens over the whole window, not over job time, so
+        slots running side by side add up and idle seconds count."""
         return self.completion_tokens / self.window_seconds
 
 
@@ -67,6 +79,27 @@ def throughput(store: JobStore, now: datetime, window: timedelta = THROUGHPUT_WI
     with store.db.connect() as conn:
         jobs, tokens = conn.execute(stmt).one()
     return Throughput(window.total_seconds(), int(jobs), int(tokens or 0))
+
+
+def finished_jobs(
+    store: JobStore,
+    since: datetime,
+    pipeline: str | None = None,
+    after_id: int = 0,
+    limit: int = 500,
+) -> list[Job]:
+    """Up to `limit` final jobs that finished at or after `since`, with ids above
+    `after_id`, by id (page through with the last id: a read never holds many rows)."""
+    stmt = (
+        select(Job)
+        .where(Job.status.in_(list(FINAL_STATUSES)), Job.finished_at >= since, Job.id > after_id)
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    if pipeline is not None:
+        stmt = stmt.where(Job.pipeline == pipeline)
+    with Session(store.db, expire_on_commit=False) as session:
+        return list(session.scalars(stmt).all())
 
 
 def queue_depth(counts: dict[tuple[str, str], int]) -> int:

@@ -87,7 +87,11 @@ class Dispatcher:
             now = self.store.clock()
             closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
             jobs = self.store.claim(
-                self.worker_id, free, self.settings.lease_seconds, exclude_pipelines=closed
+                self.worker_id,
+                free,
+                self.settings.lease_seconds,
+                exclude_pipelines=closed,
+                limits={n: p.max_concurrent for n, p in self.pipelines.items() if p.max_concurrent},
             )
             self.outage.ok()
         except DatabaseUnavailable as exc:  # the database is not answering: wait, try again
