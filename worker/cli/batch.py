@@ -60,6 +60,7 @@ def submit(
     from worker.queue.jobs import NewJob
 
     settings = common.settings()
+    common.check_pipeline(settings, pipeline)
     store = common.open_store(settings)
     submitted = copy_into_inbox(settings, pipeline, file)
     # Queued here, under the key the watcher would use, so the id is known at once.

@@ -26,12 +26,14 @@ from worker.llm.loading import open_engine
 from worker.llm.model_files import resolve_model
 from worker.logs import event
 from worker.ops.health import Health
+from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
 from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.pipelines.live import LivePipelines
 from worker.queue.database import database_label, make_db_engine
+from worker.queue.housekeeping import HousekeepingStore
 from worker.queue.jobs import JobStore
 from worker.queue.migrate import upgrade
 from worker.queue.outage import DatabaseUnavailable
@@ -152,13 +154,22 @@ def _serve(
         settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
     )
 
+    started = threading.Event()  # every service up: the dispatcher is about to claim
+
     def health() -> Health:
         try:
             depth: int | None = queue_depth(store.counts())
         except DatabaseUnavailable:
             depth = None
-        ready = not stop.soft.is_set() and depth is not None
-        reason = None if ready else ("stopping" if stop.soft.is_set() else "database unavailable")
+        if not started.is_set():
+            reason: str | None = "starting"
+        elif stop.soft.is_set():
+            reason = "stopping"
+        elif depth is None:
+            reason = "database unavailable"
+        else:
+            reason = None
+        ready = reason is None
         finished = metrics.last_finished_at()
         return Health(
             ready,
@@ -194,6 +205,7 @@ def _serve(
     if listener is not None:
         loops.append(listener)
     loops.append(reloader)
+    loops.append(Housekeeping(settings, HousekeepingStore(store.db, clock=store.clock)))
     for loop in loops:
         loop.on_death = on_death
     services: list[Service] = [
@@ -230,6 +242,7 @@ def _serve(
             database=database_label(url),
         )
         notifier.send("READY=1", f"STATUS=ready; inbox {settings.data_dir / 'inbox'}")
+        started.set()
         dispatcher.run(once=once, inputs_pending=watcher.pending)
     finally:
         notifier.send("STOPPING=1", "STATUS=stopping")
