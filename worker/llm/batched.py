@@ -153,12 +153,18 @@ class BatchedEngine:
         cparams.n_threads = threads
         cparams.n_threads_batch = batch.n_threads_batch or threads
         cparams.swa_full = True  # prefix copies need the full cache of sliding-window layers
-        # One stream per sequence: attention never looks at other sequences' cells.
-        cparams.kv_unified = False
         cparams.no_perf = True
-        # Same attention kernels as llama-cpp-python's Llama (flash attention off), so a
-        # batched result matches a plain create_completion's.
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if batch.batch_invariant:
+            # One stream per sequence, and the attention kernels of llama-cpp-python's Llama
+            # (flash attention off): a row's arithmetic is the same as a lone sequence's.
+            cparams.kv_unified = False
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        else:
+            # As llama-server runs: one KV buffer for all sequences (masks keep them apart;
+            # a shared prefix is shared cells, not a copy) and flash attention where the
+            # backend has it. Measured faster on CPU (docs/performance.md).
+            cparams.kv_unified = True
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
