@@ -35,8 +35,9 @@
 #   INSTANCES   names of edge-worker@NAME instances: folders go in $STATEDIR/NAME
 #   WHEELHOUSE  folder holding the wheels (default: ../wheels beside this script, if any)
 #   EXTRAS      extras of edge-worker to install, e.g. postgres (default: none)
-#   PYTHON      the Python that makes the venv (default: python3; must match the
-#               wheelhouse's version, see its manifest.txt)
+#   PYTHON      the Python that makes the venv (default: /usr/bin/python3; must match
+#               the wheelhouse's version, see its manifest.txt, and not live under
+#               /root or /home, which the service cannot see)
 set -eu
 
 DESTDIR=${DESTDIR:-}
@@ -46,6 +47,10 @@ UNITDIR=${UNITDIR:-$SYSCONFDIR/systemd/system}
 STATEDIR=${STATEDIR:-/var/lib/edge-worker}
 INSTANCES=${INSTANCES:-}
 EXTRAS=${EXTRAS:-}
+# A system Python: one under /root or /home (pyenv, conda) is hidden by ProtectHome=yes.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then
+    PYTHON=/usr/bin/python3
+fi
 PYTHON=${PYTHON:-python3}
 
 USER_NAME=edge-worker
@@ -118,6 +123,13 @@ install_code() {
 
     command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON here: install Python (the version in manifest.txt)"
     have=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    base=$("$PYTHON" -c 'import sys; print(sys.base_prefix)')
+    case $base/ in
+        /root/* | /home/*)
+            [ -n "$DESTDIR" ] || die "$PYTHON lives in $base, which ProtectHome=yes hides from the service; use a system Python (PYTHON=/usr/bin/python3.X)"
+            printf 'warning: %s lives in %s, hidden from the service (fine for a staging test)\n' "$PYTHON" "$base" >&2
+            ;;
+    esac
     if [ -f "$house/manifest.txt" ]; then
         want=$(sed -n 's/^python //p' "$house/manifest.txt")
         [ -z "$want" ] || [ "$want" = "$have" ] ||
@@ -145,6 +157,11 @@ install_code() {
         set -- "$wheels"/pip-*.whl
         [ -f "$1" ] || die "no pip wheel in $wheels (make wheelhouse puts one there)"
         requirement="edge-worker${EXTRAS:+[$EXTRAS]}==$version"
+        # The wheelhouse and nothing else: no pip.conf (PIP_CONFIG_FILE=/dev/null), no
+        # PIP_* settings (an extra find-links or index) from the environment.
+        for variable in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do
+            unset "$variable"
+        done
         PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$1/pip" install --quiet \
             --disable-pip-version-check --no-cache-dir --no-index --only-binary :all: \
             --find-links "$wheels" pip "$requirement" ||

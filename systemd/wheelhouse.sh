@@ -21,6 +21,7 @@ set -- "$house"/wheels/edge_worker-*.whl
 
 # The kit: install.sh, units, example config and drop-ins; the shipped pipelines with
 # their schemas/ (the symlink followed); the operator guide.
+rm -rf "$house/systemd" "$house/pipelines" "$house/docs"
 mkdir -p "$house/systemd/examples" "$house/docs"
 for file in install.sh edge-worker.service edge-worker@.service edge-worker.sysusers \
     config.example.toml; do
@@ -50,6 +51,6 @@ py_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 } >"$house/manifest.txt"
 
 # Every file but SHA256SUMS itself, with paths relative to the wheelhouse.
-(cd "$house" && find . -type f ! -name SHA256SUMS | LC_ALL=C sort | sed 's|^\./||' |
+(cd "$house" && find . -type f ! -name 'SHA256SUMS*' | LC_ALL=C sort | sed 's|^\./||' |
     while IFS= read -r file; do sha256sum -- "$file"; done) >"$house/SHA256SUMS.tmp"
 mv "$house/SHA256SUMS.tmp" "$house/SHA256SUMS"

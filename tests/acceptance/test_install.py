@@ -237,7 +237,12 @@ python3 -c 'import socket, sys; sys.exit([n for _, n in socket.if_nameindex()] !
 # A machine with no compiler: any attempt to build from source fails.
 export CC=/bin/false CXX=/bin/false CMAKE=/bin/false
 sh "$KIT/systemd/install.sh"
-echo "--- again"
+echo "--- upgrade"
+# Another wheelhouse (one more wheel): a new venv beside the first, which is kept.
+mkdir "$NEXT" && cp -Rs "$KIT/." "$NEXT/"
+printf 'not installed' >"$NEXT/wheels/zz_marker-1.0-py3-none-any.whl"
+sh "$NEXT/systemd/install.sh"
+echo "--- rollback"
 sh "$KIT/systemd/install.sh"
 echo "--- validate"
 "$STAGE/opt/edge-worker/.venv/bin/edge-worker" pipelines validate
@@ -270,6 +275,7 @@ def test_offline_install_from_the_wheelhouse_runs_a_job(
     env = daemon_env(state, gguf.parent, PARALLEL=1)
     env.update(
         KIT=str(kit),
+        NEXT=str(unpacked / "next"),
         STAGE=str(stage),
         INPUT=str(source),
         DESTDIR=str(stage),
@@ -277,7 +283,6 @@ def test_offline_install_from_the_wheelhouse_runs_a_job(
         EDGE_WORKER_CONFIG=str(stage / "etc/edge-worker/config.toml"),
         # The staged tree is not at /: point the example config's absolute paths into it.
         EDGE_WORKER_PIPELINES_DIR=str(stage / "etc/edge-worker/pipelines"),
-        PIP_NO_INDEX="1",
     )
     env.pop("VIRTUAL_ENV", None)
     result = _run([UNSHARE, "-n", "sh", str(script)], env=env, cwd=tmp_path, timeout=900)
@@ -286,10 +291,20 @@ def test_offline_install_from_the_wheelhouse_runs_a_job(
 
     # install.sh: code from the wheelhouse, accounts only described under DESTDIR, the rest.
     link = stage / "opt/edge-worker/.venv"
-    assert link.is_symlink() and os.readlink(link).startswith(f"venvs/{VERSION}-")
+    first = os.readlink(link)
+    assert link.is_symlink() and first.startswith(f"venvs/{VERSION}-")
+    installed, rest = log.split("--- upgrade")
+    upgrade, rest = rest.split("--- rollback")
+    rollback = rest.split("--- validate")[0]
+    assert f"linked {link} -> {first}" in " ".join(installed.split())
+    # The upgrade made a second venv and kept the first; the rollback went back to it
+    # without installing anything.
+    venvs = sorted(p.name for p in (stage / "opt/edge-worker/venvs").iterdir())
+    assert len(venvs) == 2 and first.removeprefix("venvs/") in venvs
+    assert "(kept for a rollback)" in upgrade
+    assert "already installed from this wheelhouse" in rollback
     accounts = "would create the system group edge-worker-submit and the system user edge-worker"
     assert accounts in flat
-    assert "kept" in log.split("--- again")[1] and "already installed from this wheelhouse" in log
     freeze = _run([str(link / "bin/python"), "-m", "pip", "list", "--format=freeze"]).stdout
     for name in DEV_ONLY:
         assert f"{name.replace('_', '-')}==" not in freeze.lower()
