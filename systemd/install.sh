@@ -1,61 +1,235 @@
 #!/bin/sh
-# Install edge-worker's systemd units and a starting configuration.
+# Install (or upgrade) edge-worker from a wheelhouse on a machine with no network
+# and no compiler, with its systemd units, configuration, accounts and folders.
 #
-#   sudo sh systemd/install.sh                      # onto this machine
+#   sudo sh systemd/install.sh                      # from an unpacked wheelhouse tarball
+#   sudo WHEELHOUSE=/path/to/wheelhouse sh install.sh
 #   DESTDIR=/tmp/stage sh systemd/install.sh        # into a staging tree, no root needed
 #
-# What it does (never overwriting a file an administrator may have edited,
+# `make wheelhouse` builds the wheelhouse: wheels/, manifest.txt, SHA256SUMS and a
+# copy of this folder and pipelines/; unpack its tarball anywhere and run this script
+# from it. What it does (never overwriting a file an administrator may have edited,
 # except the units themselves):
+#   - checks SHA256SUMS, then makes $PREFIX/venvs/<version>-<hash>/ with
+#     `pip install --no-index --find-links wheels/ --only-binary :all:` and points the
+#     symlink $PREFIX/.venv at it (the previous venv is kept for a rollback);
+#   - creates the system user `edge-worker` and group `edge-worker-submit` (under
+#     DESTDIR it only prints what it would do);
 #   - copies edge-worker.service and edge-worker@.service into $UNITDIR,
 #     with /opt/edge-worker replaced by $PREFIX if you changed it;
 #   - creates $SYSCONFDIR/edge-worker/config.toml from config.example.toml if absent;
-#   - copies the repository's pipelines/ into $SYSCONFDIR/edge-worker/pipelines if absent;
+#   - copies pipelines/ (with schemas/) into $SYSCONFDIR/edge-worker/pipelines if absent;
+#   - creates the data folders: inbox/<pipeline>/ group-writable by edge-worker-submit
+#     (2770), outbox/, done/ and failed/ group-readable (2750);
 #   - runs `systemctl daemon-reload` (not when DESTDIR is set).
-# It does not install the code: check out the repository into $PREFIX and run
-# `make install` there with a system Python first (see docs/systemd.md).
+# An upgrade is the same command with the new wheelhouse, then
+# `systemctl restart edge-worker` (the daemon migrates the database at start).
+# Without a wheelhouse it installs everything but the code, with a warning.
 #
 # Variables (environment):
 #   DESTDIR     staging root prepended to every path written (default: none)
-#   PREFIX      where the code and its .venv live (default: /opt/edge-worker)
+#   PREFIX      where the venvs and the .venv symlink live (default: /opt/edge-worker)
 #   SYSCONFDIR  configuration root (default: /etc)
 #   UNITDIR     systemd unit folder (default: $SYSCONFDIR/systemd/system)
+#   STATEDIR    the service's data folder (default: /var/lib/edge-worker)
+#   INSTANCES   names of edge-worker@NAME instances: folders go in $STATEDIR/NAME
+#   WHEELHOUSE  folder holding the wheels (default: ../wheels beside this script, if any)
+#   EXTRAS      extras of edge-worker to install, e.g. postgres (default: none)
+#   PYTHON      the Python that makes the venv (default: /usr/bin/python3; must match
+#               the wheelhouse's version, see its manifest.txt, and not live under
+#               /root or /home, which the service cannot see)
 set -eu
 
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/opt/edge-worker}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 UNITDIR=${UNITDIR:-$SYSCONFDIR/systemd/system}
+STATEDIR=${STATEDIR:-/var/lib/edge-worker}
+INSTANCES=${INSTANCES:-}
+EXTRAS=${EXTRAS:-}
+# A system Python: one under /root or /home (pyenv, conda) is hidden by ProtectHome=yes.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then
+    PYTHON=/usr/bin/python3
+fi
+PYTHON=${PYTHON:-python3}
 
-# The folder of this script and the repository around it, whatever the cwd.
+USER_NAME=edge-worker
+SUBMIT_GROUP=edge-worker-submit
+
+# This folder, and the kit (repository or unpacked wheelhouse) around it, whatever the cwd.
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
-repo=$(dirname -- "$here")
+root=$(dirname -- "$here")
 
 die() {
     printf 'install.sh: %s\n' "$*" >&2
     exit 1
 }
 
-case $PREFIX in
-    /*) ;;
-    *) die "PREFIX must be an absolute path (got '$PREFIX')" ;;
-esac
-case $PREFIX in
-    *[!A-Za-z0-9/._-]*) die "PREFIX may only contain letters, digits and / . _ - (got '$PREFIX')" ;;
+say() {
+    printf '%-9s %s\n' "$1" "$2"
+}
+
+for variable in PREFIX SYSCONFDIR UNITDIR STATEDIR; do
+    eval "value=\$$variable"
+    case $value in
+        /*) ;;
+        *) die "$variable must be an absolute path (got '$value')" ;;
+    esac
+    case $value in
+        *[!A-Za-z0-9/._-]*) die "$variable may only contain letters, digits and / . _ - (got '$value')" ;;
+    esac
+done
+for name in $INSTANCES; do
+    case $name in
+        *[!A-Za-z0-9_.-]* | .*) die "instance names may only contain letters, digits and _ . - (got '$name')" ;;
+    esac
+done
+case $EXTRAS in
+    *[!a-z0-9,_-]*) die "EXTRAS is a comma-separated list of extras, e.g. postgres (got '$EXTRAS')" ;;
 esac
 
 if [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
     die "run as root, or set DESTDIR to install into a staging folder"
 fi
 
-for file in edge-worker.service edge-worker@.service config.example.toml; do
+for file in edge-worker.service edge-worker@.service edge-worker.sysusers config.example.toml; do
     [ -f "$here/$file" ] || die "missing $here/$file"
 done
-[ -d "$repo/pipelines" ] || die "missing $repo/pipelines"
+[ -d "$root/pipelines" ] || die "missing $root/pipelines"
 
-unit_dest=$DESTDIR$UNITDIR
-conf_dest=$DESTDIR$SYSCONFDIR/edge-worker
+if [ -z "${WHEELHOUSE:-}" ] && [ -d "$root/wheels" ]; then
+    WHEELHOUSE=$root
+fi
+WHEELHOUSE=${WHEELHOUSE:-}
 
 umask 022
+
+# Code ---------------------------------------------------------------------------
+install_code() {
+    # A wheelhouse from `make wheelhouse` has wheels/; a plain folder of wheels works too.
+    house=$1
+    wheels=$house
+    [ -d "$house/wheels" ] && wheels=$house/wheels
+    if [ -f "$house/SHA256SUMS" ]; then
+        (cd "$house" && sha256sum --check --quiet --strict SHA256SUMS) ||
+            die "$house/SHA256SUMS does not match: the wheelhouse is damaged or was changed"
+        say checked "$house/SHA256SUMS"
+    fi
+    set -- "$wheels"/edge_worker-*.whl
+    [ $# -eq 1 ] && [ -f "$1" ] || die "want exactly one edge_worker-*.whl in $wheels"
+    own_wheel=${1##*/}
+    rest=${own_wheel#edge_worker-}
+    version=${rest%%-*}
+
+    command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON here: install Python (the version in manifest.txt)"
+    have=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    base=$("$PYTHON" -c 'import sys; print(sys.base_prefix)')
+    case $base/ in
+        /root/* | /home/*)
+            [ -n "$DESTDIR" ] || die "$PYTHON lives in $base, which ProtectHome=yes hides from the service; use a system Python (PYTHON=/usr/bin/python3.X)"
+            printf 'warning: %s lives in %s, hidden from the service (fine for a staging test)\n' "$PYTHON" "$base" >&2
+            ;;
+    esac
+    if [ -f "$house/manifest.txt" ]; then
+        want=$(sed -n 's/^python //p' "$house/manifest.txt")
+        [ -z "$want" ] || [ "$want" = "$have" ] ||
+            die "the wheelhouse is for Python $want but $PYTHON is $have (set PYTHON=python$want)"
+    fi
+
+    # One venv per wheelhouse content: reinstalling the same wheelhouse (a rollback)
+    # reuses it, and a failed install never touches the venv in use.
+    digest=$(cd "$wheels" && sha256sum -- *.whl | sha256sum | cut -c1-12)
+    name=$version-$digest
+    venvs=$DESTDIR$PREFIX/venvs
+    venv=$venvs/$name
+    link=$DESTDIR$PREFIX/.venv
+    if [ -e "$link" ] && [ ! -L "$link" ]; then
+        die "$link is a folder, not the symlink this script manages (an install from a checkout?); move it away first"
+    fi
+    mkdir -p "$venvs"
+    if [ -f "$venv/.complete" ]; then
+        say kept "$venv (already installed from this wheelhouse)"
+    else
+        rm -rf "$venv"
+        # --without-pip: no ensurepip needed (Debian's python3-venv); pip comes from the
+        # wheelhouse and runs from its own wheel.
+        "$PYTHON" -m venv --without-pip "$venv"
+        set -- "$wheels"/pip-*.whl
+        [ -f "$1" ] || die "no pip wheel in $wheels (make wheelhouse puts one there)"
+        requirement="edge-worker${EXTRAS:+[$EXTRAS]}==$version"
+        # The wheelhouse and nothing else: no pip.conf (PIP_CONFIG_FILE=/dev/null), no
+        # PIP_* settings (an extra find-links or index) from the environment.
+        for variable in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do
+            unset "$variable"
+        done
+        PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$1/pip" install --quiet \
+            --disable-pip-version-check --no-cache-dir --no-index --only-binary :all: \
+            --find-links "$wheels" pip "$requirement" ||
+            die "pip could not install $requirement from $wheels"
+        "$venv/bin/edge-worker" --help >/dev/null || die "$venv/bin/edge-worker does not run"
+        : >"$venv/.complete"
+        say installed "$venv ($requirement)"
+    fi
+
+    previous=$(readlink "$link" 2>/dev/null || true)
+    ln -sfn "venvs/$name" "$link.tmp"
+    mv -fT "$link.tmp" "$link"
+    say linked "$link -> venvs/$name"
+    # Keep the venv in use and the one before it (for a rollback); remove older ones.
+    for old in "$venvs"/*; do
+        [ -d "$old" ] || continue
+        case ${old##*/} in
+            "$name" | "${previous#venvs/}") ;;
+            *) rm -rf "$old" && say removed "$old" ;;
+        esac
+    done
+    if [ -n "$previous" ] && [ "$previous" != "venvs/$name" ]; then
+        say previous "$DESTDIR$PREFIX/$previous (kept for a rollback)"
+    fi
+}
+
+if [ -n "$WHEELHOUSE" ]; then
+    install_code "$WHEELHOUSE"
+else
+    printf 'warning: no wheelhouse (set WHEELHOUSE, or run from an unpacked `make wheelhouse`): the code is not installed\n' >&2
+fi
+
+# The operator guide, where the units' Documentation= points.
+if [ -f "$root/docs/systemd.md" ]; then
+    mkdir -p "$DESTDIR$PREFIX/docs"
+    cp "$root/docs/systemd.md" "$DESTDIR$PREFIX/docs/.systemd.md.tmp"
+    chmod 0644 "$DESTDIR$PREFIX/docs/.systemd.md.tmp"
+    mv -f "$DESTDIR$PREFIX/docs/.systemd.md.tmp" "$DESTDIR$PREFIX/docs/systemd.md"
+    say installed "$DESTDIR$PREFIX/docs/systemd.md"
+fi
+
+# Accounts -------------------------------------------------------------------------
+sysusers_dest=$DESTDIR$SYSCONFDIR/sysusers.d
+mkdir -p "$sysusers_dest"
+cp "$here/edge-worker.sysusers" "$sysusers_dest/.edge-worker.conf.tmp"
+chmod 0644 "$sysusers_dest/.edge-worker.conf.tmp"
+mv -f "$sysusers_dest/.edge-worker.conf.tmp" "$sysusers_dest/edge-worker.conf"
+say installed "$sysusers_dest/edge-worker.conf"
+
+if [ -n "$DESTDIR" ]; then
+    say would "create the system group $SUBMIT_GROUP and the system user $USER_NAME (group $USER_NAME, home $STATEDIR, no login shell, member of $SUBMIT_GROUP): systemd-sysusers $SYSCONFDIR/sysusers.d/edge-worker.conf"
+elif command -v systemd-sysusers >/dev/null 2>&1; then
+    systemd-sysusers "$SYSCONFDIR/sysusers.d/edge-worker.conf"
+    say ran "systemd-sysusers (user $USER_NAME, group $SUBMIT_GROUP)"
+else
+    getent group "$SUBMIT_GROUP" >/dev/null || groupadd --system "$SUBMIT_GROUP"
+    if ! getent passwd "$USER_NAME" >/dev/null; then
+        nologin=$(command -v nologin || echo /usr/sbin/nologin)
+        useradd --system --user-group --home-dir "$STATEDIR" --no-create-home \
+            --shell "$nologin" --comment "edge-worker batch-inference daemon" "$USER_NAME"
+    fi
+    usermod -a -G "$SUBMIT_GROUP" "$USER_NAME"
+    say ensured "user $USER_NAME, group $SUBMIT_GROUP"
+fi
+
+# Units, configuration, pipelines ------------------------------------------------
+unit_dest=$DESTDIR$UNITDIR
+conf_dest=$DESTDIR$SYSCONFDIR/edge-worker
 mkdir -p "$unit_dest" "$conf_dest"
 
 # Units: always replaced (local changes belong in drop-ins), written atomically.
@@ -63,35 +237,76 @@ for unit in edge-worker.service edge-worker@.service; do
     sed "s|/opt/edge-worker|$PREFIX|g" "$here/$unit" >"$unit_dest/.$unit.tmp"
     chmod 0644 "$unit_dest/.$unit.tmp"
     mv -f "$unit_dest/.$unit.tmp" "$unit_dest/$unit"
-    printf 'installed %s\n' "$unit_dest/$unit"
+    say installed "$unit_dest/$unit"
 done
 
-# Configuration: created once, then the administrator's. World-readable on
-# purpose: the service runs as a dynamic user that owns nothing in /etc.
+# Configuration: created once, then the administrator's. World-readable on purpose:
+# it holds no secrets (passwords go in credentials, see examples/postgresql.conf).
 if [ -e "$conf_dest/config.toml" ]; then
-    printf 'kept      %s (already there)\n' "$conf_dest/config.toml"
+    say kept "$conf_dest/config.toml (already there)"
 else
     cp "$here/config.example.toml" "$conf_dest/.config.toml.tmp"
     chmod 0644 "$conf_dest/.config.toml.tmp"
     mv -f "$conf_dest/.config.toml.tmp" "$conf_dest/config.toml"
-    printf 'created   %s\n' "$conf_dest/config.toml"
+    say created "$conf_dest/config.toml"
 fi
 
-# Pipelines: copied once, as a whole folder; later edits and deletions are kept.
+# Pipelines: copied once, as a whole folder with schemas/ (a pipeline's json_schema
+# file lives there); later edits and deletions are kept.
 if [ -e "$conf_dest/pipelines" ]; then
-    printf 'kept      %s (already there)\n' "$conf_dest/pipelines"
+    say kept "$conf_dest/pipelines (already there; the shipped ones are in $root/pipelines)"
 else
     rm -rf "$conf_dest/.pipelines.tmp"
     mkdir "$conf_dest/.pipelines.tmp"
-    for spec in "$repo"/pipelines/*.toml; do
-        [ -f "$spec" ] || continue
-        cp "$spec" "$conf_dest/.pipelines.tmp/"
-    done
-    chmod 0755 "$conf_dest/.pipelines.tmp"
-    chmod 0644 "$conf_dest/.pipelines.tmp"/* 2>/dev/null || true
+    cp -RL "$root/pipelines/." "$conf_dest/.pipelines.tmp/"
+    find "$conf_dest/.pipelines.tmp" -type d -exec chmod 0755 {} +
+    find "$conf_dest/.pipelines.tmp" -type f -exec chmod 0644 {} +
     mv "$conf_dest/.pipelines.tmp" "$conf_dest/pipelines"
-    printf 'created   %s\n' "$conf_dest/pipelines"
+    say created "$conf_dest/pipelines"
 fi
+
+# Data folders -----------------------------------------------------------------------
+# owner:group mode: root of the data folder 0711 (submitters may pass, not list; the unit's
+# StateDirectoryMode matches), models/ 0750, inbox/<pipeline>/ 2770 (submitters drop
+# files; setgid keeps the group on what they create), outbox/, done/, failed/ 2750.
+# Re-running this script after adding a pipeline creates its folders.
+folder() {
+    path=$DESTDIR$1
+    mkdir -p "$path"
+    if [ -n "$DESTDIR" ]; then
+        say would "chown $USER_NAME:$2 $1"
+    else
+        chown "$USER_NAME:$2" "$path"
+    fi
+    chmod "$3" "$path"
+}
+
+pipelines=$(cd "$conf_dest/pipelines" && for spec in *.toml; do
+    [ -f "$spec" ] && printf '%s\n' "${spec%.toml}"
+done)
+
+if [ -n "$INSTANCES" ]; then
+    mkdir -p "$DESTDIR$STATEDIR"
+    chmod 0755 "$DESTDIR$STATEDIR"
+    data_dirs=$(for name in $INSTANCES; do printf '%s\n' "$STATEDIR/$name"; done)
+else
+    data_dirs=$STATEDIR
+fi
+for data in $data_dirs; do
+    folder "$data" "$USER_NAME" 0711
+    folder "$data/models" "$USER_NAME" 0750
+    for kind in inbox outbox done failed; do
+        folder "$data/$kind" "$SUBMIT_GROUP" 2750
+        for pipeline in $pipelines; do
+            if [ "$kind" = inbox ]; then
+                folder "$data/$kind/$pipeline" "$SUBMIT_GROUP" 2770
+            else
+                folder "$data/$kind/$pipeline" "$SUBMIT_GROUP" 2750
+            fi
+        done
+    done
+    say created "$DESTDIR$data (inbox/, outbox/, done/, failed/ for: $(echo $pipelines))"
+done
 
 if [ -n "$DESTDIR" ]; then
     printf 'DESTDIR is set: not running systemctl daemon-reload\n'
@@ -99,17 +314,18 @@ if [ -n "$DESTDIR" ]; then
 fi
 
 if [ ! -x "$PREFIX/.venv/bin/edge-worker" ]; then
-    printf 'warning: %s is missing; install the code there before starting the service\n' \
+    printf 'warning: %s is missing; install from a wheelhouse before starting the service\n' \
         "$PREFIX/.venv/bin/edge-worker" >&2
 fi
 
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
-    printf 'ran       systemctl daemon-reload\n'
+    say ran "systemctl daemon-reload"
 else
     printf 'systemd is not running here: skipped systemctl daemon-reload\n'
 fi
 
-printf '\nnext: systemctl enable --now edge-worker.service\n'
+printf '\nnext: systemctl enable --now edge-worker.service   (an upgrade: systemctl restart edge-worker)\n'
 printf '      (or one instance per model/GPU: edge-worker@NAME.service with %s/NAME.toml)\n' \
     "$SYSCONFDIR/edge-worker"
+printf '      submitters: usermod -aG %s USER (then log in again)\n' "$SUBMIT_GROUP"

@@ -22,14 +22,14 @@ from worker.config import load_settings
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO / "systemd"
 EXAMPLES_DIR = SYSTEMD_DIR / "examples"
-UNITS = ("edge-worker.service", "edge-worker@.service")
-DROP_INS = ("postgresql.conf", "nvidia-gpu.conf")
+# Every shipped unit and example drop-in, so that a new one is checked without a change here.
+UNITS = tuple(sorted(p.name for p in SYSTEMD_DIR.glob("*.service")))
+DROP_INS = tuple(sorted(p.name for p in EXAMPLES_DIR.glob("*.conf")))
 # The install location the units name; `verify` insists that it is executable.
 INSTALLED_BINARY = "/opt/edge-worker/.venv/bin/edge-worker"
-# The exposure score `systemd-analyze security` must not exceed for the units as shipped.
-MAX_EXPOSURE = 2.0
-# With an example drop-in (network for PostgreSQL, devices and W+X memory for CUDA).
-MAX_EXPOSURE_WITH_DROP_IN = 2.5
+# The exposure score `systemd-analyze security` must not exceed for every unit as shipped,
+# and with each example drop-in (network for PostgreSQL, devices and W+X memory for CUDA).
+MAX_EXPOSURE = 1.0
 TIMEOUT = 120
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -156,8 +156,14 @@ def test_unit_contract(unit: str) -> None:
 
     assert _values(path, "Type") == ["notify"]
     assert _values(path, "NotifyAccess") == ["main"]
-    assert _values(path, "DynamicUser") == ["yes"]
+    # A static user (install.sh creates it) and the submitters' group for the watch folders.
+    assert _values(path, "DynamicUser") == []
+    assert _values(path, "User") == ["edge-worker"]
+    assert _values(path, "Group") == ["edge-worker"]
+    assert _values(path, "SupplementaryGroups") == ["edge-worker-submit"]
     assert _values(path, "StateDirectory") == [f"edge-worker{instance}"]
+    # Submitters pass through the data folder to inbox/ and outbox/; they cannot list it.
+    assert _values(path, "StateDirectoryMode") == ["0711"]
     assert _values(path, "ExecStart") == [f"{INSTALLED_BINARY} run"]
     assert _values(path, "WorkingDirectory") == ["/opt/edge-worker"]
     environment = _values(path, "Environment")
@@ -209,30 +215,39 @@ def test_security_exposure_is_low(tmp_path: Path, unit: str) -> None:
 
 
 @needs_analyze
+@pytest.mark.parametrize("unit", UNITS)
 @pytest.mark.parametrize("drop_in", DROP_INS)
-def test_security_exposure_with_example_drop_in(tmp_path: Path, drop_in: str) -> None:
-    unit = "edge-worker.service"
+def test_security_exposure_with_example_drop_in(tmp_path: Path, unit: str, drop_in: str) -> None:
     _stage_unit(tmp_path, unit, [drop_in])
     score = _exposure(tmp_path, unit)
-    print(f"systemd-analyze security: {unit} + {drop_in}: {score}")
-    assert score <= MAX_EXPOSURE_WITH_DROP_IN
+    print(f"systemd-analyze security: {_unit_name(unit)} + {drop_in}: {score}")
+    assert score <= MAX_EXPOSURE
+
+
+def test_every_shipped_unit_and_drop_in_is_checked() -> None:
+    assert set(UNITS) == {"edge-worker.service", "edge-worker@.service"}
+    assert {"postgresql.conf", "nvidia-gpu.conf"} <= set(DROP_INS)
 
 
 # install.sh --------------------------------------------------------------------------
+
+# Commands install.sh must never run under DESTDIR: each fake records its call and fails.
+GUARDED = ("systemctl", "systemd-sysusers", "useradd", "groupadd", "usermod", "chown")
 
 
 def _run_install(
     tmp_path: Path, destdir: Path, **variables: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run install.sh with DESTDIR, with a `systemctl` first on PATH that records any call."""
+    """Run install.sh with DESTDIR, with fakes first on PATH that record system changes."""
     fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir(exist_ok=True)
-    marker = tmp_path / "systemctl-called"
-    systemctl = fake_bin / "systemctl"
-    systemctl.write_text(f'#!/bin/sh\necho "$@" >> "{marker}"\nexit 1\n', encoding="utf-8")
-    systemctl.chmod(systemctl.stat().st_mode | stat.S_IXUSR)
+    marker = tmp_path / "system-changed"
+    for name in GUARDED:
+        fake = fake_bin / name
+        fake.write_text(f'#!/bin/sh\necho "{name} $@" >> "{marker}"\nexit 1\n', encoding="utf-8")
+        fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("WHEELHOUSE", "EXTRAS", "INSTANCES")},
         **variables,
         "DESTDIR": str(destdir),
         "PATH": f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -246,14 +261,22 @@ def _run_install(
         timeout=TIMEOUT,
         check=False,
     )
-    assert not marker.exists(), "install.sh ran systemctl although DESTDIR was set"
+    changed = marker.read_text() if marker.exists() else ""
+    assert changed == "", f"install.sh changed the system although DESTDIR was set:\n{changed}"
     return result
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_install_into_destdir(tmp_path: Path) -> None:
     stage = tmp_path / "stage"
     result = _run_install(tmp_path, stage)
     assert result.returncode == 0, result.stderr
+    # No wheelhouse beside a checkout: everything but the code, and a warning saying so.
+    assert "no wheelhouse" in result.stderr
+    assert not (stage / "opt/edge-worker/.venv").exists()
 
     units = stage / "etc/systemd/system"
     for unit in UNITS:
@@ -261,24 +284,63 @@ def test_install_into_destdir(tmp_path: Path) -> None:
         assert installed.read_text(encoding="utf-8") == (SYSTEMD_DIR / unit).read_text(
             encoding="utf-8"
         )
-        assert stat.S_IMODE(installed.stat().st_mode) == 0o644
+        assert _mode(installed) == 0o644
+    sysusers = stage / "etc/sysusers.d/edge-worker.conf"
+    assert sysusers.read_bytes() == (SYSTEMD_DIR / "edge-worker.sysusers").read_bytes()
+    flat = " ".join(result.stdout.split())
+    assert (
+        "would create the system group edge-worker-submit and the system user edge-worker" in flat
+    )
 
     conf = stage / "etc/edge-worker"
     config = conf / "config.toml"
     assert config.read_bytes() == (SYSTEMD_DIR / "config.example.toml").read_bytes()
-    expected_pipelines = sorted(p.name for p in (REPO / "pipelines").glob("*.toml"))
+    shipped = REPO / "pipelines"
+    expected_pipelines = sorted(p.name for p in shipped.glob("*.toml"))
     assert expected_pipelines
-    assert sorted(p.name for p in (conf / "pipelines").iterdir()) == expected_pipelines
+    assert sorted(p.name for p in (conf / "pipelines").glob("*.toml")) == expected_pipelines
+    # A pipeline's json_schema file comes along: without it the service exits 2.
+    schemas = sorted(p.name for p in (shipped / "schemas").iterdir())
+    assert schemas
+    assert sorted(p.name for p in (conf / "pipelines/schemas").iterdir()) == schemas
+    assert _mode(conf / "pipelines/schemas") == 0o755
+    assert _mode(conf / "pipelines/schemas" / schemas[0]) == 0o644
     # No temporary files left behind.
     assert not [p for p in stage.rglob(".*") if p.name.endswith(".tmp")]
 
-    # A second run keeps what the administrator changed and still succeeds.
+    # The data folders: the submitters' group writes inboxes and reads results.
+    data = stage / "var/lib/edge-worker"
+    assert _mode(data) == 0o711
+    assert _mode(data / "models") == 0o750
+    for kind in ("inbox", "outbox", "done", "failed"):
+        assert _mode(data / kind) == 0o2750
+        for name in expected_pipelines:
+            want = 0o2770 if kind == "inbox" else 0o2750
+            assert _mode(data / kind / name.removesuffix(".toml")) == want, (kind, name)
+    assert "would chown edge-worker:edge-worker-submit /var/lib/edge-worker/inbox/summarize" in flat
+    assert "would chown edge-worker:edge-worker /var/lib/edge-worker/models" in flat
+
+    # A second run keeps what the administrator changed and still succeeds, and makes the
+    # folders of a pipeline added since.
     config.write_text('model = "mine"\n', encoding="utf-8")
     (conf / "pipelines" / expected_pipelines[0]).unlink()
+    shutil.copyfile(conf / "pipelines/summarize.toml", conf / "pipelines/digest.toml")
     again = _run_install(tmp_path, stage)
     assert again.returncode == 0, again.stderr
     assert config.read_text(encoding="utf-8") == 'model = "mine"\n'
     assert expected_pipelines[0] not in {p.name for p in (conf / "pipelines").iterdir()}
+    assert _mode(data / "inbox/digest") == 0o2770
+
+
+def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    result = _run_install(tmp_path, stage, INSTANCES="gemma big")
+    assert result.returncode == 0, result.stderr
+    for name in ("gemma", "big"):
+        data = stage / "var/lib/edge-worker" / name
+        assert _mode(data) == 0o711
+        assert _mode(data / "inbox/summarize") == 0o2770
+    assert not (stage / "var/lib/edge-worker/inbox").exists()
 
 
 def test_install_with_prefix_rewrites_paths(tmp_path: Path) -> None:
@@ -289,11 +351,23 @@ def test_install_with_prefix_rewrites_paths(tmp_path: Path) -> None:
     assert "ExecStart=/srv/edge-worker/.venv/bin/edge-worker run" in text
     assert "WorkingDirectory=/srv/edge-worker\n" in text
     assert "/opt/edge-worker" not in text
+    assert (stage / "srv/edge-worker/docs/systemd.md").is_file()
 
 
-def test_install_rejects_relative_prefix(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"PREFIX": "opt/edge-worker"}, "PREFIX must be an absolute path"),
+        ({"STATEDIR": "/var/lib/edge worker"}, "STATEDIR may only contain"),
+        ({"INSTANCES": "../etc"}, "instance names may only contain"),
+        ({"EXTRAS": "postgres]; rm"}, "EXTRAS is a comma-separated list"),
+    ],
+)
+def test_install_rejects_bad_variables(
+    tmp_path: Path, variables: dict[str, str], message: str
+) -> None:
     stage = tmp_path / "stage"
-    result = _run_install(tmp_path, stage, PREFIX="opt/edge-worker")
+    result = _run_install(tmp_path, stage, **variables)
     assert result.returncode != 0
-    assert "PREFIX must be an absolute path" in result.stderr
+    assert message in result.stderr
     assert not (stage / "etc/systemd/system/edge-worker.service").exists()

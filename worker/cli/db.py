@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from worker.cli import common
@@ -18,3 +20,38 @@ def db_upgrade() -> None:
     common.open_store(settings, migrate=True)
     label = database_label(settings.resolved_database_url)
     common.console.print(f"database at {label} is up to date", markup=False)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """The database's migration revision and the newest one this version ships."""
+    from worker.queue.migrate import current, revisions
+
+    url = common.settings().resolved_database_url
+    revision = current(url) or "base (not migrated)"
+    common.console.print(f"database revision: {revision}", markup=False)
+    common.console.print(f"this version ships: {', '.join(revisions())}", markup=False)
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[
+        str, typer.Argument(metavar="REV", help='Revision to go back to, e.g. 0003 ("base": none).')
+    ],
+) -> None:
+    """Undo the migrations after REV, with this version's code, before installing an older one.
+
+    Stop every daemon on the database first. See "Rollback" in the README for what each
+    migration's downgrade drops.
+    """
+    from worker.queue.database import database_label
+    from worker.queue.migrate import MigrationError, current, downgrade
+
+    url = common.settings().resolved_database_url
+    try:
+        downgrade(url, revision)
+    except MigrationError as exc:
+        raise common.fatal(str(exc), 2) from None
+    label = database_label(url)
+    now = current(url) or "base"
+    common.console.print(f"database at {label} is at revision {now}", markup=False)

@@ -1,4 +1,4 @@
-"""`edge-worker model ...`: prepare the default model, describe the loaded one."""
+"""`edge-worker model ...`: prepare the default model, describe the build and the loaded one."""
 
 from __future__ import annotations
 
@@ -22,22 +22,48 @@ def model_prepare() -> None:
     common.console.print(f"model ready: {path}", markup=False)
 
 
+def _build_rows() -> dict[str, str]:
+    """What this llama.cpp build can run on; shown even when the model cannot load."""
+    from worker.llm.backends import build_info
+
+    info = build_info()
+    rows = {
+        "llama-cpp-python": info.version,
+        "backends": ", ".join(info.backends) or "?",
+        "GPU offload": "yes" if info.gpu_offload else "no (CPU-only build)",
+    }
+    for number, device in enumerate(info.devices):
+        rows[f"device {number}"] = f"{device.kind} {device.name}: {device.description}"
+    return rows
+
+
+def _print_rows(rows: dict[str, str]) -> None:
+    table = Table("", "", show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, value, style=None)
+    common.console.print(table, markup=False)
+
+
 @model_app.command("info")
 def model_info() -> None:
-    """Path, size, sha256, architecture and trained context length of the model."""
+    """The llama.cpp build (backends, devices, GPU offload), then the model: path, size,
+    sha256, architecture and trained context length."""
     from worker.llm.loading import engine_options, open_engine
     from worker.llm.model_files import resolve_model, sha256_file
 
     settings = common.settings()
+    build = _build_rows()
     try:
         model = resolve_model(settings)
         engine = open_engine(settings, model)
     except ModelError as exc:
+        _print_rows(build)
         raise common.fatal(str(exc), 3) from None
     meta = engine.metadata
     arch = meta.get("general.architecture", "?")
     options = engine_options(settings)
     rows = {
+        **build,
         "name": model.name,
         "path": str(model.path),
         "size": f"{model.path.stat().st_size:,} bytes",
@@ -55,7 +81,4 @@ def model_info() -> None:
         "load time": f"{engine.load_seconds:.2f} s",
     }
     engine.close()
-    table = Table("", "", show_header=False)
-    for key, value in rows.items():
-        table.add_row(key, value, style=None)
-    common.console.print(table, markup=False)
+    _print_rows(rows)

@@ -1,4 +1,5 @@
-"""Running Alembic migrations from code (`edge-worker db upgrade`, daemon start-up)."""
+"""Running Alembic migrations from code (`edge-worker db upgrade|downgrade|current`,
+daemon start-up)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from worker.queue.database import make_db_engine
 
 # Package data: found the same way in a checkout, an editable install and a wheel.
 MIGRATIONS_DIR = Path(str(files("worker.queue") / "migrations"))
+
+
+class MigrationError(Exception):
+    """A revision that this version's migrations do not know, or a downgrade alembic refused."""
 
 
 def alembic_config(url: str) -> Config:
@@ -24,6 +33,38 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (default: the newest)."""
     command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at `url` back to `revision` ("base": before the first migration).
+
+    Only revisions this version ships are accepted: a downgrade must run with the code
+    that holds the newer migrations, before the older code is installed.
+    """
+    config = alembic_config(url)
+    if revision != "base":
+        known = revisions()
+        if revision not in known:
+            raise MigrationError(
+                f"unknown revision {revision!r}; this version knows {', '.join(known)} and base"
+            )
+    command.downgrade(config, revision)
+
+
+def current(url: str) -> str | None:
+    """The revision the database at `url` is at (None: not migrated at all)."""
+    engine = make_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def revisions() -> list[str]:
+    """Every revision this version ships, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
 def check(url: str) -> None:
