@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     metrics_interval: float = Field(default=5.0, gt=0, description="seconds between rewrites")
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="127.0.0.1 only")
 
+    # Test only: this daemon's clock runs this many seconds ahead (negative: behind), to
+    # simulate a host without NTP. Leases on PostgreSQL never use it (the database's clock).
+    clock_offset_seconds: float = Field(
+        default=0.0, ge=-86_400, le=86_400, description="test only: shift this daemon's clock"
+    )
+
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

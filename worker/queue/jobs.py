@@ -3,6 +3,14 @@
 Every state change of a claimed job is one UPDATE guarded by its lease token, so a
 worker that lost its lease can never complete, fail or release the job. No
 transaction is held across inference: each method is one short transaction.
+
+Leases are measured on the database's clock on PostgreSQL (`now()` in the SQL), since
+the hosts that share it may disagree about the time; on SQLite, one host, the store's
+Python clock is the database's.
+
+A job whose lease expired `max_crashes` times (its worker died with it in flight) runs
+once more alone ("solo": no other job in the engine) before it is declared `dead`, so
+only the job that kills the worker ends dead, never a neighbour that crashed with it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,14 @@ from worker.queue.outage import translate_outages
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def offset_clock(seconds: float) -> Callable[[], datetime]:
+    """`utcnow` shifted by `seconds` (tests: a host whose clock is wrong); 0 is `utcnow`."""
+    if not seconds:
+        return utcnow
+    shift = timedelta(seconds=seconds)
+    return lambda: utcnow() + shift
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,11 @@ class ClaimedJob:
 class RecoveredJob:
     id: int
     status: str
+
+
+def _solo(max_crashes: int) -> Any:
+    """A queued job that crashed the worker `max_crashes` times: it runs alone next."""
+    return Job.crashes >= max_crashes
 
 
 @translate_outages
@@ -99,23 +120,28 @@ class JobStore(FamilyStore):
         lease_seconds: float,
         pipelines: Collection[str] | None = None,
         exclude_pipelines: Collection[str] = (),
+        max_crashes: int | None = None,
+        solo: bool = False,
     ) -> list[ClaimedJob]:
         """Lease up to `limit` ready jobs, highest priority first, oldest first.
 
         `pipelines` limits the claim to those pipelines; `exclude_pipelines` leaves
         those out (e.g. outside their run window), so jobs of unknown pipelines still
-        get claimed and failed with a clear error.
+        get claimed and failed with a clear error. With `max_crashes`, jobs that must run
+        alone are left out, or, with `solo`, only one of them is taken.
         """
         if limit <= 0:
             return []
-        now = self.clock()
+        now = self._db_now()
         token = secrets.token_hex(16)
         ready = (
             select(Job.id)
             .where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
             .order_by(Job.priority.desc(), Job.id)
-            .limit(limit)
+            .limit(1 if solo else limit)
         )
+        if max_crashes is not None:
+            ready = ready.where(_solo(max_crashes) if solo else ~_solo(max_crashes))
         if pipelines is not None:
             ready = ready.where(Job.pipeline.in_(list(pipelines)))
         if exclude_pipelines:
@@ -138,7 +164,7 @@ class JobStore(FamilyStore):
                 attempts=Job.attempts + 1,
                 lease_owner=owner,
                 lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_expires_at=self._db_after(lease_seconds),
                 started_at=now,
                 updated_at=now,
                 error=None,
@@ -176,7 +202,7 @@ class JobStore(FamilyStore):
         ]
 
     def _guarded(self, job_id: int, token: str, **values: Any) -> bool:
-        values.setdefault("updated_at", self.clock())
+        values.setdefault("updated_at", self._db_now())
         stmt = (
             update(Job)
             .where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
@@ -187,8 +213,7 @@ class JobStore(FamilyStore):
 
     def heartbeat(self, job_id: int, token: str, lease_seconds: float) -> bool:
         """Extend the lease; False means the lease is lost and the work must be dropped."""
-        until = self.clock() + timedelta(seconds=lease_seconds)
-        return self._guarded(job_id, token, lease_expires_at=until)
+        return self._guarded(job_id, token, lease_expires_at=self._db_after(lease_seconds))
 
     def complete(
         self,
@@ -200,7 +225,7 @@ class JobStore(FamilyStore):
         output_path: str | None = None,
     ) -> bool:
         """Mark succeeded with its result; False if the lease was lost."""
-        now = self.clock()
+        now = self._db_now()
         return self._guarded(
             job_id,
             token,
@@ -219,15 +244,19 @@ class JobStore(FamilyStore):
     def fail(
         self, job_id: int, token: str, error: str, retry_at: datetime | None, dead: bool = False
     ) -> bool:
-        """Record a failed attempt: back to the queue at `retry_at`, or final (`failed`/`dead`)."""
-        now = self.clock()
+        """Record a failed attempt: back to the queue at `retry_at`, or final (`failed`/`dead`).
+
+        `retry_at` is on the store's clock; on PostgreSQL the same delay is counted from
+        the database's clock.
+        """
+        now = self._db_now()
         if retry_at is not None:
             return self._guarded(
                 job_id,
                 token,
                 status=JobStatus.QUEUED,
                 error=error,
-                run_after=retry_at,
+                run_after=self._db_after((retry_at - self.clock()).total_seconds()),
                 lease_owner=None,
                 lease_token=None,
                 lease_expires_at=None,
@@ -274,27 +303,30 @@ class JobStore(FamilyStore):
     def recover_expired(self, max_crashes: int) -> list[RecoveredJob]:
         """Requeue jobs whose lease expired (their worker died or hung).
 
-        Each such attempt counts as a crash; after `max_crashes` the job is `dead`,
-        so an input that kills the worker cannot crash-loop it.
+        Each such attempt counts as a crash. At `max_crashes` the job is queued to run
+        alone (`claim(..., solo=True)`); a crash after that, alone, makes it `dead`, so
+        an input that kills the worker cannot crash-loop it, and a job that merely ran
+        beside it is not blamed.
         """
-        now = self.clock()
+        now = self._db_now()
         crashes = Job.crashes + 1
+        dead = crashes > max_crashes
+        times = literal("crashed the worker ", String) + cast(crashes, String)
         stmt = (
             update(Job)
             .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
             .values(
                 crashes=crashes,
-                status=case((crashes >= max_crashes, JobStatus.DEAD), else_=JobStatus.QUEUED),
+                status=case((dead, JobStatus.DEAD), else_=JobStatus.QUEUED),
                 error=case(
+                    (dead, times + literal(" times, the last time running alone", String)),
                     (
-                        crashes >= max_crashes,
-                        literal("crashed the worker ", String)
-                        + cast(crashes, String)
-                        + literal(" times", String),
+                        crashes == max_crashes,
+                        times + literal(" times; it runs once more, alone", String),
                     ),
                     else_="lease expired: the worker died or hung; retrying",
                 ),
-                finished_at=case((crashes >= max_crashes, now), else_=None),
+                finished_at=case((dead, now), else_=None),
                 lease_owner=None,
                 lease_token=None,
                 lease_expires_at=None,
@@ -346,7 +378,23 @@ class JobStore(FamilyStore):
         """Whether any job is queued and due now (leaving out `exclude_pipelines`)."""
         stmt = (
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.run_after <= self.clock())
+            .where(Job.status == JobStatus.QUEUED, Job.run_after <= self._db_now())
+            .limit(1)
+        )
+        if exclude_pipelines:
+            stmt = stmt.where(Job.pipeline.not_in(list(exclude_pipelines)))
+        with self.db.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def solo_waiting(self, max_crashes: int, exclude_pipelines: Collection[str] = ()) -> bool:
+        """Whether a job that must run alone is queued and due (the claimer drains for it)."""
+        stmt = (
+            select(Job.id)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                Job.run_after <= self._db_now(),
+                _solo(max_crashes),
+            )
             .limit(1)
         )
         if exclude_pipelines:
@@ -441,5 +489,6 @@ __all__ = [
     "NewChild",
     "NewJob",
     "RecoveredJob",
+    "offset_clock",
     "utcnow",
 ]
