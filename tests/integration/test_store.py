@@ -93,7 +93,7 @@ def test_a_job_that_keeps_killing_its_worker_runs_alone_then_is_quarantined(
     assert alone.id == job_id
     expire_leases(job_store)
     job_store.recover_expired(max_crashes=3)
-    job = job_store.get(job_id)  # type: ignore[arg-type]
+    job = job_store.get(alone.id)
     assert job is not None and job.status == "dead"
     assert job.error == "crashed the worker 4 times, the last time running alone"
     assert not job_store.solo_waiting(3)
