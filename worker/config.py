@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         ge=0,
         description="days a finished job (and its done/ and failed/ files) is kept; 0: forever",
     )
+    # Test only: this daemon's clock runs this many seconds ahead (negative: behind), to
+    # simulate a host without NTP. Leases on PostgreSQL never use it (the database's clock).
+    clock_offset_seconds: float = Field(
+        default=0.0, ge=-86_400, le=86_400, description="test only: shift this daemon's clock"
+    )
 
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

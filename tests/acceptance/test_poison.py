@@ -1,5 +1,6 @@
-"""Poison: an input that kills the worker process is quarantined after N crashes, while the
-daemon, restarted after each crash as systemd would, serves every other job."""
+"""Poison: an input that kills the worker process is quarantined after N crashes and one
+more run alone, while the daemon, restarted after each crash as systemd would, serves
+every other job."""
 
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ def test_an_input_that_aborts_the_worker_is_quarantined_and_others_succeed(
         exits.append(daemon.proc.returncode)
         daemon.kill()
         life += 1
-        assert life <= MAX_CRASHES + 1, f"still crash-looping after {exits}"
+        assert life <= MAX_CRASHES + 2, f"still crash-looping after {exits}"
 
-    assert exits == [-signal.SIGABRT] * MAX_CRASHES
+    # N crashes, then one more running alone (the proof that it is the cause).
+    crashes = MAX_CRASHES + 1
+    assert exits == [-signal.SIGABRT] * crashes
     assert daemon.stop() == 0
     rows = db_rows(
         data_dir,
@@ -90,8 +93,8 @@ def test_an_input_that_aborts_the_worker_is_quarantined_and_others_succeed(
         "ORDER BY source_path",
     )
     poison = [r for r in rows if r[0] == "terse/poison.txt"]
-    error = f"crashed the worker {MAX_CRASHES} times"
-    assert poison == [("terse/poison.txt", "dead", error, MAX_CRASHES, MAX_CRASHES)]
+    error = f"crashed the worker {crashes} times, the last time running alone"
+    assert poison == [("terse/poison.txt", "dead", error, crashes, crashes)]
     others = [r[:2] for r in rows if r[0] != "terse/poison.txt"]
     assert others == [
         ("row", "succeeded"),

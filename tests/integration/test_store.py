@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
-from datetime import timedelta
 
 from sqlalchemy import inspect, text
 
-from tests.clock import frozen
+from tests.clock import expire_leases
 from worker.queue.database import make_db_engine
-from worker.queue.jobs import JobStore, NewJob, utcnow
+from worker.queue.jobs import JobStore, NewJob
 from worker.queue.migrate import check, upgrade
 
 
@@ -67,8 +66,7 @@ def test_expired_lease_returns_the_job_to_the_queue(job_store: JobStore) -> None
     job_id = job_store.enqueue(NewJob("p", "x"))
     (job,) = job_store.claim("dead-worker", 1, lease_seconds=30)
     assert job_store.recover_expired(max_crashes=3) == []  # lease still valid
-    later = utcnow() + timedelta(seconds=31)
-    job_store.clock = frozen(later)
+    expire_leases(job_store)
     recovered = job_store.recover_expired(max_crashes=3)
     assert [(r.id, r.status) for r in recovered] == [(job_id, "queued")]
     # the dead worker's token is useless now; a new claim gets the job
@@ -77,18 +75,28 @@ def test_expired_lease_returns_the_job_to_the_queue(job_store: JobStore) -> None
     assert again.id == job_id and again.attempts == 2
 
 
-def test_a_job_that_keeps_killing_its_worker_is_quarantined(job_store: JobStore) -> None:
+def test_a_job_that_keeps_killing_its_worker_runs_alone_then_is_quarantined(
+    job_store: JobStore,
+) -> None:
     job_id = job_store.enqueue(NewJob("p", "x"))
-    when = utcnow()
     for _ in range(3):
-        job_store.clock = frozen(when)
-        assert job_store.claim("w", 1, lease_seconds=5)
-        when = when + timedelta(seconds=10)
-        job_store.clock = frozen(when)
+        assert job_store.claim("w", 1, lease_seconds=5, max_crashes=3)
+        expire_leases(job_store)
         job_store.recover_expired(max_crashes=3)
     job = job_store.get(job_id)  # type: ignore[arg-type]
-    assert job is not None
-    assert job.status == "dead" and job.error == "crashed the worker 3 times"
+    assert job is not None and (job.status, job.crashes) == ("queued", 3)
+    assert job.error == "crashed the worker 3 times; it runs once more, alone"
+    # Only a claim for a job to run alone takes it now.
+    assert job_store.claim("w", 5, lease_seconds=5, max_crashes=3) == []
+    assert job_store.solo_waiting(3)
+    (alone,) = job_store.claim("w", 5, lease_seconds=5, max_crashes=3, solo=True)
+    assert alone.id == job_id
+    expire_leases(job_store)
+    job_store.recover_expired(max_crashes=3)
+    job = job_store.get(alone.id)
+    assert job is not None and job.status == "dead"
+    assert job.error == "crashed the worker 4 times, the last time running alone"
+    assert not job_store.solo_waiting(3)
 
 
 def test_release_does_not_count_the_attempt(job_store: JobStore) -> None:

@@ -141,7 +141,9 @@ def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def _schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _schema(body: Mapping[str, Any], max_tokens: int | None) -> Mapping[str, Any] | None:
+    """The response_format's JSON Schema, bounded and compiled to a grammar llama.cpp takes
+    (`max_tokens`: the body's own; the pipeline's is checked in `prompt_and_generation`)."""
     response_format = body.get("response_format")
     if response_format is None:
         return None
@@ -155,14 +157,18 @@ def _schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise _invalid("json_schema.schema must be an object", "response_format")
-        try:
-            check_schema(schema)
-        except UnsupportedSchema as exc:
-            raise _invalid(str(exc), "response_format") from None
+        _check_schema(schema, max_tokens)
         return schema
     raise _invalid(
         "response_format.type must be text, json_object or json_schema", "response_format"
     )
+
+
+def _check_schema(schema: dict[str, Any], max_tokens: int | None) -> None:
+    try:
+        check_schema(schema, max_tokens)
+    except UnsupportedSchema as exc:
+        raise _invalid(str(exc), "response_format") from None
 
 
 def parse_request(url: str, body: Any) -> Request:
@@ -175,22 +181,26 @@ def parse_request(url: str, body: Any) -> Request:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("body.model is required", "model")
+    generation = _generation(body)
     return Request(
         endpoint=url,
         model=model,
         messages=_messages(body) if url == CHAT else (),
         prompt=_prompt(body) if url == COMPLETIONS else None,
-        generation=_generation(body),
-        schema=_schema(body),
+        generation=generation,
+        schema=_schema(body, generation.get("max_tokens")),
     )
 
 
 def prompt_and_generation(
     request: Request, base: Generation, chat: ChatTemplate
 ) -> tuple[str, Generation]:
-    """The engine's prompt and parameters for a request."""
+    """The engine's prompt and parameters for a request (LineError if its schema asks for
+    more than the pipeline's max_tokens can produce)."""
     update: dict[str, Any] = dict(request.generation)
     update["json_schema"] = dict(request.schema) if request.schema is not None else None
+    if update["json_schema"] is not None:
+        _check_schema(update["json_schema"], update.get("max_tokens", base.max_tokens))
     if request.endpoint == CHAT:
         prompt = chat.render(request.messages)
         update["special"] = chat.special

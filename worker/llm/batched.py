@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from worker.errors import GenerationInterrupted, ModelError
+from worker.errors import GenerationInterrupted, InputError, ModelError
 from worker.llm.engine import Completion, EngineOptions, context_error
 from worker.llm.generation import Generation
 from worker.llm.llama_logs import route_llama_logs
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 # A cached prefix shorter than this is not worth a cache sequence.
 MIN_PREFIX_TOKENS = 16
 PREFIX_CACHE_SLOTS = 2
+# How long close() waits for the decode thread (it ends within one decode call).
+CLOSE_JOIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class BatchedEngine:
         self._waiting: list[_Request] = []
         self._prompt_turn = True  # batch-invariant mode alternates prompt and token calls
         self._closed = threading.Event()
+        self._freed = False
         self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
         self._thread.start()
 
@@ -201,6 +204,8 @@ class BatchedEngine:
     def tokenize(self, text: str, special: bool = False, bos: bool = True) -> list[int]:
         """Tokens of a prompt, with BOS. `special` parses control-token text (`<start_of_turn>`):
         only for prompts whose untrusted parts went through `worker.chat.neutralize`."""
+        if self._freed:  # the vocabulary is gone with the model
+            raise GenerationInterrupted("engine closed")
         data = text.encode("utf-8")
         capacity = len(data) + 16
         buf = (self._ll.llama_token * capacity)()
@@ -234,6 +239,8 @@ class BatchedEngine:
         shared_prefix: str | None = None,
     ) -> Completion:
         """Generate a completion, batched with every other caller's."""
+        if self._closed.is_set():
+            raise GenerationInterrupted("engine closed")
         tokens = self.tokenize(prompt, special=generation.special)
         too_long = context_error(len(tokens), self.n_ctx, generation.max_tokens)
         if too_long is not None:
@@ -251,10 +258,25 @@ class BatchedEngine:
         assert request.result is not None
         return request.result
 
-    def close(self) -> None:
-        """Stop the decode thread and free llama.cpp's memory."""
+    def close(self, join_timeout: float = CLOSE_JOIN_SECONDS) -> None:
+        """Stop the decode thread and free llama.cpp's memory (once).
+
+        A decode thread still running after `join_timeout` (a llama_decode call that does
+        not return) may still touch the context: then nothing is freed, the memory is
+        left to the process's exit, and a later `close()` frees it if the thread ended.
+        """
         self._closed.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=join_timeout)
+        if self._thread.is_alive():
+            log.error(
+                "the decode thread is still running after %.1f s: llama.cpp's memory is "
+                "not freed (a context in use must not be)",
+                join_timeout,
+            )
+            return
+        if self._freed:
+            return
+        self._freed = True
         ll = self._ll
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
@@ -283,15 +305,33 @@ class BatchedEngine:
                 break
         while self._waiting and self._free_slots:
             request = self._waiting.pop(0)
-            if request.should_stop():
-                request.error = GenerationInterrupted("stopped before it started")
-                request.done.set()
-                continue
-            seq_id = self._free_slots.pop(0)
+            try:
+                self._start(request)
+            except Exception as exc:  # e.g. a grammar llama.cpp refuses: this request only
+                if not isinstance(exc, InputError | GenerationInterrupted):
+                    log.warning("a request failed to start: %s", exc)
+                request.error = exc
+                request.done.set()  # its caller returns at once
+
+    def _start(self, request: _Request) -> None:
+        """Give `request` a slot, a sampler and its cached prefix; on failure, give them back."""
+        if request.should_stop():
+            raise GenerationInterrupted("stopped before it started")
+        seq_id = self._free_slots.pop(0)
+        try:
             sampler = SamplerChain(self._ll, self._vocab, request.generation, self.options.seed)
-            seq = _Sequence(request, seq_id, sampler)
+        except BaseException:
+            self._free_slots.append(seq_id)
+            raise
+        seq = _Sequence(request, seq_id, sampler)
+        try:
             seq.n_past = self._reuse_prefix(seq)
-            self._active.append(seq)
+        except BaseException:
+            self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            self._free_slots.append(seq_id)
+            sampler.free()
+            raise
+        self._active.append(seq)
 
     def _reuse_prefix(self, seq: _Sequence) -> int:
         """Copy a cached prefix into the sequence; returns how many prompt tokens it covers."""
@@ -329,13 +369,20 @@ class BatchedEngine:
         ll = self._ll
         ll.llama_memory_seq_rm(self._mem, cache_seq, -1, -1)
         n_batch = self.batch_options.n_batch
-        for start in range(0, len(key), n_batch):
-            chunk = key[start : start + n_batch]
+        try:
+            for start in range(0, len(key), n_batch):
+                chunk = key[start : start + n_batch]
+                self._batch.n_tokens = 0
+                for offset, token in enumerate(chunk):
+                    self._add(token, start + offset, cache_seq, logits=False)
+                self._decode()
+                self.stats.prompt_tokens_evaluated += len(chunk)
+        except BaseException:
+            # Half a prefix is no prefix: empty the sequence and keep it for the next one.
             self._batch.n_tokens = 0
-            for offset, token in enumerate(chunk):
-                self._add(token, start + offset, cache_seq, logits=False)
-            self._decode()
-            self.stats.prompt_tokens_evaluated += len(chunk)
+            ll.llama_memory_seq_rm(self._mem, cache_seq, -1, -1)
+            self._cache_seqs.append(cache_seq)
+            raise
         self._prefixes[key] = cache_seq
         return cache_seq
 

@@ -1,8 +1,30 @@
-"""JSON Schema to a llama.cpp grammar (GBNF), and checking results against the schema."""
+"""JSON Schema to a llama.cpp grammar (GBNF), and checking results against the schema.
+
+Every schema is bounded before it reaches llama.cpp. The grammar converter writes out
+each repetition in full (a string of `maxLength` N becomes N nested optional groups,
+about 8 bytes each), and llama.cpp's parser refuses a grammar it finds too repetitive
+(measured: `maxLength` 1001). A refused grammar gives a NULL sampler, and using it kills
+the process. So a schema is checked here, once, where it enters (pipeline validation,
+an OpenAI Batch line) and again when a request is admitted:
+
+- its JSON text is at most MAX_SCHEMA_CHARS, nested at most MAX_SCHEMA_DEPTH deep,
+  with only local `$ref`s;
+- every length or count (`minLength`, `maxLength`, `minItems`, `maxItems`, and each
+  `{n,m}` in a `pattern`) is at most `repeat_limit(max_tokens)`: MAX_REPEAT, and at
+  most CHARS_PER_TOKEN per token of `max_tokens`, since a longer value is either
+  impossible (a minimum) or no limit at all (a maximum) within `max_tokens`;
+- the grammar is at most MAX_GRAMMAR_BYTES, and llama.cpp's own parser accepts it
+  (parsed without a model: no vocabulary is needed to parse GBNF).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -10,26 +32,113 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from worker.errors import InputError
+from worker.llm.llama_logs import route_llama_logs
 
 # `{"type": "object"}` alone: any JSON object (OpenAI's response_format json_object).
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
+MAX_SCHEMA_CHARS = 65_536
+MAX_SCHEMA_DEPTH = 64  # objects and arrays inside each other, in the schema's JSON
+# llama.cpp's parser refuses a string of maxLength 1001 (the converter's nesting).
+MAX_REPEAT = 1000
+# Generous: few tokens of any vocabulary are longer. A length past this many characters
+# per token of max_tokens cannot be reached, so it is a mistake or an attack.
+CHARS_PER_TOKEN = 16
+MAX_GRAMMAR_BYTES = 512 * 1024
+REPEAT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
+# `{n}`, `{n,}`, `{n,m}` in a regular expression.
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+# worker.llm.llama_logs sends llama.cpp's own log lines to this logger.
+_LLAMA_LOGGER = logging.getLogger("edge_worker.llama_cpp")
+_MAX_REASON = 300
+
 
 class UnsupportedSchema(InputError):
-    """The JSON Schema is invalid, or uses something the grammar converter cannot express."""
+    """The JSON Schema is invalid, too large, or cannot become a grammar llama.cpp accepts."""
 
 
 class InvalidResult(Exception):
     """Generated text is not JSON, or does not validate against the schema."""
 
 
-def check_schema(schema: dict[str, Any]) -> None:
-    """Raise UnsupportedSchema if `schema` is not a valid schema or cannot become a grammar."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise UnsupportedSchema(f"invalid JSON Schema: {exc.message}") from None
-    gbnf(json.dumps(schema))
+def repeat_limit(max_tokens: int | None) -> int:
+    """The largest length or item count a schema may ask for, given `max_tokens`."""
+    if max_tokens is None:
+        return MAX_REPEAT
+    return max(1, min(MAX_REPEAT, max_tokens * CHARS_PER_TOKEN))
+
+
+def check_schema(schema: dict[str, Any], max_tokens: int | None = None) -> None:
+    """Raise UnsupportedSchema (one line) if `schema` cannot be used for generation.
+
+    `max_tokens`: the completion's limit, when known; lengths are bounded by it too.
+    """
+    compile_grammar(schema, max_tokens)
+
+
+def compile_grammar(schema: dict[str, Any], max_tokens: int | None = None) -> str:
+    """The GBNF grammar for a bounded, valid JSON Schema that llama.cpp's parser accepts.
+
+    The only way to a grammar: UnsupportedSchema names the first problem.
+    """
+    if not isinstance(schema, dict):
+        raise UnsupportedSchema("the JSON Schema must be an object")
+    problem = _shape_problem(schema, max_tokens)
+    if problem is not None:
+        raise UnsupportedSchema(problem)
+    text = json.dumps(schema, ensure_ascii=False)
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise UnsupportedSchema(
+            f"the JSON Schema is {len(text)} characters long; the limit is {MAX_SCHEMA_CHARS}"
+        )
+    return _grammar(text)
+
+
+def _over(value: Any, limit: int) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > limit
+
+
+def _pattern_problem(pattern: str, limit: int) -> str | None:
+    for match in _QUANTIFIER.finditer(pattern):
+        for number in match.groups():
+            # A digit string too long to be a sane count (and to parse cheaply).
+            if number and (len(number) > 6 or int(number) > limit):
+                return f"repeats {match.group(0)}"
+    return None
+
+
+def _shape_problem(schema: dict[str, Any], max_tokens: int | None) -> str | None:
+    """Depth, remote references and every length or count, without recursion."""
+    limit = repeat_limit(max_tokens)
+    why = (
+        f"the limit is {limit}"
+        if max_tokens is None or limit == MAX_REPEAT
+        else f"the limit is {limit} ({CHARS_PER_TOKEN} per token of max_tokens {max_tokens})"
+    )
+    stack: list[tuple[Any, int, str]] = [(schema, 1, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            shown = where if len(where) <= 80 else where[:77] + "..."
+            return f"the JSON Schema nests deeper than {MAX_SCHEMA_DEPTH} levels (at {shown})"
+        if isinstance(node, list):
+            stack.extend((item, depth + 1, f"{where}/{i}") for i, item in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            path = f"{where}/{key}"
+            if key in REPEAT_KEYWORDS and _over(value, limit):
+                size = value if isinstance(value, int) and value < 10**12 else "(huge)"
+                return f"{key} {size} at {path} is too large for a grammar: {why}"
+            if key == "pattern" and isinstance(value, str):
+                found = _pattern_problem(value, limit)
+                if found is not None:
+                    return f"pattern at {path} {found}: too large for a grammar: {why}"
+            if key == "$ref" and isinstance(value, str) and not value.startswith("#"):
+                return f"$ref at {path} must be local (start with #): schemas are never fetched"
+            stack.append((value, depth + 1, path))
+    return None
 
 
 def property_order(schema: Any, found: dict[str, None] | None = None) -> list[str]:
@@ -47,19 +156,93 @@ def property_order(schema: Any, found: dict[str, None] | None = None) -> list[st
 
 
 @lru_cache(maxsize=64)
-def gbnf(schema_json: str) -> str:
-    """The GBNF grammar for a JSON Schema (given as JSON text, so results can be cached).
+def _grammar(schema_json: str) -> str:
+    """Validate, convert and have llama.cpp parse a bounded schema (JSON text, cacheable).
 
     Properties are generated in the schema's own order (the converter would sort them),
     so prompts with examples in that order are followed.
     """
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    order = property_order(json.loads(schema_json))
+    schema = json.loads(schema_json)
     try:
-        return str(json_schema_to_gbnf(schema_json, order))
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise UnsupportedSchema(f"invalid JSON Schema: {_one_line(exc.message)}") from None
+    try:
+        grammar = str(json_schema_to_gbnf(schema_json, property_order(schema)))
     except Exception as exc:  # the converter raises bare exceptions and assertions
-        raise UnsupportedSchema(f"JSON Schema cannot be turned into a grammar: {exc}") from None
+        raise UnsupportedSchema(
+            f"JSON Schema cannot be turned into a grammar: {_one_line(str(exc))}"
+        ) from None
+    size = len(grammar.encode())
+    if size > MAX_GRAMMAR_BYTES:
+        raise UnsupportedSchema(
+            f"the grammar for this JSON Schema would be {size} bytes; "
+            f"the limit is {MAX_GRAMMAR_BYTES}: simplify the schema"
+        )
+    rejected = llama_rejects(grammar)
+    if rejected is not None:
+        raise UnsupportedSchema(f"llama.cpp cannot use the grammar of this JSON Schema: {rejected}")
+    return grammar
+
+
+def llama_rejects(grammar: str) -> str | None:
+    """Why llama.cpp's grammar parser refuses `grammar` (one line), or None if it accepts it."""
+    import llama_cpp
+
+    route_llama_logs()
+    with _llama_lines() as lines:
+        # No vocabulary: parsing GBNF needs none (only `<token>` references do, and the
+        # converter never writes them).
+        sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode(), b"root")
+    if sampler:
+        llama_cpp.llama_sampler_free(sampler)
+        return None
+    return llama_reason(lines)
+
+
+def llama_reason(lines: list[str]) -> str:
+    """The one line that says why llama.cpp refused a grammar, from its log lines."""
+    for line in lines:
+        marker = "error parsing grammar:"
+        if marker in line:
+            return _one_line(line.split(marker, 1)[1])
+    for line in lines:
+        if "grammar" in line and "failed to parse grammar" not in line:
+            return _one_line(line)
+    # Most parse errors go to stderr, not through llama.cpp's log callback.
+    return "its grammar parser refused it (the reason is on the daemon's stderr)"
+
+
+@contextmanager
+def _llama_lines() -> Iterator[list[str]]:
+    """The lines llama.cpp logs from this thread meanwhile (not passed on: the caller
+    reports them as the reason)."""
+    capture = _ThreadCapture()
+    _LLAMA_LOGGER.addFilter(capture)
+    try:
+        yield capture.lines
+    finally:
+        _LLAMA_LOGGER.removeFilter(capture)
+
+
+class _ThreadCapture(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.lines: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        self.lines.append(record.getMessage())
+        return False
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 3] + "..."
 
 
 def parse_and_validate(text: str, schema: dict[str, Any]) -> Any:

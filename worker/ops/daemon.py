@@ -34,7 +34,7 @@ from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.pipelines.live import LivePipelines
 from worker.queue.database import database_label, make_db_engine
 from worker.queue.housekeeping import HousekeepingStore
-from worker.queue.jobs import JobStore
+from worker.queue.jobs import JobStore, offset_clock
 from worker.queue.migrate import upgrade
 from worker.queue.outage import DatabaseUnavailable
 from worker.queue.views import queue_depth
@@ -118,7 +118,7 @@ def _serve(
 ) -> None:
     url = settings.resolved_database_url
     upgrade(url)
-    store = JobStore(make_db_engine(url))
+    store = JobStore(make_db_engine(url), clock=offset_clock(settings.clock_offset_seconds))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     stop = StopFlags()
     wake = threading.Event()

@@ -158,6 +158,14 @@ class Pipeline(BaseModel):
             )
         if self.json_schema is not None and self.output_format != "json":
             raise ValueError('json_schema needs output_format = "json"')
+        if self.json_schema is not None:
+            # Lengths are bounded by what max_tokens can produce (README, "Structured output").
+            from worker.llm.grammar import UnsupportedSchema, check_schema
+
+            try:
+                check_schema(self.json_schema, self.generation.max_tokens)
+            except UnsupportedSchema as exc:
+                raise ValueError(f"field json_schema: {exc}") from None
         if self.output_format == "json" and self.answer_prefix:
             raise ValueError('answer_prefix cannot be used with output_format = "json"')
         if self.system_prompt and self.mode != "chat":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, exists, func, insert, select, update
@@ -55,6 +55,25 @@ class FamilyStore:
 
     db: Engine
     clock: Callable[[], datetime]
+    _postgres: bool
+
+    # The clock leases and due times are measured on ------------------------------
+    def _db_now(self) -> Any:
+        """Now, on the database's clock: `now()` on PostgreSQL (every host shares it),
+        the store's Python clock on SQLite (one host)."""
+        return func.now() if self._postgres else self.clock()
+
+    def _db_after(self, seconds: float) -> Any:
+        """`seconds` from now on the database's clock (a lease's end, a retry's time)."""
+        return self._db_now() + timedelta(seconds=seconds)
+
+    def _db_time(self) -> datetime:
+        """The database's time as a value (for many rows at once)."""
+        if not self._postgres:
+            return self.clock()
+        with self.db.connect() as conn:
+            value: datetime = conn.execute(select(func.now())).scalar_one()
+        return value
 
     def expand(
         self,
@@ -66,7 +85,7 @@ class FamilyStore:
         batch: NewBatch | None = None,
     ) -> bool:
         """Turn a running file job into a waiting parent with `children`; False if lease lost."""
-        now = self.clock()
+        now = self._db_time()
         rows = [
             {
                 "pipeline": pipeline,
@@ -142,7 +161,7 @@ class FamilyStore:
             return {status: n for status, n in conn.execute(stmt)}
 
     def _wake(self, *where: Any) -> list[int]:
-        now = self.clock()
+        now = self._db_now()
         child = aliased(Job)
         live = exists().where(child.parent_id == Job.id, child.status.in_(LIVE_CHILD))
         stmt = (

@@ -3,6 +3,14 @@
 Every state change of a claimed job is one UPDATE guarded by its lease token, so a
 worker that lost its lease can never complete, fail or release the job. No
 transaction is held across inference: each method is one short transaction.
+
+Leases are measured on the database's clock on PostgreSQL (`now()` in the SQL), since
+the hosts that share it may disagree about the time; on SQLite, one host, the store's
+Python clock is the database's.
+
+A job whose lease expired `max_crashes` times (its worker died with it in flight) runs
+once more alone ("solo": no other job in the engine) before it is declared `dead`, so
+only the job that kills the worker ends dead, never a neighbour that crashed with it.
 """
 
 from __future__ import annotations
@@ -50,6 +58,22 @@ def _lock_key(pipeline: str) -> int:
 
 
 @dataclass(frozen=True)
+class _Solo:
+    """Which jobs a claim may take by the crash rule (see `claim`)."""
+
+    max_crashes: int | None
+    solo: bool
+
+
+def offset_clock(seconds: float) -> Callable[[], datetime]:
+    """`utcnow` shifted by `seconds` (tests: a host whose clock is wrong); 0 is `utcnow`."""
+    if not seconds:
+        return utcnow
+    shift = timedelta(seconds=seconds)
+    return lambda: utcnow() + shift
+
+
+@dataclass(frozen=True)
 class NewJob:
     """What a source hands to `enqueue`."""
 
@@ -82,6 +106,11 @@ class ClaimedJob:
 class RecoveredJob:
     id: int
     status: str
+
+
+def _solo(max_crashes: int) -> Any:
+    """A queued job that crashed the worker `max_crashes` times: it runs alone next."""
+    return Job.crashes >= max_crashes
 
 
 @translate_outages
@@ -123,6 +152,8 @@ class JobStore(FamilyStore):
         pipelines: Collection[str] | None = None,
         exclude_pipelines: Collection[str] = (),
         limits: Mapping[str, int] | None = None,
+        max_crashes: int | None = None,
+        solo: bool = False,
     ) -> list[ClaimedJob]:
         """Lease up to `limit` ready jobs, highest priority first, oldest first.
 
@@ -130,11 +161,12 @@ class JobStore(FamilyStore):
         those out (e.g. outside their run window), so jobs of unknown pipelines still
         get claimed and failed with a clear error. `limits` caps, per pipeline, how many
         of its jobs may run at once across every daemon on the database (the pipelines'
-        `max_concurrent`).
+        `max_concurrent`). With `max_crashes`, jobs that must run alone are left out, or,
+        with `solo`, only one of them is taken (caps do not apply to it).
         """
         if limit <= 0:
             return []
-        now = self.clock()
+        now = self._db_now()
         token = secrets.token_hex(16)
         excluded = set(exclude_pipelines)
         capped = {
@@ -142,13 +174,14 @@ class JobStore(FamilyStore):
             for name, cap in (limits or {}).items()
             if name not in excluded and (pipelines is None or name in pipelines)
         }
-        if capped:
+        alone = _Solo(max_crashes, solo)
+        if capped and not solo:
             rows = self._claim_capped(
-                owner, token, now, limit, lease_seconds, pipelines, excluded, capped
+                owner, token, now, limit, lease_seconds, pipelines, excluded, capped, alone
             )
         else:
             rows = self._claim_uncapped(
-                owner, token, now, limit, lease_seconds, pipelines, excluded
+                owner, token, now, limit, lease_seconds, pipelines, excluded, alone
             )
         rows = sorted(rows, key=lambda r: (-r.priority, r.id))
         return [
@@ -174,14 +207,18 @@ class JobStore(FamilyStore):
         limit: int,
         pipelines: Collection[str] | None,
         excluded: Collection[str],
+        alone: _Solo,
     ) -> Select[int, int]:
         """Queued jobs due at `now`, in claim order, at most `limit`."""
         ready = (
             select(Job.id, Job.priority)
             .where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
             .order_by(Job.priority.desc(), Job.id)
-            .limit(limit)
+            .limit(1 if alone.solo else limit)
         )
+        if alone.max_crashes is not None:
+            must_run_alone = _solo(alone.max_crashes)
+            ready = ready.where(must_run_alone if alone.solo else ~must_run_alone)
         if pipelines is not None:
             ready = ready.where(Job.pipeline.in_(list(pipelines)))
         if excluded:
@@ -198,7 +235,7 @@ class JobStore(FamilyStore):
                 attempts=Job.attempts + 1,
                 lease_owner=owner,
                 lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_expires_at=self._db_after(lease_seconds),
                 started_at=now,
                 updated_at=now,
                 error=None,
@@ -227,8 +264,9 @@ class JobStore(FamilyStore):
         lease_seconds: float,
         pipelines: Collection[str] | None,
         excluded: Collection[str],
+        alone: _Solo,
     ) -> list[Any]:
-        ready = self._ready(now, limit, pipelines, excluded).with_only_columns(Job.id)
+        ready = self._ready(now, limit, pipelines, excluded, alone).with_only_columns(Job.id)
         if self._postgres:
             # A materialized CTE runs once. As `id IN (subquery)` PostgreSQL may run the
             # SKIP LOCKED subquery again for each candidate row and claim far more than
@@ -252,6 +290,7 @@ class JobStore(FamilyStore):
         pipelines: Collection[str] | None,
         excluded: Collection[str],
         capped: Mapping[str, int],
+        alone: _Solo,
     ) -> list[Any]:
         """Claim with per-pipeline caps, in one transaction.
 
@@ -274,11 +313,11 @@ class JobStore(FamilyStore):
                     .group_by(Job.pipeline)
                 ).all()
             )
-            groups = [self._ready(now, limit, pipelines, {*excluded, *capped})]
+            groups = [self._ready(now, limit, pipelines, {*excluded, *capped}, alone)]
             for name, cap in sorted(capped.items()):
                 room = min(limit, cap - running.get(name, 0))
                 if room > 0:
-                    groups.append(self._ready(now, room, [name], ()))
+                    groups.append(self._ready(now, room, [name], (), alone))
             candidates: list[Any] = []
             for group in groups:
                 if self._postgres:
@@ -292,7 +331,7 @@ class JobStore(FamilyStore):
             return list(conn.execute(take))
 
     def _guarded(self, job_id: int, token: str, **values: Any) -> bool:
-        values.setdefault("updated_at", self.clock())
+        values.setdefault("updated_at", self._db_now())
         stmt = (
             update(Job)
             .where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
@@ -303,8 +342,7 @@ class JobStore(FamilyStore):
 
     def heartbeat(self, job_id: int, token: str, lease_seconds: float) -> bool:
         """Extend the lease; False means the lease is lost and the work must be dropped."""
-        until = self.clock() + timedelta(seconds=lease_seconds)
-        return self._guarded(job_id, token, lease_expires_at=until)
+        return self._guarded(job_id, token, lease_expires_at=self._db_after(lease_seconds))
 
     def complete(
         self,
@@ -316,7 +354,7 @@ class JobStore(FamilyStore):
         output_path: str | None = None,
     ) -> bool:
         """Mark succeeded with its result; False if the lease was lost."""
-        now = self.clock()
+        now = self._db_now()
         return self._guarded(
             job_id,
             token,
@@ -335,15 +373,19 @@ class JobStore(FamilyStore):
     def fail(
         self, job_id: int, token: str, error: str, retry_at: datetime | None, dead: bool = False
     ) -> bool:
-        """Record a failed attempt: back to the queue at `retry_at`, or final (`failed`/`dead`)."""
-        now = self.clock()
+        """Record a failed attempt: back to the queue at `retry_at`, or final (`failed`/`dead`).
+
+        `retry_at` is on the store's clock; on PostgreSQL the same delay is counted from
+        the database's clock.
+        """
+        now = self._db_now()
         if retry_at is not None:
             return self._guarded(
                 job_id,
                 token,
                 status=JobStatus.QUEUED,
                 error=error,
-                run_after=retry_at,
+                run_after=self._db_after((retry_at - self.clock()).total_seconds()),
                 lease_owner=None,
                 lease_token=None,
                 lease_expires_at=None,
@@ -405,27 +447,30 @@ class JobStore(FamilyStore):
     def recover_expired(self, max_crashes: int) -> list[RecoveredJob]:
         """Requeue jobs whose lease expired (their worker died or hung).
 
-        Each such attempt counts as a crash; after `max_crashes` the job is `dead`,
-        so an input that kills the worker cannot crash-loop it.
+        Each such attempt counts as a crash. At `max_crashes` the job is queued to run
+        alone (`claim(..., solo=True)`); a crash after that, alone, makes it `dead`, so
+        an input that kills the worker cannot crash-loop it, and a job that merely ran
+        beside it is not blamed.
         """
-        now = self.clock()
+        now = self._db_now()
         crashes = Job.crashes + 1
+        dead = crashes > max_crashes
+        times = literal("crashed the worker ", String) + cast(crashes, String)
         stmt = (
             update(Job)
             .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
             .values(
                 crashes=crashes,
-                status=case((crashes >= max_crashes, JobStatus.DEAD), else_=JobStatus.QUEUED),
+                status=case((dead, JobStatus.DEAD), else_=JobStatus.QUEUED),
                 error=case(
+                    (dead, times + literal(" times, the last time running alone", String)),
                     (
-                        crashes >= max_crashes,
-                        literal("crashed the worker ", String)
-                        + cast(crashes, String)
-                        + literal(" times", String),
+                        crashes == max_crashes,
+                        times + literal(" times; it runs once more, alone", String),
                     ),
                     else_="lease expired: the worker died or hung; retrying",
                 ),
-                finished_at=case((crashes >= max_crashes, now), else_=None),
+                finished_at=case((dead, now), else_=None),
                 lease_owner=None,
                 lease_token=None,
                 lease_expires_at=None,
@@ -477,7 +522,23 @@ class JobStore(FamilyStore):
         """Whether any job is queued and due now (leaving out `exclude_pipelines`)."""
         stmt = (
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.run_after <= self.clock())
+            .where(Job.status == JobStatus.QUEUED, Job.run_after <= self._db_now())
+            .limit(1)
+        )
+        if exclude_pipelines:
+            stmt = stmt.where(Job.pipeline.not_in(list(exclude_pipelines)))
+        with self.db.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def solo_waiting(self, max_crashes: int, exclude_pipelines: Collection[str] = ()) -> bool:
+        """Whether a job that must run alone is queued and due (the claimer drains for it)."""
+        stmt = (
+            select(Job.id)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                Job.run_after <= self._db_now(),
+                _solo(max_crashes),
+            )
             .limit(1)
         )
         if exclude_pipelines:
@@ -604,5 +665,6 @@ __all__ = [
     "NewChild",
     "NewJob",
     "RecoveredJob",
+    "offset_clock",
     "utcnow",
 ]

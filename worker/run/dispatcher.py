@@ -1,6 +1,10 @@
 """The dispatcher: one per daemon. It waits for a wake-up (PostgreSQL NOTIFY, the
 watcher, a slot coming free) or the poll interval, claims as many jobs as there are
-free slots in one claim call, and hands them to the slots."""
+free slots in one claim call, and hands them to the slots.
+
+A job that crashed the worker `max_attempts` times runs alone: while one is due, the
+dispatcher claims nothing until its slots are idle, then claims that job only, and
+nothing else until it is done."""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ class Dispatcher:
         self.outage = outage or Outage("db.unavailable", "db.recovered")
         self._crashed: list[BaseException] = []
         self._run_job = run_job
+        self._solo = False  # a job that must run alone is in hand
         self.slots = self._new_slots()
 
     def _new_slots(self) -> SlotPool:
@@ -76,7 +81,9 @@ class Dispatcher:
         busy = self.slots.busy()
         if busy == 0:  # with work in flight, the engine touches progress
             self.progress.touch()
-        free = self.slots.size - busy
+        if self._solo and busy == 0:
+            self._solo = False
+        free = 0 if self._solo else self.slots.size - busy
         if free == 0:
             self.wake.wait(self.settings.poll_interval)
             self.wake.clear()
@@ -86,13 +93,24 @@ class Dispatcher:
             # Pipelines outside their run window wait, queued (README, "Schedules").
             now = self.store.clock()
             closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
-            jobs = self.store.claim(
-                self.worker_id,
-                free,
-                self.settings.lease_seconds,
-                exclude_pipelines=closed,
-                limits={n: p.max_concurrent for n, p in self.pipelines.items() if p.max_concurrent},
+            crashes = self.settings.max_attempts
+            limits = {n: p.max_concurrent for n, p in self.pipelines.items() if p.max_concurrent}
+            # Drain for a job that must run alone; claim it once nothing else runs.
+            solo = self.store.solo_waiting(crashes, closed)
+            jobs = (
+                []
+                if solo and busy
+                else self.store.claim(
+                    self.worker_id,
+                    free,
+                    self.settings.lease_seconds,
+                    exclude_pipelines=closed,
+                    max_crashes=crashes,
+                    solo=solo,
+                    limits=limits,
+                )
             )
+            self._solo = solo and bool(jobs)
             self.outage.ok()
         except DatabaseUnavailable as exc:  # the database is not answering: wait, try again
             self.stop.soft.wait(self.outage.failed(exc))
