@@ -26,7 +26,7 @@ def jobs_list(
         table.add_row(
             str(job.id),
             Text(job.pipeline),
-            job.status,
+            Text(job.status),
             str(job.attempts),
             Text(job.source_path or job.source),
             job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -68,7 +68,7 @@ def jobs_retry(job_id: int) -> None:
         raise common.fatal(
             f"job {job_id} is {job.status}; only failed, dead or cancelled jobs retry", 1
         )
-    common.console.print(f"job {job_id} queued again")
+    common.console.print(f"job {job_id} queued again", markup=False)
 
 
 @jobs_app.command("cancel")
@@ -77,4 +77,4 @@ def jobs_cancel(job_id: int) -> None:
     store = common.open_store(common.settings())
     if not store.cancel(job_id):
         raise common.fatal(f"job {job_id} is not queued or running", 1)
-    common.console.print(f"job {job_id} cancelled")
+    common.console.print(f"job {job_id} cancelled", markup=False)

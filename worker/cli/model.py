@@ -6,6 +6,7 @@ import os
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from worker.cli import common
 from worker.errors import ModelError
@@ -57,5 +58,5 @@ def model_info() -> None:
     engine.close()
     table = Table("", "", show_header=False)
     for key, value in rows.items():
-        table.add_row(key, value, style=None)
+        table.add_row(key, Text(value), style=None)
     common.console.print(table, markup=False)

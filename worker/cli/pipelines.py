@@ -24,7 +24,7 @@ def pipelines_list() -> None:
     table = Table("name", "output", "max_tokens", "model", "description")
     for p in common.load_pipeline_set(settings).values():
         table.add_row(
-            p.name,
+            Text(p.name),
             p.output_format,
             str(p.generation.max_tokens),
             Text(p.model or settings.model),
@@ -50,16 +50,18 @@ def validate() -> None:
     table = Table("pipeline", "mode", "reader", "output", "schema", "long input", "model")
     for p in pipelines.values():
         table.add_row(
-            p.name,
+            Text(p.name),
             p.mode,
             p.reader,
             p.output_format,
             "yes" if p.json_schema else "",
             p.long_input,
-            p.model or settings.model,
+            Text(p.model or settings.model),
         )
     common.console.print(table)
-    common.console.print(f"{len(pipelines)} pipeline(s) in {settings.pipelines_dir} are valid")
+    common.console.print(
+        f"{len(pipelines)} pipeline(s) in {settings.pipelines_dir} are valid", markup=False
+    )
 
 
 @pipelines_app.command("try")
@@ -106,7 +108,7 @@ def _try(settings: Settings, pipeline: Pipeline, file: Path) -> None:
             first = next((r for r in document.records if r.fields is not None), None)
             if first is None:
                 raise InputError("no readable record in the file")
-            common.err.print(f"trying record at line {first.line}", highlight=False)
+            common.err.print(f"trying record at line {first.line}", markup=False, highlight=False)
             text, variables = template_variables(first.fields or {})
         else:
             text, variables = document.text, dict(document.variables)

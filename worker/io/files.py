@@ -161,10 +161,10 @@ def _archive(
             "failed_at": when.isoformat() if when else None,
         }
         payload = json.dumps(reason, indent=2, ensure_ascii=False) + "\n"
-        write_atomic(folder / error_name(name), payload.encode())
+        write_atomic(folder / error_name(name), payload.encode(), mode=settings.output_mode)
     target = folder / name
     try:
-        move_durably(source, target)
+        move_durably(source, target, mode=settings.output_mode)
     except FileNotFoundError:  # another process moved it first
         if not source.exists():
             return None

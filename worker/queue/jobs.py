@@ -113,7 +113,7 @@ class JobStore(FamilyStore):
         ready = (
             select(Job.id)
             .where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
-            .order_by(Job.priority.desc(), Job.id)
+            .order_by(Job.priority.desc(), Job.item_index.asc().nulls_first(), Job.id)
             .limit(limit)
         )
         if pipelines is not None:

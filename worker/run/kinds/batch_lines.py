@@ -56,7 +56,8 @@ def expand(
     context: JobContext, job: ClaimedJob, pipeline: Pipeline, ref: FileRef, data: bytes
 ) -> None:
     """Check every line; queue the valid ones as child jobs, record the bad ones as failed."""
-    lines = read_batch(data, lambda name: _served_model(context, name))
+    limit = context.settings.max_records_per_file
+    lines = read_batch(data, lambda name: _served_model(context, name), limit)
     children = []
     errors = []
     for line in lines:
@@ -138,7 +139,7 @@ def gather(
         store.update_batch(batch.id, status="finalizing", finalizing_at=now)
     children = store.children(job.id)
     outputs, errors = result_lines(batch.id, children)
-    files = batch_files(context.settings, pipeline.name, batch.input_name)
+    files = batch_files(context.settings, pipeline.name, batch.input_name, batch.id)
     publish(still_leased, files.output, jsonl(outputs).decode())
     publish(still_leased, files.errors, jsonl(errors).decode())
     counts = request_counts(batch.request_total, store.child_counts(job.id))
@@ -171,13 +172,13 @@ def live_object(context: JobContext, batch_id: str) -> dict[str, object] | None:
 def write_status(
     context: JobContext, pipeline: str, batch_id: str, still_leased: StillLeased = lambda: True
 ) -> str:
-    """Write `<name>.batch.json` as the batch is now; returns its text."""
+    """Write `<name>.<batch id>.batch.json` as the batch is now; returns its text."""
     value = live_object(context, batch_id)
     assert value is not None
     text = json.dumps(value, indent=2) + "\n"
     publish(
         still_leased,
-        batch_files(context.settings, pipeline, str(value["input_file_id"])).batch,
+        batch_files(context.settings, pipeline, str(value["input_file_id"]), batch_id).batch,
         text,
     )
     return text
