@@ -94,7 +94,7 @@ def try_pipeline(
 def _try(settings: Settings, pipeline: Pipeline, file: Path) -> None:
     import json
 
-    from worker.io.readers import Records, read_input, reader_for, template_variables
+    from worker.io.readers import Records, limits_of, read_input, reader_for, template_variables
     from worker.llm.chat import chat_template_for
     from worker.llm.loading import open_engine
     from worker.llm.model_files import resolve_model
@@ -103,7 +103,7 @@ def _try(settings: Settings, pipeline: Pipeline, file: Path) -> None:
     data = file.read_bytes()
     kind = reader_for(file.name, pipeline.reader)
     if kind != "openai-batch":
-        document = read_input(data, kind)
+        document = read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
             first = next((r for r in document.records if r.fields is not None), None)
             if first is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from worker.io.files import FileRef, FileVersion, archive_original
-from worker.io.readers import Records, read_input, reader_for
+from worker.io.readers import Records, limits_of, read_input, reader_for
 from worker.logs import event
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
@@ -46,7 +46,7 @@ class DocumentFile:
         if kind == "openai-batch":
             batch_lines.expand(context, job, pipeline, ref, data)
             return EXPANDED
-        document = read_input(data, kind)
+        document = read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
             records.expand(context, job, pipeline, document)
             return EXPANDED
