@@ -10,7 +10,9 @@ from worker.queue.jobs import JobStore, NewChild, NewJob
 
 
 def claim_file(store: JobStore, name: str) -> tuple[int, str]:
-    job_id = store.enqueue(NewJob("p", source="file", source_path=f"p/{name}", idempotency_key=name))
+    job_id = store.enqueue(
+        NewJob("p", source="file", source_path=f"p/{name}", idempotency_key=name)
+    )
     assert job_id is not None
     (job,) = store.claim("w1", 1, lease_seconds=30, pipelines=["p"])
     assert job.id == job_id

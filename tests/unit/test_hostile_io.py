@@ -135,9 +135,7 @@ def test_a_name_the_file_system_refuses_is_an_input_error_not_retried(tmp_path: 
     assert source.exists()
 
 
-def test_other_write_errors_stay_os_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_other_write_errors_stay_os_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def disk_full(*_args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
