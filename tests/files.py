@@ -37,3 +37,36 @@ def make_pdf(pages: list[str]) -> bytes:
     buffer = io.BytesIO()
     writer.write(buffer)
     return buffer.getvalue()
+
+
+def make_expanding_pdf(pages: int, chars_per_page: int) -> bytes:
+    """A small PDF whose `pages` pages all show ONE compressed content stream holding
+    `chars_per_page` characters of text: kilobytes of file, megabytes of text."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    line = "all work and no play " * 20  # 420 characters per text line
+    count = max(1, chars_per_page // len(line))
+    content = "\n".join(f"BT /F1 12 Tf 72 720 Td ({line}) Tj ET" for _ in range(count))
+    stream = DecodedStreamObject()
+    stream.set_data(content.encode("latin-1"))
+    shared = writer._add_object(stream.flate_encode())
+    for _ in range(pages):
+        page = writer.add_blank_page(width=612, height=792)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        page[NameObject("/Contents")] = shared
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()

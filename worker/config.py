@@ -84,7 +84,18 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=5.0, gt=0)
     settle_seconds: float = Field(default=1.0, ge=0)
     rescan_interval: float = Field(default=10.0, gt=0)
-    max_input_bytes: int = Field(default=1_000_000, gt=0)
+    max_input_bytes: int = Field(
+        default=1_000_000, gt=0, description="largest input file, and largest text read from one"
+    )
+    max_records_per_file: int = Field(
+        default=10_000, ge=1, description="records (lines, rows) one file may fan out into"
+    )
+    # Mode of output and error files; the folders created for them get x wherever r is
+    # set (0640 gives 0750). Octal, as a string ("0640") or a TOML octal (0o640).
+    output_mode: int = Field(default=0o640, ge=0o600, le=0o777)
+    # Mode of the inbox folders the daemon creates: setgid and group-writable, so members
+    # of the data folder's group (edge-worker-submit under systemd) can drop files.
+    inbox_mode: int = Field(default=0o2770, ge=0o700, le=0o7777)
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
@@ -121,6 +132,23 @@ class Settings(BaseSettings):
         parallel = info.data.get("parallel")
         if parallel is not None and value < parallel:
             raise ValueError(f"must be at least parallel ({parallel})")
+        return value
+
+    @field_validator("output_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return int(value.removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError("must be an octal file mode such as 0640") from None
+        return value
+
+    @field_validator("output_mode")
+    @classmethod
+    def _owner_writes(cls, value: int) -> int:
+        if value & 0o600 != 0o600:
+            raise ValueError("must let the owner read and write (0600 at least)")
         return value
 
     @field_validator("log_level", mode="before")

@@ -98,8 +98,14 @@ def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
 
     assert final["request_counts"] == {"total": 20, "completed": 17, "failed": 3}
     outbox = data_dir / "outbox" / "batch"
-    outputs = [json.loads(x) for x in (outbox / "questions.output.jsonl").read_text().splitlines()]
-    errors = [json.loads(x) for x in (outbox / "questions.errors.jsonl").read_text().splitlines()]
+    outputs = [
+        json.loads(x)
+        for x in (outbox / f"questions.jsonl.{batch_id}.output.jsonl").read_text().splitlines()
+    ]
+    errors = [
+        json.loads(x)
+        for x in (outbox / f"questions.jsonl.{batch_id}.errors.jsonl").read_text().splitlines()
+    ]
     assert len(outputs) == 17 and len(errors) == 3
     custom_ids = [o["custom_id"] for o in outputs]
     assert len(set(custom_ids)) == 17  # each line exactly once
@@ -115,13 +121,13 @@ def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
         ("q8", "duplicate_custom_id"),
         ("q14", "invalid_url"),
     ]
-    on_disk = json.loads((outbox / "questions.batch.json").read_text())
+    on_disk = json.loads((outbox / f"questions.jsonl.{batch_id}.batch.json").read_text())
     batch = Batch.model_validate(on_disk)
     assert batch.id == batch_id and batch.status == "completed"
     assert batch.request_counts is not None and batch.request_counts.total == 20
     assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [5, 10, 15]
-    assert on_disk["output_file_id"] == "questions.output.jsonl"
-    assert on_disk["error_file_id"] == "questions.errors.jsonl"
+    assert on_disk["output_file_id"] == f"questions.jsonl.{batch_id}.output.jsonl"
+    assert on_disk["error_file_id"] == f"questions.jsonl.{batch_id}.errors.jsonl"
     assert (data_dir / "done" / "batch" / "questions.jsonl").exists()
     listed = run_cli(env, "batch", "list")
     assert batch_id in listed.stdout and "completed" in listed.stdout
@@ -174,12 +180,12 @@ def test_submit_wait_json_output_and_cancel(
     outbox = data_dir / "outbox" / "batch"
     outputs = {
         o["custom_id"]: o["response"]["body"]
-        for o in map(json.loads, (outbox / "mixed.output.jsonl").read_text().splitlines())
+        for o in map(json.loads, (outbox / final["output_file_id"]).read_text().splitlines())
     }
     answer = json.loads(outputs["j"]["choices"][0]["message"]["content"])
     assert set(answer) == {"answer"} and len(answer["answer"]) <= 8
     assert outputs["c"]["object"] == "text_completion"
-    (error,) = map(json.loads, (outbox / "mixed.errors.jsonl").read_text().splitlines())
+    (error,) = map(json.loads, (outbox / final["error_file_id"]).read_text().splitlines())
     assert (error["custom_id"], error["error"]["code"]) == ("m", "model_not_found")
     assert batch_status(env, early_id)["status"] == "cancelled"
     assert daemon.stop() == 0

@@ -93,9 +93,12 @@ def batch_lines() -> bytes:
 
 def read_results(settings: Settings) -> tuple[list[dict], list[dict], dict]:  # type: ignore[type-arg]
     outbox = settings.folder("outbox", "batch")
-    outputs = [json.loads(x) for x in (outbox / "req.output.jsonl").read_text().splitlines()]
-    errors = [json.loads(x) for x in (outbox / "req.errors.jsonl").read_text().splitlines()]
-    return outputs, errors, json.loads((outbox / "req.batch.json").read_text())
+    (batch_file,) = outbox.glob("req.jsonl.batch_*.batch.json")
+    batch = json.loads(batch_file.read_text())
+    assert batch_file.name == f"req.jsonl.{batch['id']}.batch.json"
+    outputs = [json.loads(x) for x in (outbox / batch["output_file_id"]).read_text().splitlines()]
+    errors = [json.loads(x) for x in (outbox / batch["error_file_id"]).read_text().splitlines()]
+    return outputs, errors, batch
 
 
 def test_batch_with_bad_lines_gives_outputs_errors_and_counts(
@@ -107,7 +110,8 @@ def test_batch_with_bad_lines_gives_outputs_errors_and_counts(
     assert len(outputs) == 17 and len(errors) == 3
     assert batch["request_counts"] == {"total": 20, "completed": 17, "failed": 3}
     assert batch["status"] == "completed" and batch["id"] == f"batch_{parent}"
-    assert batch["output_file_id"] == "req.output.jsonl"
+    assert batch["output_file_id"] == f"req.jsonl.batch_{parent}.output.jsonl"
+    assert batch["error_file_id"] == f"req.jsonl.batch_{parent}.errors.jsonl"
     assert [e["line"] for e in batch["errors"]["data"]] == [4, 8, 12]
     assert [e["error"]["code"] for e in errors] == [
         "invalid_json",

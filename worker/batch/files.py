@@ -11,11 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from worker.batch.request import stable_id
 from worker.config import Settings
+from worker.io.naming import fit_name
 from worker.queue.models import Batch, Job, JobStatus
 
 COMPLETION_WINDOW = timedelta(hours=24)
@@ -32,6 +33,7 @@ CODES = frozenset(
         "batch_cancelled",
     }
 )
+BATCH_SUFFIXES = (".output.jsonl", ".errors.jsonl", ".batch.json")
 _CODED = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
 
 
@@ -42,16 +44,20 @@ class BatchFiles:
     batch: Path
 
 
-def batch_files(settings: Settings, pipeline: str, input_name: str) -> BatchFiles:
-    """`outbox/<pipeline>/<name>.output.jsonl`, `.errors.jsonl` and `.batch.json`."""
-    path = PurePath(input_name)
-    stem = path.stem if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else path.name
+def batch_files(settings: Settings, pipeline: str, input_name: str, batch_id: str) -> BatchFiles:
+    """`outbox/<pipeline>/<input name>.<batch id>.output.jsonl`, `.errors.jsonl` and
+    `.batch.json`.
+
+    The whole input name and the batch id: `c.json` and `c.jsonl` never share result
+    files, and a name used again never overwrites an earlier batch's. A long input name
+    is shortened (the same way for all three) so that every name fits 255 bytes.
+    """
+    tail = f".{batch_id}"
+    longest = max(BATCH_SUFFIXES, key=lambda suffix: len(suffix.encode()))
+    head = fit_name(input_name, tail + longest).removesuffix(tail + longest)
     folder = settings.folder("outbox", pipeline)
-    return BatchFiles(
-        folder / f"{stem}.output.jsonl",
-        folder / f"{stem}.errors.jsonl",
-        folder / f"{stem}.batch.json",
-    )
+    output, errors, batch = (folder / f"{head}{tail}{suffix}" for suffix in BATCH_SUFFIXES)
+    return BatchFiles(output, errors, batch)
 
 
 def error_of(child: Job) -> tuple[str, str]:

@@ -13,7 +13,9 @@ from typing import Any
 
 from worker.batch.request import LineError, parse_request
 from worker.errors import InputError
+from worker.io import jsontext
 from worker.io.decode import decode_text
+from worker.io.readers import too_many_records
 
 MAX_CUSTOM_ID = 512
 
@@ -63,18 +65,30 @@ def _check(value: Any, resolve_model: Callable[[str], str]) -> tuple[str, dict[s
     }
 
 
-def read_batch(data: bytes, resolve_model: Callable[[str], str]) -> list[BatchLine]:
-    """Every non-blank line of a batch file, in order. `resolve_model` raises LookupError."""
+def read_batch(
+    data: bytes, resolve_model: Callable[[str], str], max_lines: int | None = None
+) -> list[BatchLine]:
+    """Every non-blank line of a batch file, in order. `resolve_model` raises LookupError.
+
+    InputError if there are more than `max_lines` request lines (nothing is checked then).
+    """
     lines: list[BatchLine] = []
     seen: set[str] = set()
     for number, text in enumerate(decode_text(data).splitlines(), start=1):
         if not text.strip():
             continue
+        if max_lines is not None and len(lines) >= max_lines:
+            raise too_many_records(max_lines)
         try:
-            value = json.loads(text)
+            value = jsontext.loads(text)
         except json.JSONDecodeError as exc:
             error = LineError("invalid_json", f"line {number} is not valid JSON: {exc.msg}")
             lines.append(BatchLine(number, None, error=error))
+            continue
+        except jsontext.JSONTooDeep as exc:
+            lines.append(
+                BatchLine(number, None, error=LineError("invalid_json", f"line {number}: {exc}"))
+            )
             continue
         custom_id = _custom_id(value) if isinstance(value, dict) else None
         try:

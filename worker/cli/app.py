@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -94,7 +95,7 @@ def submit(
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=common.err, transient=True) as progress:
-        task = progress.add_task(Text(pipeline).plain, total=len(keys))
+        task = progress.add_task(escape(pipeline), total=len(keys))  # the column reads markup
         jobs = wait_keys(store, keys, timeout, lambda n: progress.update(task, completed=n))
     table = Table("file", "status", "result / error")
     failed = False

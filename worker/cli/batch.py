@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from worker.batch.ids import batch_id_for, job_id_of
 from worker.cli import common
@@ -77,9 +78,11 @@ def submit(
         assert existing is not None
         job_id = existing.id
     batch_id = batch_id_for(job_id)
-    common.console.print(batch_id, highlight=False)
+    common.console.print(batch_id, markup=False, highlight=False)
     common.err.print(
-        f"queued {file.name} -> inbox/{pipeline}/{submitted.ref.name}", highlight=False
+        f"queued {file.name} -> inbox/{pipeline}/{submitted.ref.name}",
+        markup=False,
+        highlight=False,
     )
     if not wait:
         return
@@ -105,10 +108,10 @@ def list_batches(limit: Annotated[int, typer.Option("--limit", "-n")] = 50) -> N
         assert described is not None
         counts = described["request_counts"]
         table.add_row(
-            batch.id,
-            batch.status,
-            batch.input_name,
-            batch.endpoint,
+            Text(batch.id),
+            Text(batch.status),
+            Text(batch.input_name),
+            Text(batch.endpoint),
             str(counts["total"]),
             str(counts["completed"]),
             str(counts["failed"]),
@@ -140,7 +143,7 @@ def cancel(batch_id: str) -> None:
             raise common.fatal(f"no batch {batch_id}", 1)
         if job.status in FINAL_STATUSES or not store.cancel(job.id):
             raise common.fatal(f"{batch_id} is {job.status}; nothing to cancel", 1)
-        common.console.print(f"{batch_id} cancelled before it was read")
+        common.console.print(f"{batch_id} cancelled before it was read", markup=False)
         return
     if not store.update_batch(
         batch_id, ("in_progress",), status="cancelling", cancelling_at=utcnow()
@@ -148,4 +151,4 @@ def cancel(batch_id: str) -> None:
         raise common.fatal(f"{batch_id} is {batch.status}; only an in_progress batch cancels", 1)
     cancelled = store.cancel_children(batch.job_id, "cancelled by operator")
     store.wake_parent(batch.job_id)
-    common.console.print(f"{batch_id} cancelling: {cancelled} request(s) cancelled")
+    common.console.print(f"{batch_id} cancelling: {cancelled} request(s) cancelled", markup=False)

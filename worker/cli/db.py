@@ -55,3 +55,36 @@ def db_downgrade(
     label = database_label(url)
     now = current(url) or "base"
     common.console.print(f"database at {label} is at revision {now}", markup=False)
+
+
+# `db grant-submitter` ------------------------------------------------------------------
+@db_app.command("grant-submitter")
+def db_grant_submitter(
+    role: str,
+    create: bool = typer.Option(
+        True, "--create/--no-create", help="Create the role (NOLOGIN) if it does not exist."
+    ),
+) -> None:
+    """PostgreSQL: let ROLE only submit jobs (INSERT pipeline, input_text, priority,
+    idempotency_key) and read their status and results; no UPDATE, no DELETE."""
+    from worker.cli.grants import GrantError, grant_submitter
+    from worker.queue.database import make_db_engine
+
+    settings = common.settings()
+    common.open_store(settings, migrate=True)
+    engine = make_db_engine(settings.resolved_database_url)
+    try:
+        created, statements = grant_submitter(engine, role, create)
+    except GrantError as exc:
+        raise common.fatal(str(exc), 2) from None
+    finally:
+        engine.dispose()
+    for statement in statements:
+        common.console.print(statement + ";", markup=False, highlight=False)
+    if created:
+        common.err.print(
+            f"created role {role!r} (NOLOGIN): GRANT it to login roles, or "
+            "ALTER ROLE ... LOGIN PASSWORD ...",
+            markup=False,
+            highlight=False,
+        )

@@ -138,7 +138,7 @@ def jobs_list(
         table.add_row(
             str(job.id),
             Text(job.pipeline),
-            job.status,
+            Text(job.status),
             str(job.attempts),
             Text(job.source_path or job.source),
             job.created_at.strftime("%Y-%m-%d %H:%M:%S"),

@@ -6,6 +6,7 @@ import os
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from worker.cli import common
 from worker.errors import ModelError
@@ -40,7 +41,7 @@ def _build_rows() -> dict[str, str]:
 def _print_rows(rows: dict[str, str]) -> None:
     table = Table("", "", show_header=False)
     for key, value in rows.items():
-        table.add_row(key, value, style=None)
+        table.add_row(key, Text(value), style=None)
     common.console.print(table, markup=False)
 
 

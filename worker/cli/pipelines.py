@@ -16,7 +16,14 @@ from worker.batch.request import CHAT, parse_request, prompt_and_generation
 from worker.cli import common
 from worker.config import Settings
 from worker.errors import InputError, ModelError
-from worker.io.readers import ReaderName, Records, read_input, reader_for, template_variables
+from worker.io.readers import (
+    ReaderName,
+    Records,
+    limits_of,
+    read_input,
+    reader_for,
+    template_variables,
+)
 from worker.llm.chat import chat_template_for
 from worker.llm.engine import Engine
 from worker.pipelines.inference import Answer, PipelineRun, generate
@@ -32,7 +39,7 @@ def pipelines_list() -> None:
     table = Table("name", "output", "max_tokens", "model", "description")
     for p in common.load_pipeline_set(settings).values():
         table.add_row(
-            p.name,
+            Text(p.name),
             p.output_format,
             str(p.generation.max_tokens),
             Text(p.model or settings.model),
@@ -58,16 +65,18 @@ def validate() -> None:
     table = Table("pipeline", "mode", "reader", "output", "schema", "long input", "model")
     for p in pipelines.values():
         table.add_row(
-            p.name,
+            Text(p.name),
             p.mode,
             p.reader,
             p.output_format,
             "yes" if p.json_schema else "",
             p.long_input,
-            p.model or settings.model,
+            Text(p.model or settings.model),
         )
     common.console.print(table)
-    common.console.print(f"{len(pipelines)} pipeline(s) in {settings.pipelines_dir} are valid")
+    common.console.print(
+        f"{len(pipelines)} pipeline(s) in {settings.pipelines_dir} are valid", markup=False
+    )
 
 
 @pipelines_app.command("try")
@@ -146,7 +155,7 @@ def _answer(
         # As the daemon answers it: only chat completions are stripped.
         strip = request.endpoint == CHAT
         return generate(engine, prompt, generation, lambda: False, strip=strip)
-    document = read_input(data, kind)
+    document = read_input(data, kind, limits_of(settings))
     if isinstance(document, Records):
         first = next((r for r in document.records if r.fields is not None), None)
         if first is None:

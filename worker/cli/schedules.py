@@ -62,10 +62,10 @@ def schedules_table(
                 str(outcome.waiting),
             ]
         table.add_row(
-            name,
-            f"{pipeline.schedule} ({pipeline.timezone})",
+            Text(name),
+            Text(f"{pipeline.schedule} ({pipeline.timezone})"),
             Text(_does(pipeline)),
-            pipeline.window or "always",
+            Text(pipeline.window or "always"),
             "\n".join(fire.astimezone(tz).strftime(TIME_FORMAT) for fire in upcoming),
             last_text,
             *numbers,

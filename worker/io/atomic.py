@@ -3,15 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from worker.errors import InputError
 
 # `.<start of the name>.<8 hex>.tmp`: what write_atomic leaves behind if the process dies.
 _TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{8}\.tmp", re.DOTALL)
 TEMP_NAME_HEAD_BYTES = 100
+# Outputs are readable by the owner's group, never by everyone, whatever the umask.
+DEFAULT_FILE_MODE = 0o640
+# errno values that say a file name itself is unusable: an input error, not retried.
+NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ})
+
+
+def folder_mode(file_mode: int) -> int:
+    """The mode for folders holding files of `file_mode`: search (x) wherever read (r)
+    is allowed, so 0640 gives 0750 and 0644 gives 0755."""
+    return file_mode | ((file_mode & 0o444) >> 2)
+
+
+@contextlib.contextmanager
+def name_errors_are_input_errors(path: Path) -> Iterator[None]:
+    """Turn an OSError about the name of `path` (too long, bytes the file system refuses)
+    into an InputError: retrying cannot help, unlike a full disk."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NAME_ERRNOS:
+            raise
+        reason = "file name too long" if exc.errno == errno.ENAMETOOLONG else exc.strerror
+        raise InputError(f"cannot write {path.name!r}: {reason}") from None
+
+
+def make_folder(folder: Path, mode: int) -> None:
+    """Create `folder` and any missing parents with exactly `mode` (not the umask's);
+    existing folders are left as they are."""
+    missing: list[Path] = []
+    current = folder
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode)
+            os.chmod(path, mode)  # mkdir's mode is masked by the umask
 
 
 def fsync_dir(folder: Path) -> None:
@@ -32,23 +74,33 @@ def temp_name(name: str) -> str:
     return f".{head}.{secrets.token_hex(4)}.tmp"
 
 
-def write_atomic(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+def write_atomic(
+    path: Path,
+    data: bytes,
+    before_replace: Callable[[], None] | None = None,
+    mode: int = DEFAULT_FILE_MODE,
+) -> None:
     """Write `data` to `path`: temp file in the same folder, fsync, rename, fsync the folder.
 
-    `before_replace` runs after the data is durable and just before the rename; if it raises,
-    nothing is published. On any error (disk full, permissions) the temp file is removed
-    and `path` is untouched.
+    The file gets exactly `mode`, and folders created for it `folder_mode(mode)`, whatever
+    the umask. `before_replace` runs after the data is durable and just before the rename;
+    if it raises, nothing is published. On any error (disk full, permissions) the temp
+    file is removed and `path` is untouched; a name the file system refuses (too long)
+    is an InputError.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, folder_mode(mode))
     tmp = path.parent / temp_name(path.name)
     try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
+        with name_errors_are_input_errors(path):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), mode)  # open's mode is masked by the umask
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if before_replace is not None:
+                before_replace()
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -86,10 +138,14 @@ def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     return removed
 
 
-def move_durably(source: Path, target: Path) -> None:
-    """Rename `source` to `target` (same file system) and make both folders durable."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
+def move_durably(source: Path, target: Path, mode: int = DEFAULT_FILE_MODE) -> None:
+    """Rename `source` to `target` (same file system) and make both folders durable.
+
+    A missing target folder is created with `folder_mode(mode)`; the file keeps its mode.
+    """
+    make_folder(target.parent, folder_mode(mode))
+    with name_errors_are_input_errors(target):
+        os.replace(source, target)
     fsync_dir(target.parent)
     if source.parent != target.parent:
         fsync_dir(source.parent)

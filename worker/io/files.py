@@ -161,12 +161,23 @@ def _archive(
             "failed_at": when.isoformat() if when else None,
         }
         payload = json.dumps(reason, indent=2, ensure_ascii=False) + "\n"
-        write_atomic(folder / error_name(name), payload.encode())
+        write_atomic(folder / error_name(name), payload.encode(), mode=settings.output_mode)
     target = folder / name
     try:
-        move_durably(source, target)
+        move_durably(source, target, mode=settings.output_mode)
     except FileNotFoundError:  # another process moved it first
         if not source.exists():
             return None
         raise
     return target
+
+
+def make_inbox(folder: Path, mode: int) -> None:
+    """Create an inbox folder with `mode` (whatever the umask); an existing one is left
+    as its administrator set it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return
+    os.chmod(folder, mode)

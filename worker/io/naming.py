@@ -35,15 +35,29 @@ def printable_path(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
-def _fit(name: str, suffix: str) -> str:
-    """`name + suffix`, shortening `name` (keeping valid UTF-8) to fit NAME_MAX bytes."""
-    budget = NAME_MAX_BYTES - len(suffix.encode())
-    encoded = name.encode()
-    if len(encoded) <= budget:
+# A shortened name keeps at least this many bytes of its head beside `~<8 hex>`; a suffix
+# that leaves less room is shortened with the name (it came from the input, not from us).
+_MIN_HEAD_BYTES = 16
+
+
+def fit_name(name: str, suffix: str = "") -> str:
+    """`name + suffix` within NAME_MAX (255) bytes: a long `name` is cut (keeping valid
+    UTF-8) and marked with `~` and 8 hex of the sha256 of the whole, so two long names
+    that differ anywhere stay different. A `suffix` too long to keep is cut with it."""
+    whole = (name + suffix).encode()
+    if len(whole) <= NAME_MAX_BYTES:
         return name + suffix
-    digest = hashlib.sha256(encoded).hexdigest()[:8]
-    head = encoded[: budget - 9].decode("utf-8", errors="ignore")
+    digest = hashlib.sha256(whole).hexdigest()[:8]
+    budget = NAME_MAX_BYTES - len(suffix.encode()) - 9
+    if budget < _MIN_HEAD_BYTES:
+        name, suffix, budget = name + suffix, "", NAME_MAX_BYTES - 9
+    head = name.encode()[:budget].decode("utf-8", errors="ignore")
     return f"{head}~{digest}{suffix}"
+
+
+def fits(name: str) -> bool:
+    """Whether `name` is within NAME_MAX bytes."""
+    return len(os.fsencode(name)) <= NAME_MAX_BYTES
 
 
 def output_name(input_name: str, output_format: str) -> str:
@@ -51,12 +65,12 @@ def output_name(input_name: str, output_format: str) -> str:
 
     Keeping the whole input name makes the output path unique per input name.
     """
-    return _fit(input_name, OUTPUT_EXTENSIONS[output_format])
+    return fit_name(input_name, OUTPUT_EXTENSIONS[output_format])
 
 
 def error_name(archived_name: str) -> str:
     """The reason file beside a failed original."""
-    return _fit(archived_name, ".error.json")
+    return fit_name(archived_name, ".error.json")
 
 
 def archive_name(input_name: str, job_id: int, taken: bool) -> str:
@@ -64,4 +78,4 @@ def archive_name(input_name: str, job_id: int, taken: bool) -> str:
     if not taken:
         return input_name
     path = Path(input_name)
-    return _fit(f"{path.stem}.job{job_id}", path.suffix)
+    return fit_name(f"{path.stem}.job{job_id}", path.suffix)

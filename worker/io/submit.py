@@ -11,7 +11,7 @@ from pathlib import Path
 
 from worker.config import Settings
 from worker.io.atomic import fsync_dir, move_durably, temp_name
-from worker.io.files import FileRef, content_digest, file_key
+from worker.io.files import FileRef, content_digest, file_key, make_inbox
 from worker.queue.jobs import JobStore
 from worker.queue.models import FINAL_STATUSES, Job, JobKind
 
@@ -32,7 +32,7 @@ def _free_name(folder: Path, name: str) -> str:
 def copy_into_inbox(settings: Settings, pipeline: str, source: Path) -> SubmittedFile:
     """Copy `source` into `inbox/<pipeline>/` atomically (a hidden temp file, then a rename)."""
     folder = settings.folder("inbox", pipeline)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_inbox(folder, settings.inbox_mode)
     data = source.read_bytes()
     name = _free_name(folder, source.name)
     tmp = folder / temp_name(name)  # hidden, and within 255 bytes for any name

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from worker.config import Settings
@@ -117,9 +118,11 @@ def to_json(snapshot: Snapshot, lease_seconds: float) -> dict[str, Any]:
 def render(snapshot: Snapshot, lease_seconds: float) -> Group:
     """The dashboard: queue by pipeline, last minute's throughput, running jobs, daemons."""
     data = to_json(snapshot, lease_seconds)
+    # Pipeline names, daemon ids, hosts and models come from the job table: they are data,
+    # shown as Text so that `[...]` in them is never taken for Rich markup.
     queue = Table("pipeline", *STATUSES, title="jobs")
     for name, by_status in data["pipelines"].items():
-        queue.add_row(name, *(str(by_status[s]) for s in STATUSES))
+        queue.add_row(Text(name), *(str(by_status[s]) for s in STATUSES))
     if len(data["pipelines"]) > 1:
         queue.add_row("all", *(str(data["totals"][s]) for s in STATUSES), style="bold")
 
@@ -144,8 +147,8 @@ def render(snapshot: Snapshot, lease_seconds: float) -> Group:
         age = job["age_seconds"]
         running.add_row(
             str(job["id"]),
-            job["pipeline"],
-            job["worker"] or "",
+            Text(job["pipeline"]),
+            Text(job["worker"] or ""),
             str(job["attempts"]),
             "" if age is None else f"{age:.0f} s",
         )
@@ -153,10 +156,10 @@ def render(snapshot: Snapshot, lease_seconds: float) -> Group:
     daemons = Table("daemon", "host", "state", "model", "slots", "last heartbeat", title="daemons")
     for w in data["workers"]:
         daemons.add_row(
-            w["id"],
-            w["host"],
-            w["state"],
-            w["model"],
+            Text(w["id"]),
+            Text(w["host"]),
+            Text(w["state"]),
+            Text(w["model"]),
             str(w["slots"]),
             f"{w['heartbeat_age_seconds']:.0f} s ago",
         )

@@ -1,12 +1,16 @@
 """Job store, part two: file jobs that fan out into child jobs, and OpenAI Batch records.
 
 A file job whose input has many records (a CSV, JSON Lines, an OpenAI Batch file) is
-expanded in ONE transaction: the parent goes from `running` to `waiting` (guarded by its
-lease token) and every child row is inserted. A crash before the commit leaves nothing
-behind (the parent's lease expires and it is expanded again); after it, the children
-exist exactly once (their idempotency keys are `child:<parent>:<line>`). When the last
-child is final, `wake_parent` queues the parent again; it then gathers the children's
-results into one output, written atomically, so every line appears exactly once.
+expanded in short transactions, so no write lock is held for long: the children are
+inserted in chunks, held (status `waiting`, never claimed), each chunk guarded by the
+parent's lease token; a last transaction releases them (`queued`, or `failed` for a bad
+record) and turns the parent from `running` to `waiting`. A crash between chunks leaves
+held children only: the parent's lease expires, it runs again, `has_children` is still
+False, and the expansion is redone; children already there are kept (their idempotency
+keys are `child:<parent>:<line>`, inserted with on-conflict-do-nothing), so each exists
+exactly once. When the last child is final, `wake_parent` queues the parent again; it
+then gathers the children's results into one output, written atomically, so every line
+appears exactly once.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, exists, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from worker.queue.models import Batch, Job, JobStatus
 from worker.queue.outage import translate_outages
 
 LIVE_CHILD = (JobStatus.QUEUED, JobStatus.RUNNING)
+# Children per insert transaction: a few milliseconds of write lock each on SQLite.
+EXPAND_CHUNK_ROWS = 500
+# A child inserted but not yet released: its parent is still being expanded.
+HELD = JobStatus.WAITING
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,50 @@ class NewBatch:
 
 class _LeaseLost(Exception):
     pass
+
+
+def _held_child(
+    parent_id: int, pipeline: str, source: str, child: NewChild, now: datetime
+) -> dict[str, Any]:
+    return {
+        "pipeline": pipeline,
+        "input_text": child.input_text,
+        "source": source,
+        "parent_id": parent_id,
+        "item_index": child.index,
+        "idempotency_key": f"child:{parent_id}:{child.index}",
+        "status": HELD,
+        "error": child.error,
+        "run_after": now,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+    }
+
+
+def _check_lease(conn: Connection, job_id: int, token: str) -> None:
+    # Locks the parent row (PostgreSQL) so the lease cannot be lost mid-transaction.
+    stmt = select(Job.id).where(
+        Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    if conn.execute(stmt).first() is None:
+        raise _LeaseLost
+
+
+def _release_children(conn: Connection, parent_id: int, now: datetime) -> None:
+    bad = Job.error.is_not(None)
+    conn.execute(
+        update(Job)
+        .where(Job.parent_id == parent_id, Job.status == HELD)
+        .values(
+            status=case((bad, JobStatus.FAILED), else_=JobStatus.QUEUED),
+            finished_at=case((bad, literal(now, Job.finished_at.type)), else_=None),
+            run_after=now,
+            updated_at=now,
+        )
+    )
 
 
 @translate_outages
@@ -83,45 +136,26 @@ class FamilyStore:
         source: str,
         children: Sequence[NewChild],
         batch: NewBatch | None = None,
+        chunk_rows: int = EXPAND_CHUNK_ROWS,
     ) -> bool:
-        """Turn a running file job into a waiting parent with `children`; False if lease lost."""
+        """Turn a running file job into a waiting parent with `children`; False if lease lost.
+
+        Children go in `chunk_rows` at a time (short transactions), held until the last
+        transaction releases them and moves the parent to `waiting`.
+        """
         now = self._db_time()
-        rows = [
-            {
-                "pipeline": pipeline,
-                "input_text": child.input_text,
-                "source": source,
-                "parent_id": job_id,
-                "item_index": child.index,
-                "idempotency_key": f"child:{job_id}:{child.index}",
-                "status": JobStatus.QUEUED if child.error is None else JobStatus.FAILED,
-                "error": child.error,
-                "run_after": now,
-                "created_at": now,
-                "updated_at": now,
-                "finished_at": None if child.error is None else now,
-            }
-            for child in children
-        ]
         try:
+            for start in range(0, len(children), chunk_rows):
+                rows = [
+                    _held_child(job_id, pipeline, source, child, now)
+                    for child in children[start : start + chunk_rows]
+                ]
+                with self.db.begin() as conn:
+                    _check_lease(conn, job_id, token)
+                    conn.execute(self._insert_children(), rows)
             with self.db.begin() as conn:
-                moved = conn.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING
-                    )
-                    .values(
-                        status=JobStatus.WAITING,
-                        lease_owner=None,
-                        lease_token=None,
-                        lease_expires_at=None,
-                        updated_at=now,
-                    )
-                ).rowcount
-                if moved != 1:
-                    raise _LeaseLost
-                if rows:
-                    conn.execute(insert(Job), rows)
+                _check_lease(conn, job_id, token)
+                _release_children(conn, job_id, now)
                 if batch is not None:
                     conn.execute(
                         insert(Batch).values(
@@ -136,13 +170,34 @@ class FamilyStore:
                             in_progress_at=now,
                         )
                     )
+                conn.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING
+                    )
+                    .values(
+                        status=JobStatus.WAITING,
+                        lease_owner=None,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                    )
+                )
         except _LeaseLost:
             return False
         return True
 
+    def _insert_children(self) -> Any:
+        # A child left by an expansion that crashed part-way is kept, not inserted twice.
+        dialect_insert = (
+            postgresql.insert if self.db.dialect.name == "postgresql" else sqlite.insert
+        )
+        return dialect_insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+
     def has_children(self, job_id: int) -> bool:
-        """Whether this job was expanded (its children exist)."""
-        stmt = select(Job.id).where(Job.parent_id == job_id).limit(1)
+        """Whether this job was expanded (its children exist and were released; held
+        children of an expansion that did not finish do not count)."""
+        stmt = select(Job.id).where(Job.parent_id == job_id, Job.status != HELD).limit(1)
         with self.db.connect() as conn:
             return conn.execute(stmt).first() is not None
 
@@ -166,7 +221,8 @@ class FamilyStore:
         live = exists().where(child.parent_id == Job.id, child.status.in_(LIVE_CHILD))
         stmt = (
             update(Job)
-            .where(Job.status == JobStatus.WAITING, ~live, *where)
+            # Only parents: a held child (also `waiting`) waits for its expansion instead.
+            .where(Job.status == JobStatus.WAITING, Job.parent_id.is_(None), ~live, *where)
             .values(status=JobStatus.QUEUED, run_after=now, updated_at=now)
             .returning(Job.id)
         )

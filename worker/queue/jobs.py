@@ -57,6 +57,12 @@ def _lock_key(pipeline: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def _claim_order(row: Any) -> tuple[int, bool, int, int]:
+    """The claim's ORDER BY in Python: priority, then records by their line across files
+    (jobs that are no record first), then age. One big file cannot starve the others."""
+    return (-row.priority, row.item_index is not None, row.item_index or 0, row.id)
+
+
 @dataclass(frozen=True)
 class _Solo:
     """Which jobs a claim may take by the crash rule (see `claim`)."""
@@ -155,7 +161,9 @@ class JobStore(FamilyStore):
         max_crashes: int | None = None,
         solo: bool = False,
     ) -> list[ClaimedJob]:
-        """Lease up to `limit` ready jobs, highest priority first, oldest first.
+        """Lease up to `limit` ready jobs: highest priority first, then jobs that are not
+        records of a file, then records by their line across files (one big file cannot
+        starve the others), then the oldest.
 
         `pipelines` limits the claim to those pipelines; `exclude_pipelines` leaves
         those out (e.g. outside their run window), so jobs of unknown pipelines still
@@ -183,7 +191,7 @@ class JobStore(FamilyStore):
             rows = self._claim_uncapped(
                 owner, token, now, limit, lease_seconds, pipelines, excluded, alone
             )
-        rows = sorted(rows, key=lambda r: (-r.priority, r.id))
+        rows = sorted(rows, key=_claim_order)
         return [
             ClaimedJob(
                 id=r.id,
@@ -208,12 +216,12 @@ class JobStore(FamilyStore):
         pipelines: Collection[str] | None,
         excluded: Collection[str],
         alone: _Solo,
-    ) -> Select[int, int]:
+    ) -> Select[int, int, int | None]:
         """Queued jobs due at `now`, in claim order, at most `limit`."""
         ready = (
-            select(Job.id, Job.priority)
+            select(Job.id, Job.priority, Job.item_index)
             .where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
-            .order_by(Job.priority.desc(), Job.id)
+            .order_by(Job.priority.desc(), Job.item_index.asc().nulls_first(), Job.id)
             .limit(1 if alone.solo else limit)
         )
         if alone.max_crashes is not None:
@@ -323,7 +331,7 @@ class JobStore(FamilyStore):
                 if self._postgres:
                     group = group.with_for_update(skip_locked=True)
                 candidates.extend(conn.execute(group).all())
-            chosen = sorted(candidates, key=lambda r: (-r.priority, r.id))[:limit]
+            chosen = sorted(candidates, key=_claim_order)[:limit]
             if not chosen:
                 return []
             ids = [r.id for r in chosen]

@@ -18,7 +18,14 @@ from typing import Any
 from worker.background import BackgroundLoop
 from worker.config import Settings
 from worker.errors import InputError
-from worker.io.files import FileRef, FileVersion, archive_original, content_digest, file_key
+from worker.io.files import (
+    FileRef,
+    FileVersion,
+    archive_original,
+    content_digest,
+    file_key,
+    make_inbox,
+)
 from worker.io.naming import is_ignored_name, name_problem, printable_path
 from worker.io.safe_read import read_regular_file
 from worker.logs import event
@@ -68,7 +75,7 @@ class InboxWatcher(BackgroundLoop):
     def watch(self, pipelines: Collection[str], held: Collection[str] = ()) -> None:
         """Watch the inboxes of `pipelines` (creating them) from now on (a reload)."""
         for name in pipelines:
-            self.settings.folder("inbox", name).mkdir(parents=True, exist_ok=True)
+            make_inbox(self.settings.folder("inbox", name), self.settings.inbox_mode)
         self.pipelines = set(pipelines)
         self.held = frozenset(held)
         self._last_rescan = float("-inf")  # files that waited for a new pipeline: now

@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Literal
 
-from worker.io.readers.base import Document, Record, Records, template_variables
+from worker.config import Settings
+from worker.io.readers.base import (
+    NO_LIMITS,
+    Document,
+    ReadLimits,
+    Record,
+    Records,
+    template_variables,
+    text_over_limit,
+    too_many_records,
+)
 from worker.io.readers.html import read_html
 from worker.io.readers.pdf import read_pdf
 from worker.io.readers.records import read_csv, read_json, read_jsonl
@@ -38,28 +48,48 @@ def reader_for(name: str, configured: ReaderName = "auto") -> ReaderName:
     return BY_EXTENSION.get(PurePath(name).suffix.lower(), "text")
 
 
-def read_input(data: bytes, reader: ReaderName) -> Document | Records:
-    """Read one input with `reader` (not "openai-batch": see worker.batch). InputError if bad."""
+def read_input(
+    data: bytes, reader: ReaderName, limits: ReadLimits = NO_LIMITS
+) -> Document | Records:
+    """Read one input with `reader` (not "openai-batch": see worker.batch). InputError if
+    bad, or if it becomes more text or more records than `limits` allow."""
+    result: Document | Records
     if reader == "html":
-        return read_html(data)
-    if reader == "pdf":
-        return read_pdf(data)
-    if reader == "json":
-        return read_json(data)
-    if reader == "jsonl":
-        return read_jsonl(data)
-    if reader == "csv":
-        return read_csv(data)
-    return read_text(data)
+        result = read_html(data)
+    elif reader == "pdf":
+        result = read_pdf(data, limits.max_text_chars)
+    elif reader == "json":
+        result = read_json(data, limits)
+    elif reader == "jsonl":
+        result = read_jsonl(data, limits)
+    elif reader == "csv":
+        result = read_csv(data, limits)
+    else:
+        result = read_text(data)
+    limit = limits.max_text_chars
+    if isinstance(result, Document) and limit is not None and len(result.text) > limit:
+        raise text_over_limit(limit)
+    return result
+
+
+def limits_of(settings: Settings) -> ReadLimits:
+    """The read limits `settings` set: text up to max_input_bytes characters, records up
+    to max_records_per_file."""
+    return ReadLimits(settings.max_input_bytes, settings.max_records_per_file)
 
 
 __all__ = [
     "BY_EXTENSION",
+    "NO_LIMITS",
     "Document",
+    "ReadLimits",
     "ReaderName",
     "Record",
     "Records",
+    "limits_of",
     "read_input",
     "reader_for",
     "template_variables",
+    "text_over_limit",
+    "too_many_records",
 ]

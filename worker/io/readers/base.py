@@ -7,8 +7,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.errors import InputError
+
 # Record fields used as the input text, in this order, when present.
 INPUT_FIELDS = ("input", "text")
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on what one input may become: the characters of its text (a small PDF can
+    hold megabytes of text) and its number of records (each becomes a job)."""
+
+    max_text_chars: int | None = None
+    max_records: int | None = None
+
+
+NO_LIMITS = ReadLimits()
+
+
+def text_over_limit(limit: int) -> InputError:
+    """The error for text that expanded past `max_input_bytes`."""
+    return InputError(
+        f"extracted text is over max_input_bytes: more than {limit} characters; split the document"
+    )
+
+
+def too_many_records(limit: int) -> InputError:
+    """The error for a file with more records than `max_records_per_file`."""
+    return InputError(f"the file has more than {limit} records (max_records_per_file); split it")
 
 
 @dataclass(frozen=True)

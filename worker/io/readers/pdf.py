@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 
 from worker.errors import InputError
-from worker.io.readers.base import Document
+from worker.io.readers.base import Document, text_over_limit
 
 
-def read_pdf(data: bytes) -> Document:
-    """The text of every page, pages separated by a blank line."""
+class _TooMuchText(Exception):
+    pass
+
+
+def read_pdf(data: bytes, max_chars: int | None = None) -> Document:
+    """The text of every page, pages separated by a blank line.
+
+    Pages share content streams and streams are compressed, so a few kilobytes of PDF can
+    hold megabytes of text: extraction stops (InputError) once more than `max_chars`
+    characters came out, before the rest is read.
+    """
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
+
+    extracted = 0
+
+    def count(text: str, *_context: Any) -> None:
+        # pypdf calls this for each piece of text it shows, so a page's text is bounded
+        # while it is extracted, not only after.
+        nonlocal extracted
+        extracted += len(text)
+        if max_chars is not None and extracted > max_chars:
+            raise _TooMuchText
 
     if not data.lstrip()[:5].startswith(b"%PDF-"):
         raise InputError("not a PDF file: it does not start with %PDF-")
@@ -22,7 +42,10 @@ def read_pdf(data: bytes) -> Document:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise InputError("the PDF is encrypted; decrypt it first")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages = [page.extract_text(visitor_text=count) or "" for page in reader.pages]
+    except _TooMuchText:
+        assert max_chars is not None
+        raise text_over_limit(max_chars) from None
     except InputError:
         raise
     except PyPdfError as exc:

@@ -118,8 +118,8 @@ class JobContext:
         return PipelineRun(self.engine, pipeline, self.chat)
 
 
-def publish(still_leased: StillLeased, path: Path, text: str) -> None:
-    """Write an output atomically, unless this worker's lease is gone."""
+def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None:
+    """Write an output atomically with file `mode`, unless this worker's lease is gone."""
 
     def confirm() -> None:
         # Checked after the slow part (writing and fsyncing the temp file), right before
@@ -127,7 +127,7 @@ def publish(still_leased: StillLeased, path: Path, text: str) -> None:
         if not still_leased():
             raise GenerationInterrupted("lease lost before publishing")
 
-    write_atomic(path, text.encode("utf-8"), before_replace=confirm)
+    write_atomic(path, text.encode("utf-8"), before_replace=confirm, mode=mode)
 
 
 def read_version(path: Path, key: str | None, max_bytes: int) -> bytes:

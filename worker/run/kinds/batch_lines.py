@@ -25,6 +25,7 @@ from worker.batch.request import (
 from worker.errors import GenerationInterrupted, PromptTooLong
 from worker.io.files import FileRef
 from worker.llm.chat import ChatError
+from worker.llm.grammar import UnsupportedSchema
 from worker.pipelines.inference import ResultInvalid, generate
 from worker.pipelines.models import UnknownModel, resolve_model_name
 from worker.pipelines.spec import Pipeline
@@ -56,7 +57,8 @@ def expand(
     context: JobContext, job: ClaimedJob, pipeline: Pipeline, ref: FileRef, data: bytes
 ) -> None:
     """Check every line; queue the valid ones as child jobs, record the bad ones as failed."""
-    lines = read_batch(data, lambda name: _served_model(context, name))
+    limit = context.settings.max_records_per_file
+    lines = read_batch(data, lambda name: _served_model(context, name), limit)
     children = []
     errors = []
     for line in lines:
@@ -112,6 +114,8 @@ class BatchLine:
             raise LineError("context_length_exceeded", str(exc)) from None
         except ResultInvalid as exc:
             raise LineError("invalid_response", str(exc), "response_format") from None
+        except UnsupportedSchema as exc:  # a grammar llama.cpp refused for this vocabulary
+            raise LineError("invalid_request", str(exc), "response_format") from None
         created = int(context.store.clock().timestamp())
         body = response_body(request, answer, model, created, job.id)
         text = json.dumps(body, ensure_ascii=False)
@@ -138,9 +142,10 @@ def gather(
         store.update_batch(batch.id, status="finalizing", finalizing_at=now)
     children = store.children(job.id)
     outputs, errors = result_lines(batch.id, children)
-    files = batch_files(context.settings, pipeline.name, batch.input_name)
-    publish(still_leased, files.output, jsonl(outputs).decode())
-    publish(still_leased, files.errors, jsonl(errors).decode())
+    files = batch_files(context.settings, pipeline.name, batch.input_name, batch.id)
+    mode = context.settings.output_mode
+    publish(still_leased, files.output, jsonl(outputs).decode(), mode)
+    publish(still_leased, files.errors, jsonl(errors).decode(), mode)
     counts = request_counts(batch.request_total, store.child_counts(job.id))
     final: dict[str, Any] = {
         "output_file": files.output.name,
@@ -171,13 +176,14 @@ def live_object(context: JobContext, batch_id: str) -> dict[str, object] | None:
 def write_status(
     context: JobContext, pipeline: str, batch_id: str, still_leased: StillLeased = lambda: True
 ) -> str:
-    """Write `<name>.batch.json` as the batch is now; returns its text."""
+    """Write `<name>.<batch id>.batch.json` as the batch is now; returns its text."""
     value = live_object(context, batch_id)
     assert value is not None
     text = json.dumps(value, indent=2) + "\n"
     publish(
         still_leased,
-        batch_files(context.settings, pipeline, str(value["input_file_id"])).batch,
+        batch_files(context.settings, pipeline, str(value["input_file_id"]), batch_id).batch,
         text,
+        context.settings.output_mode,
     )
     return text

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 
+from worker.errors import InputError
 from worker.io.files import FileRef, FileVersion, archive_original
-from worker.io.readers import Records, read_input, reader_for
+from worker.io.readers import Records, limits_of, read_input, reader_for
 from worker.logs import event
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
@@ -46,14 +47,14 @@ class DocumentFile:
         if kind == "openai-batch":
             batch_lines.expand(context, job, pipeline, ref, data)
             return EXPANDED
-        document = read_input(data, kind)
+        document = read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
             records.expand(context, job, pipeline, document)
             return EXPANDED
         run = context.pipeline_run(pipeline)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         output = ref.output_path(settings, pipeline.output_format)
-        publish(attempt.still_leased, output, answer.text + "\n")
+        publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
     def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
@@ -73,7 +74,7 @@ class DocumentFile:
                 outcome.when,
                 version=FileVersion.from_key(job.idempotency_key),
             )
-        except OSError as exc:  # the watcher finishes the move on a later rescan
+        except (OSError, InputError) as exc:  # the watcher finishes the move on a rescan
             event("job.archive_failed", logging.WARNING, job_id=job.id, error=str(exc))
             return
         if archived is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from worker.errors import GenerationInterrupted
 from worker.io.files import FileRef
 from worker.io.naming import output_name
-from worker.io.readers import Records, template_variables
+from worker.io.readers import Records, template_variables, too_many_records
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, NewChild
 from worker.queue.models import JobKind, JobStatus
@@ -31,7 +31,13 @@ from worker.run.kinds.base import (
 
 
 def expand(context: JobContext, job: ClaimedJob, pipeline: Pipeline, records: Records) -> None:
-    """Turn the file job into a waiting parent with one child per record."""
+    """Turn the file job into a waiting parent with one child per record.
+
+    InputError (nothing queued) if there are more records than max_records_per_file.
+    """
+    limit = context.settings.max_records_per_file
+    if len(records.records) > limit:
+        raise too_many_records(limit)
     children = [
         NewChild(
             r.line, json.dumps({"line": r.line, "fields": r.fields}, ensure_ascii=False), r.error
@@ -93,6 +99,8 @@ def gather(
         }
         lines.append(json.dumps(line, ensure_ascii=False))
     output = context.settings.folder("outbox", pipeline.name) / output_name(ref.name, "jsonl")
-    publish(still_leased, output, "".join(f"{line}\n" for line in lines))
+    publish(
+        still_leased, output, "".join(f"{line}\n" for line in lines), context.settings.output_mode
+    )
     summary = f"{len(lines)} records: {succeeded} succeeded, {len(lines) - succeeded} failed"
     return JobResult(summary, prompt_tokens, completion_tokens, output)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from worker.errors import InputError
 from worker.io.naming import output_name
-from worker.io.readers import Records, read_input, reader_for
+from worker.io.readers import Records, limits_of, read_input, reader_for
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
@@ -51,14 +51,14 @@ class SweptFile:
         job, pipeline, settings = attempt.job, attempt.pipeline, self.context.settings
         path = swept_path(job.source_path, pipeline, settings.data_dir)
         data = read_version(path, job.idempotency_key, settings.max_input_bytes)
-        document = read_input(data, reader_for(path.name, pipeline.reader))
+        document = read_input(data, reader_for(path.name, pipeline.reader), limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
         run = self.context.pipeline_run(pipeline)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
         output = settings.folder("outbox", pipeline.name) / name
-        publish(attempt.still_leased, output, answer.text + "\n")
+        publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
     def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:

@@ -1,0 +1,93 @@
+"""`edge-worker db grant-submitter`: a PostgreSQL role that can only submit jobs.
+
+Rows in the job table are untrusted input; a program that only needs to submit work
+should not be able to write `source`, `source_path`, `status` or leases at all. The
+role may INSERT `pipeline`, `input_text`, `priority` and `idempotency_key` (every other
+column takes its default: a `table` job, queued), and SELECT the columns that say how
+a job went. It cannot UPDATE or DELETE. Column privileges cannot tell rows apart: every
+member of the role can read every job's status, result and error.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+INSERT_COLUMNS = ("pipeline", "input_text", "priority", "idempotency_key")
+# What a submitter needs to find its job (INSERT ... RETURNING id, or by its key) and
+# read the outcome. Not input_text: other submitters' inputs stay unreadable.
+SELECT_COLUMNS = (
+    "id",
+    "pipeline",
+    "status",
+    "priority",
+    "idempotency_key",
+    "attempts",
+    "result_text",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+MAX_ROLE_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+class GrantError(Exception):
+    """The grant cannot be made; the message says why."""
+
+
+def quote_identifier(name: str) -> str:
+    """`name` as a PostgreSQL quoted identifier (any characters, `"` doubled)."""
+    if not name or "\x00" in name or len(name.encode()) > MAX_ROLE_BYTES:
+        raise GrantError(f"invalid role name {name!r}: 1 to {MAX_ROLE_BYTES} bytes, no NUL")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def grant_statements(role: str, schema: str, sequence: str | None) -> list[str]:
+    """The SQL that leaves `role` with exactly the submitter privileges on `schema`.jobs.
+
+    `sequence` is the (already quoted, schema-qualified) sequence of jobs.id, if any.
+    REVOKE ALL first, so running it again, or on a role that had more, ends the same.
+    """
+    who = quote_identifier(role)
+    table = f"{quote_identifier(schema)}.jobs"
+    statements = [
+        f"REVOKE ALL ON TABLE {table} FROM {who}",
+        f"GRANT USAGE ON SCHEMA {quote_identifier(schema)} TO {who}",
+        f"GRANT INSERT ({', '.join(INSERT_COLUMNS)}) ON TABLE {table} TO {who}",
+        f"GRANT SELECT ({', '.join(SELECT_COLUMNS)}) ON TABLE {table} TO {who}",
+    ]
+    if sequence is not None:  # a serial id: inserting takes its next value
+        statements.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {who}")
+    return statements
+
+
+def grant_submitter(engine: Engine, role: str, create: bool) -> tuple[bool, list[str]]:
+    """Give `role` the submitter privileges (creating it, NOLOGIN, if `create` and it does
+    not exist). Returns (whether it was created, the statements run). GrantError if the
+    database is not PostgreSQL, the role is missing, or the jobs table is not there."""
+    if engine.dialect.name != "postgresql":
+        raise GrantError("grant-submitter needs PostgreSQL (SQLite has no roles)")
+    who = quote_identifier(role)
+    with engine.begin() as conn:
+        schema = conn.execute(
+            text(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass('jobs')"
+            )
+        ).scalar()
+        if schema is None:
+            raise GrantError("no jobs table: run `edge-worker db upgrade` first")
+        exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
+        created = False
+        if exists.first() is None:
+            if not create:
+                raise GrantError(f"role {role!r} does not exist (leave out --no-create)")
+            conn.execute(text(f"CREATE ROLE {who} NOLOGIN"))
+            created = True
+        sequence = conn.execute(
+            text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": f"{schema}.jobs"}
+        ).scalar()
+        statements = grant_statements(role, schema, sequence)
+        for statement in statements:
+            conn.execute(text(statement))
+    return created, statements
