@@ -39,10 +39,12 @@ def test_disk_full_is_retryable_and_succeeds_once_space_is_freed(
     job_id = drop(settings, store, "a.txt", b"hello")
     full = True
 
-    def write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+    def write(
+        path: Path, data: bytes, before_replace: Callable[[], None] | None = None, mode: int = 0o640
+    ) -> None:
         if full:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        write_atomic(path, data, before_replace)
+        write_atomic(path, data, before_replace, mode)
 
     monkeypatch.setattr("worker.run.kinds.base.write_atomic", write)
     runner = make_runner(settings, store, FakeEngine())
