@@ -83,11 +83,15 @@ def test_a_batch_line_whose_schema_is_too_big_fails_alone_and_the_daemon_keeps_s
     assert daemon.proc.poll() is None, "the daemon died"
 
     outbox = data_dir / "outbox" / "batch"
-    outputs = [json.loads(x) for x in (outbox / "attack.output.jsonl").read_text().splitlines()]
+    batch_id = final["id"]
+    output_file = outbox / f"attack.jsonl.{batch_id}.output.jsonl"
+    outputs = [json.loads(x) for x in output_file.read_text().splitlines()]
     assert sorted(o["custom_id"] for o in outputs) == ["after", "before", "fits"]
     errors = {
         e["custom_id"]: e["error"]
-        for e in map(json.loads, (outbox / "attack.errors.jsonl").read_text().splitlines())
+        for e in map(
+            json.loads, (outbox / f"attack.jsonl.{batch_id}.errors.jsonl").read_text().splitlines()
+        )
     }
     assert set(errors) == {"huge", "greedy"}
     assert errors["huge"]["code"] == "invalid_request"

@@ -1,7 +1,18 @@
-"""Per-sequence llama.cpp sampler chains built from a pipeline's generation parameters."""
+"""Per-sequence llama.cpp sampler chains built from a pipeline's generation parameters.
+
+JSON output is sampled lazily under its grammar, as llama.cpp's own sampler does:
+applying a grammar to the whole vocabulary (262,144 tokens for Gemma) before every
+sample is most of the cost of a JSON token. For greedy sampling without penalties
+(what JSON pipelines use) the chain picks the best token first and asks the grammar
+about that one token only; only when the grammar rejects it is the grammar applied to
+the whole vocabulary and the token picked again. The result is the same token: the
+best token the grammar allows.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any
 
 from worker.llm.generation import Generation
@@ -21,6 +32,9 @@ class SamplerChain:
 
     def __init__(self, ll: Any, vocab: Any, generation: Generation, default_seed: int) -> None:
         self._ll = ll
+        self._fast: Any = None  # greedy alone: the first pick of the lazy grammar path
+        self._check: Any = None  # a grammar that judges that one pick
+        self.rejections = 0  # picks the grammar refused (then sampled under it)
         params = ll.llama_sampler_chain_default_params()
         params.no_perf = True
         self._chain = ll.llama_sampler_chain_init(params)
@@ -44,6 +58,14 @@ class SamplerChain:
                     "vocabulary: simplify the schema"
                 )
             self._add(sampler, "grammar")
+            if generation.temperature <= 0 and generation.repeat_penalty == 1.0:
+                # Stateless greedy: a lone pick is the chain's pick whenever it is allowed.
+                self._fast = ll.llama_sampler_init_greedy()
+                self._check = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+                if not self._fast or not self._check:
+                    raise RuntimeError("llama.cpp could not create the lazy grammar samplers")
+                self._one = (ll.llama_token_data * 1)()
+                self._one_array = ll.llama_token_data_array(self._one, 1, -1, False)
         if generation.repeat_penalty != 1.0:
             # The first argument is penalty_last_n in llama.cpp's 4-argument signature; the
             # binding declares an older 5-argument one, so both ints carry the same value.
@@ -72,11 +94,27 @@ class SamplerChain:
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample from the logits at batch position `index` and accept the token."""
-        # llama_sampler_sample also accepts the token into the chain's state.
-        token: int = self._ll.llama_sampler_sample(self._chain, ctx, index)
+        ll = self._ll
+        if self._fast is None:
+            # llama_sampler_sample also accepts the token into the chain's state.
+            token: int = ll.llama_sampler_sample(self._chain, ctx, index)
+            return token
+        token = ll.llama_sampler_sample(self._fast, ctx, index)
+        one = self._one[0]
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        self._one_array.size, self._one_array.selected = 1, -1
+        ll.llama_sampler_apply(self._check, ctypes.byref(self._one_array))
+        if math.isfinite(one.logit):  # the grammar allows the best token: take it
+            ll.llama_sampler_accept(self._chain, token)  # the chain's grammar follows too
+        else:  # refused: the best token the grammar allows, over the whole vocabulary
+            self.rejections += 1
+            token = ll.llama_sampler_sample(self._chain, ctx, index)
+        ll.llama_sampler_accept(self._check, token)
         return token
 
     def free(self) -> None:
-        if self._chain is not None:
-            self._ll.llama_sampler_free(self._chain)
-            self._chain = None
+        for name in ("_chain", "_fast", "_check"):
+            sampler = getattr(self, name, None)
+            if sampler is not None:
+                self._ll.llama_sampler_free(sampler)
+                setattr(self, name, None)
