@@ -20,6 +20,8 @@ from worker.llm.grammar import UnsupportedSchema, compile_grammar
 
 # Tokens of history the repetition penalty looks at.
 PENALTY_LAST_N = 64
+# Greedy JSON output picks first and asks the grammar after (see above).
+LAZY_GRAMMAR = True
 
 
 class SamplerChain:
@@ -58,7 +60,8 @@ class SamplerChain:
                     "vocabulary: simplify the schema"
                 )
             self._add(sampler, "grammar")
-            if generation.temperature <= 0 and generation.repeat_penalty == 1.0:
+            stateless = generation.temperature <= 0 and generation.repeat_penalty == 1.0
+            if LAZY_GRAMMAR and stateless:
                 # Stateless greedy: a lone pick is the chain's pick whenever it is allowed.
                 self._fast = ll.llama_sampler_init_greedy()
                 self._check = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
