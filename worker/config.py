@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     n_threads_batch: int | None = Field(default=None, ge=1, le=1024)
     # A job's greedy output does not depend on what else is in the batch (see README,
     # Performance); off trades that for faster prompt processing on CPUs.
-    batch_invariant: bool = True
+    batch_invariant: bool = False
     # Repacked weight layouts and AMX tiles (llama.cpp's extra buffer types); ignored while
     # batch_invariant is on. Off: some virtual machines report AMX and fault on it.
     repack_weights: bool = False

@@ -74,4 +74,4 @@ def test_pipelines_list_and_model_info(env: dict[str, str]) -> None:
     assert "gemma3" in text
     assert "32768" in text
     assert "a5fd3b62230aa5ec" in text
-    assert re.search(r"batch_invariant\W+true", text), text
+    assert re.search(r"batch_invariant\W+false", text), text

@@ -7,7 +7,7 @@ chunks, in the same call or, in batch-invariant mode, in alternate calls. A fini
 sequence frees its slot at once, and the next waiting request takes it without waiting
 for the others.
 
-Batch invariance (`BatchOptions.batch_invariant`, on by default): a job's tokens do not
+Batch invariance (`BatchOptions.batch_invariant`, off by default): a job's tokens do not
 depend on what else is in the batch. llama.cpp's CPU backend computes a row with other
 kernels when a matrix product has more columns (8 or more for its tiled K-quant
 matmul, 4 or more for repacked weights), and attention over a stream with other kernels
@@ -61,7 +61,7 @@ class BatchOptions:
     n_ubatch: int = 512
     n_threads_batch: int | None = None
     prefix_cache: bool = True
-    batch_invariant: bool = True
+    batch_invariant: bool = False
     # llama.cpp's extra weight buffers (repacked layouts, AMX tiles). Off by default: some
     # virtual machines report AMX and then fault on it (SIGILL), and on the default model
     # repacking bought nothing measurable (docs/performance.md).
@@ -162,10 +162,10 @@ class BatchedEngine:
             cparams.kv_unified = False
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         else:
-            # As llama-server runs: one KV buffer for all sequences (masks keep them apart;
-            # a shared prefix is shared cells, not a copy) and flash attention where the
-            # backend has it. Measured faster on CPU (docs/performance.md).
-            cparams.kv_unified = True
+            # Flash attention where the backend has it, and still one KV stream per
+            # sequence: a unified buffer makes every token attend over all sequences'
+            # cells (masked), measured 3% slower here (docs/performance.md).
+            cparams.kv_unified = False
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
