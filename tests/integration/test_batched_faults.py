@@ -91,7 +91,7 @@ def test_a_grammar_llama_cpp_refuses_fails_its_request_alone(
 ) -> None:
     # A grammar that got past every check (there is none known): llama.cpp answers NULL,
     # which used in a chain crashed the process (SIGSEGV).
-    monkeypatch.setattr(sampling, "compile_grammar", lambda schema, max_tokens: 'root ::= "{" x')
+    monkeypatch.setattr(batched, "compile_grammar", lambda schema, max_tokens: 'root ::= "{" x')
     schema = {"type": "object"}
     found: list[BaseException] = []
 

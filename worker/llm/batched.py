@@ -39,6 +39,7 @@ from typing import Any
 from worker.errors import GenerationInterrupted, InputError, ModelError
 from worker.llm.engine import Completion, EngineOptions, context_error
 from worker.llm.generation import Generation
+from worker.llm.grammar import compile_grammar
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
 from worker.llm.sampling import SamplerChain
@@ -84,6 +85,7 @@ class _Request:
     generation: Generation
     should_stop: Callable[[], bool]
     prefix_tokens: list[int] | None
+    grammar: str | None = None  # compiled by the caller, off the decode thread
     done: threading.Event = field(default_factory=threading.Event)
     result: Completion | None = None
     error: BaseException | None = None
@@ -156,16 +158,14 @@ class BatchedEngine:
         cparams.n_threads_batch = batch.n_threads_batch or threads
         cparams.swa_full = True  # prefix copies need the full cache of sliding-window layers
         cparams.no_perf = True
+        # One KV stream per sequence: in a unified buffer every token attends over all
+        # sequences' cells (masked), measured 3% slower here (docs/performance.md).
+        cparams.kv_unified = False
         if batch.batch_invariant:
-            # One stream per sequence, and the attention kernels of llama-cpp-python's Llama
-            # (flash attention off): a row's arithmetic is the same as a lone sequence's.
-            cparams.kv_unified = False
+            # The attention kernels of llama-cpp-python's Llama (flash attention off): a
+            # row's arithmetic is the same as a lone sequence's.
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         else:
-            # Flash attention where the backend has it, and still one KV stream per
-            # sequence: a unified buffer makes every token attend over all sequences'
-            # cells (masked), measured 3% slower here (docs/performance.md).
-            cparams.kv_unified = False
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -248,7 +248,10 @@ class BatchedEngine:
         prefix = None
         if shared_prefix and self.batch_options.prefix_cache:
             prefix = self.tokenize(shared_prefix)
-        request = _Request(tokens, generation, should_stop, prefix)
+        grammar = None
+        if generation.json_schema is not None:  # bounded, checked, cached: not on decode
+            grammar = compile_grammar(generation.json_schema, generation.max_tokens)
+        request = _Request(tokens, generation, should_stop, prefix, grammar)
         self._incoming.put(request)
         while not request.done.wait(0.5):
             if self._closed.is_set():
@@ -319,7 +322,9 @@ class BatchedEngine:
             raise GenerationInterrupted("stopped before it started")
         seq_id = self._free_slots.pop(0)
         try:
-            sampler = SamplerChain(self._ll, self._vocab, request.generation, self.options.seed)
+            sampler = SamplerChain(
+                self._ll, self._vocab, request.generation, self.options.seed, request.grammar
+            )
         except BaseException:
             self._free_slots.append(seq_id)
             raise

@@ -32,27 +32,38 @@ class SamplerChain:
     and a grammar llama.cpp refuses is an UnsupportedSchema for this request alone.
     """
 
-    def __init__(self, ll: Any, vocab: Any, generation: Generation, default_seed: int) -> None:
+    def __init__(
+        self,
+        ll: Any,
+        vocab: Any,
+        generation: Generation,
+        default_seed: int,
+        grammar: str | None = None,
+    ) -> None:
+        """`grammar`: the GBNF of `generation.json_schema` when the caller compiled it
+        already (off the decode thread); compiled here otherwise."""
         self._ll = ll
         self._fast: Any = None  # greedy alone: the first pick of the lazy grammar path
-        self._check: Any = None  # a grammar that judges that one pick
-        self.rejections = 0  # picks the grammar refused (then sampled under it)
+        self._grammar: Any = None  # the chain's own grammar sampler (owned by the chain)
         params = ll.llama_sampler_chain_default_params()
         params.no_perf = True
         self._chain = ll.llama_sampler_chain_init(params)
         if not self._chain:
             raise RuntimeError("llama.cpp could not create a sampler chain")
         try:
-            self._build(vocab, generation, default_seed)
+            self._build(vocab, generation, default_seed, grammar)
         except BaseException:
             self.free()  # the samplers added so far belong to the chain
             raise
 
-    def _build(self, vocab: Any, generation: Generation, default_seed: int) -> None:
+    def _build(
+        self, vocab: Any, generation: Generation, default_seed: int, grammar: str | None
+    ) -> None:
         ll = self._ll
         if generation.json_schema is not None:
             # The grammar first: every later step only sees tokens the schema allows.
-            grammar = compile_grammar(generation.json_schema, generation.max_tokens)
+            if grammar is None:
+                grammar = compile_grammar(generation.json_schema, generation.max_tokens)
             sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not sampler:
                 raise UnsupportedSchema(
@@ -64,9 +75,9 @@ class SamplerChain:
             if LAZY_GRAMMAR and stateless:
                 # Stateless greedy: a lone pick is the chain's pick whenever it is allowed.
                 self._fast = ll.llama_sampler_init_greedy()
-                self._check = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-                if not self._fast or not self._check:
-                    raise RuntimeError("llama.cpp could not create the lazy grammar samplers")
+                if not self._fast:
+                    raise RuntimeError("llama.cpp could not create the greedy sampler")
+                self._grammar = sampler
                 self._one = (ll.llama_token_data * 1)()
                 self._one_array = ll.llama_token_data_array(self._one, 1, -1, False)
         if generation.repeat_penalty != 1.0:
@@ -106,17 +117,17 @@ class SamplerChain:
         one = self._one[0]
         one.id, one.logit, one.p = token, 1.0, 0.0
         self._one_array.size, self._one_array.selected = 1, -1
-        ll.llama_sampler_apply(self._check, ctypes.byref(self._one_array))
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
         if math.isfinite(one.logit):  # the grammar allows the best token: take it
-            ll.llama_sampler_accept(self._chain, token)  # the chain's grammar follows too
-        else:  # refused: the best token the grammar allows, over the whole vocabulary
-            self.rejections += 1
-            token = ll.llama_sampler_sample(self._chain, ctx, index)
-        ll.llama_sampler_accept(self._check, token)
-        return token
+            ll.llama_sampler_accept(self._chain, token)  # the grammar advances with it
+            return token
+        # Refused: the best token the grammar allows, over the whole vocabulary (accepted).
+        refused: int = ll.llama_sampler_sample(self._chain, ctx, index)
+        return refused
 
     def free(self) -> None:
-        for name in ("_chain", "_fast", "_check"):
+        self._grammar = None  # the chain frees it
+        for name in ("_chain", "_fast"):
             sampler = getattr(self, name, None)
             if sampler is not None:
                 self._ll.llama_sampler_free(sampler)

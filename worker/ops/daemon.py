@@ -131,7 +131,9 @@ def _serve(
             "service.died", logging.ERROR, service=loop.name, error=f"{type(exc).__name__}: {exc}"
         )
         died.append(loop)
-        stop.soft.set()  # finish the jobs in hand, then exit non-zero: systemd restarts us
+        if loop is leases:  # nothing renews the leases: the jobs in hand cannot finish safely
+            stop.hard.set()
+        stop.stop_claiming()  # finish the jobs in hand, then exit non-zero: systemd restarts us
         wake.set()
 
     metrics = DaemonMetrics(store, worker_id, model_name, settings.parallel, engine.load_seconds)

@@ -72,7 +72,7 @@ class Reloader(BackgroundLoop):
         try:
             fresh = self.load_settings()
             pipelines = checked_pipelines(fresh)
-        except (ConfigError, PipelineError) as exc:
+        except (ConfigError, PipelineError, OSError) as exc:
             event("reload.failed", logging.ERROR, error=str(exc), kept=sorted(self.pipelines))
             return False
         restart = [
@@ -81,9 +81,18 @@ class Reloader(BackgroundLoop):
             if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(self.settings, name)
         ]
         self.pipelines.replace(pipelines)
-        self.watcher.watch(pipelines, held_inboxes(pipelines))
-        if self.scheduler is not None:
-            self.scheduler.reload(pipelines)
         set_level(fresh.log_level)
+        try:
+            self.watcher.watch(pipelines, held_inboxes(pipelines))
+            if self.scheduler is not None:
+                self.scheduler.reload(pipelines)
+        except Exception as exc:  # a folder or the database: the next SIGHUP tries again
+            event(
+                "reload.partial",
+                logging.ERROR,
+                error=f"{type(exc).__name__}: {exc}",
+                pipelines=sorted(pipelines),
+            )
+            return False
         event("reload.done", pipelines=sorted(pipelines), needs_restart=restart or None)
         return True

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from typing import Any
 
 from worker.pipelines.spec import Pipeline
 
@@ -20,6 +21,25 @@ class LivePipelines(Mapping[str, Pipeline]):
     def replace(self, pipelines: Mapping[str, Pipeline]) -> None:
         """Put `pipelines` in effect."""
         self._current = dict(pipelines)
+
+    def snapshot(self) -> dict[str, Pipeline]:
+        """The set in effect now, as one dict that a reload does not change."""
+        return self._current
+
+    def items(self) -> ItemsView[str, Pipeline]:
+        return self._current.items()
+
+    def values(self) -> ValuesView[Pipeline]:
+        return self._current.values()
+
+    def keys(self) -> KeysView[str]:
+        return self._current.keys()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._current.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._current
 
     def __getitem__(self, name: str) -> Pipeline:
         return self._current[name]

@@ -410,16 +410,16 @@ class JobStore(FamilyStore):
             updated_at=now,
         )
 
-    def defer(self, job_id: int, token: str, reason: str, run_after: datetime) -> bool:
-        """Put a job back to wait until `run_after`, this attempt not counted, with the
-        reason in `error` (e.g. its pipeline is not loaded yet)."""
+    def defer(self, job_id: int, token: str, reason: str, seconds: float) -> bool:
+        """Put a job back to wait `seconds` (on the database's clock), this attempt not
+        counted, with the reason in `error` (e.g. its pipeline is not loaded yet)."""
         return self._guarded(
             job_id,
             token,
             status=JobStatus.QUEUED,
             attempts=Job.attempts - 1,
             error=reason,
-            run_after=run_after,
+            run_after=self._db_after(seconds),
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,

@@ -9,6 +9,7 @@ nothing else until it is done."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from worker.background import Progress
@@ -47,6 +48,8 @@ class Dispatcher:
         self._crashed: list[BaseException] = []
         self._run_job = run_job
         self._solo = False  # a job that must run alone is in hand
+        self._solo_pending = False  # one waits (last looked up at _solo_checked_at)
+        self._solo_checked_at = float("-inf")
         self.slots = self._new_slots()
 
     def _new_slots(self) -> SlotPool:
@@ -92,11 +95,12 @@ class Dispatcher:
         try:
             # Pipelines outside their run window wait, queued (README, "Schedules").
             now = self.store.clock()
-            closed = [n for n, p in self.pipelines.items() if not p.open_at(now)]
+            pipelines = dict(self.pipelines.items())  # one set for the round (reloads)
+            closed = [n for n, p in pipelines.items() if not p.open_at(now)]
             crashes = self.settings.max_attempts
-            limits = {n: p.max_concurrent for n, p in self.pipelines.items() if p.max_concurrent}
+            limits = {n: p.max_concurrent for n, p in pipelines.items() if p.max_concurrent}
             # Drain for a job that must run alone; claim it once nothing else runs.
-            solo = self.store.solo_waiting(crashes, closed)
+            solo = self._solo_waiting(crashes, closed)
             jobs = (
                 []
                 if solo and busy
@@ -111,6 +115,8 @@ class Dispatcher:
                 )
             )
             self._solo = solo and bool(jobs)
+            if self._solo:
+                self._solo_pending = False
             self.outage.ok()
         except DatabaseUnavailable as exc:  # the database is not answering: wait, try again
             self.stop.soft.wait(self.outage.failed(exc))
@@ -123,6 +129,15 @@ class Dispatcher:
             return False
         self.wake.wait(self.settings.poll_interval)
         return True
+
+    def _solo_waiting(self, crashes: int, closed: list[str]) -> bool:
+        """Whether a job that must run alone waits. Only the recovery sweep makes such a
+        job, every sweep_interval: looked up that often, not on every claim round."""
+        now = time.monotonic()
+        if self._solo_pending or now - self._solo_checked_at >= self.settings.sweep_interval:
+            self._solo_checked_at = now
+            self._solo_pending = self.store.solo_waiting(crashes, closed)
+        return self._solo_pending
 
     def _drained(self, inputs_pending: Callable[[], int], closed: list[str]) -> bool:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Protocol
 
 from worker.background import Progress
@@ -145,9 +144,9 @@ class JobRunner:
 
     def _defer(self, job: ClaimedJob, reason: str) -> None:
         # Not yet a failure: the pipeline may come with the next reload. Look again soon.
-        retry_at = self.store.clock() + timedelta(seconds=UNKNOWN_PIPELINE_RECHECK_SECONDS)
         waiting = f"{reason}; waiting for a reload"
-        if self.record(lambda: self.store.defer(job.id, job.lease_token, waiting, retry_at)):
+        delay = UNKNOWN_PIPELINE_RECHECK_SECONDS
+        if self.record(lambda: self.store.defer(job.id, job.lease_token, waiting, delay)):
             event("job.deferred", logging.WARNING, job_id=job.id, reason=waiting)
 
     def _handle(self, job: ClaimedJob, started: float) -> None:
@@ -189,6 +188,7 @@ class JobRunner:
             self._fail(job, handler, f"internal error: {type(exc).__name__}: {exc}", True)
         else:
             if isinstance(outcome, Expanded):
+                self.leases.drop(job)  # the file job waits for its children, leaseless
                 event("job.expanded", job_id=job.id, pipeline=job.pipeline)
             else:
                 self._succeed(job, handler, outcome, started)
@@ -200,8 +200,10 @@ class JobRunner:
         if self.leases.is_lost(job):
             event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
             return
-        self.record(lambda: self.store.release(job.id, job.lease_token))
-        event("job.released", job_id=job.id, reason=reason)
+        if self.record(lambda: self.store.release(job.id, job.lease_token)):
+            event("job.released", job_id=job.id, reason=reason)
+        else:  # the job moved on meanwhile (e.g. it was expanded): nothing to give back
+            event("job.release_skipped", job_id=job.id, reason=reason)
 
     def _succeed(
         self, job: ClaimedJob, handler: JobHandler, done: JobResult, started: float
@@ -217,6 +219,7 @@ class JobRunner:
                 output,
             )
         )
+        self.leases.drop(job)  # its lease ended with the outcome: no longer to be renewed
         if not recorded:
             event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
             return
@@ -252,6 +255,7 @@ class JobRunner:
                 job.id, job.lease_token, error, decision.retry_at, decision.dead
             )
         )
+        self.leases.drop(job)  # its lease ended with the outcome: no longer to be renewed
         if not recorded:
             event("job.abandoned", logging.WARNING, job_id=job.id, reason="lease lost")
             return

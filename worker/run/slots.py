@@ -44,11 +44,6 @@ class SlotPool:
         for thread in self._threads:
             thread.start()
 
-    def free(self) -> int:
-        """Slots with no job handed to them."""
-        with self._lock:
-            return self.size - self._busy
-
     def busy(self) -> int:
         with self._lock:
             return self._busy

@@ -20,5 +20,11 @@ class StopFlags:
         if self.soft.is_set():
             self.hard.set()
         else:
+            self.stop_claiming()
+
+    def stop_claiming(self) -> None:
+        """Stop claiming and finish within the timeout (a first request, or a service that
+        died); a later signal still stops at once."""
+        if not self.soft.is_set():
             self.soft_at = time.monotonic()
             self.soft.set()

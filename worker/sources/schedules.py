@@ -51,6 +51,7 @@ class Scheduler:
         self.enqueue_inbox = enqueue_inbox
         self.on_enqueued = on_enqueued
         self._scheduler: Any = None
+        self._started = False  # the service is on (firing, when there are schedules)
 
     def _use(self, pipelines: Mapping[str, Pipeline]) -> None:
         self.pipelines = {name: p for name, p in pipelines.items() if p.schedule is not None}
@@ -61,17 +62,26 @@ class Scheduler:
         }
 
     def reload(self, pipelines: Mapping[str, Pipeline]) -> None:
-        """Fire on the schedules of `pipelines` from now on (a reload); unchanged
-        schedules keep firing without a gap worth a catch-up."""
-        running = self._scheduler is not None
-        self.stop()
+        """Fire on the schedules of `pipelines` from now on (a reload): also schedules added
+        to a daemon that had none. Raises (DatabaseUnavailable in the catch-up) with the
+        service still marked started, so the next reload tries again."""
+        self._fire_off()
         self._use(pipelines)
-        if running:
-            self.start()
+        if self._started:
+            self._fire_on()
 
     # Life cycle ------------------------------------------------------------
     def start(self) -> None:
         """Make the catch-up fires, then start firing on schedule (no-op without schedules)."""
+        self._started = True
+        self._fire_on()
+
+    def stop(self) -> None:
+        """Stop firing; waits for a fire in progress to finish enqueueing."""
+        self._started = False
+        self._fire_off()
+
+    def _fire_on(self) -> None:
         if not self.triggers:
             return
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -101,8 +111,7 @@ class Scheduler:
                 next_fire=upcoming[0].isoformat() if upcoming else None,
             )
 
-    def stop(self) -> None:
-        """Stop firing; waits for a fire in progress to finish enqueueing."""
+    def _fire_off(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
