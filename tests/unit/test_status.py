@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from worker.ops.status import Snapshot, render, to_json, worker_state
 from worker.queue.models import Worker
@@ -68,3 +69,25 @@ def test_json_has_stable_keys_and_totals() -> None:
     assert data["workers"][0]["state"] == "running"
     assert data["workers"][0]["heartbeat_age_seconds"] == 5.0
     assert len(render(snapshot, lease_seconds=60).renderables) == 4
+
+
+def test_sd_notify_never_blocks_on_a_receiver_that_stopped_reading(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from worker.ops.sd_notify import Notifier
+
+    path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    notifier = Notifier(str(path))
+    done = threading.Event()
+
+    def flood() -> None:
+        for _ in range(2000):  # far past the receiver's queue (max_dgram_qlen)
+            notifier.send("WATCHDOG=1")
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    assert done.wait(10), "send blocked on a full receiver queue"
+    receiver.close()

@@ -21,9 +21,11 @@ class Notifier:
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(lines).encode(), target)
+                # Never wait: a receiver that stopped reading (its queue full) must not
+                # block the watchdog, or the shutdown that sends STOPPING=1.
+                sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, target)
         except OSError:
-            pass  # systemd gone or socket unwritable: notification is best effort
+            pass  # systemd gone, socket unwritable or full: notification is best effort
 
 
 class Watchdog(BackgroundLoop):
