@@ -93,8 +93,19 @@ class Figures:
 
 def plain_loop(model: Path, docs: list[str], threads: int, n_ctx: int) -> Figures:
     """(a) What every user writes first: one Llama, a loop over create_completion."""
+    import llama_cpp
     from llama_cpp import Llama
 
+    # No extra weight buffers (repack, AMX), as in the engine and llama-server here: the
+    # machines this runs on report AMX and die with SIGILL on it.
+    defaults = llama_cpp.llama_model_default_params
+
+    def model_params() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_model_default_params = model_params
     llm = Llama(str(model), n_ctx=n_ctx, n_threads=threads, verbose=False)
     latencies, prompt_tokens, generated = [], 0, 0
     started = time.monotonic()
