@@ -27,6 +27,15 @@ def make_runner(settings: Settings, store: JobStore, engine: FakeEngine) -> Runn
     return Runner(settings, store, engine, PIPELINES, "w1", StopFlags(), threading.Event())
 
 
+def run_until_a_job_runs(runner: Runner, store: JobStore) -> threading.Thread:
+    """`runner.run()` in a thread of its own, returned once a job is running."""
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while not store.list_jobs(status="running"):
+        threading.Event().wait(0.01)
+    return thread
+
+
 def drop(settings: Settings, store: JobStore, name: str, data: bytes) -> int:
     folder = settings.folder("inbox", "echo")
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,10 +152,7 @@ def test_shutdown_releases_a_running_job_without_counting_it(
     settings = settings.model_copy(update={"shutdown_timeout": 0.2})
     job_id = store.enqueue(NewJob("echo", "x"))
     runner = make_runner(settings, store, FakeEngine(block=threading.Event()))
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    while not store.list_jobs(status="running"):
-        threading.Event().wait(0.01)
+    thread = run_until_a_job_runs(runner, store)
     runner.stop.request()
     thread.join(timeout=10)
     assert not thread.is_alive()
@@ -161,10 +167,7 @@ def test_a_cancelled_job_stops_and_is_not_completed(settings: Settings, store: J
     assert job_id is not None
     engine = FakeEngine(block=threading.Event())
     runner = make_runner(settings, store, engine)
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    while not store.list_jobs(status="running"):
-        threading.Event().wait(0.01)
+    thread = run_until_a_job_runs(runner, store)
     assert store.cancel(job_id)
     # the lease keeper notices within lease/3 and the engine sees should_stop()
     assert engine.interrupted.wait(10)
@@ -183,10 +186,7 @@ def test_a_cancel_is_seen_within_about_a_second_whatever_the_lease(
     assert job_id is not None
     engine = FakeEngine(block=threading.Event())
     runner = make_runner(settings, store, engine)
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    while not store.list_jobs(status="running"):
-        threading.Event().wait(0.01)
+    thread = run_until_a_job_runs(runner, store)
     assert store.cancel(job_id)
     assert engine.interrupted.wait(3)
     runner.stop.request()
@@ -211,10 +211,7 @@ def test_cancel_then_retry_runs_once_more_and_the_old_attempt_stays_stopped(
 
     engine = FakeEngine(answer, block=release)
     runner = make_runner(settings, store, engine)
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    while not store.list_jobs(status="running"):
-        threading.Event().wait(0.01)
+    thread = run_until_a_job_runs(runner, store)
     assert store.cancel(job_id)
     assert engine.interrupted.wait(3)  # the first attempt stopped
     engine.block = None

@@ -149,4 +149,14 @@ def wake_parent(context: JobContext, job: ClaimedJob) -> None:
         event("job.gather_queued", job_id=parent)
 
 
+class ChildOfFile:
+    """For the kinds that are children of a file job (records, batch lines)."""
+
+    context: JobContext
+
+    def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
+        """The last child to finish queues its file job to gather."""
+        wake_parent(self.context, job)
+
+
 HandlerMap = Mapping[JobKind, JobHandler]

@@ -33,12 +33,11 @@ from worker.queue.jobs import ClaimedJob, NewBatch, NewChild
 from worker.queue.models import JobKind
 from worker.run.kinds.base import (
     Attempt,
-    FinalOutcome,
+    ChildOfFile,
     JobContext,
     JobResult,
     StillLeased,
     publish,
-    wake_parent,
 )
 
 
@@ -89,7 +88,7 @@ def expand(
     write_status(context, pipeline.name, batch.id)
 
 
-class BatchLine:
+class BatchLine(ChildOfFile):
     """One request line of an OpenAI Batch file: the response body is the job's result."""
 
     kind = JobKind.BATCH
@@ -120,10 +119,6 @@ class BatchLine:
         body = response_body(request, answer, model, created, job.id)
         text = json.dumps(body, ensure_ascii=False)
         return JobResult(text, answer.prompt_tokens, answer.completion_tokens)
-
-    def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
-        """The last line to finish queues the batch file's job to gather."""
-        wake_parent(self.context, job)
 
 
 def gather(

@@ -21,12 +21,11 @@ from worker.queue.jobs import ClaimedJob, NewChild
 from worker.queue.models import JobKind, JobStatus
 from worker.run.kinds.base import (
     Attempt,
-    FinalOutcome,
+    ChildOfFile,
     JobContext,
     JobResult,
     StillLeased,
     publish,
-    wake_parent,
 )
 
 
@@ -50,7 +49,7 @@ def expand(context: JobContext, job: ClaimedJob, pipeline: Pipeline, records: Re
     context.record(lambda: store.wake_parent(job.id))  # every record was bad: gather at once
 
 
-class RecordItem:
+class RecordItem(ChildOfFile):
     """One record of a file job: its fields are the template variables."""
 
     kind = JobKind.ITEM
@@ -64,10 +63,6 @@ class RecordItem:
         run = self.context.pipeline_run(attempt.pipeline)
         answer = run.run(input_text, variables, attempt.should_stop)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens)
-
-    def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:
-        """The last record to finish queues its file job to gather."""
-        wake_parent(self.context, job)
 
 
 def gather(
