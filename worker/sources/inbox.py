@@ -35,6 +35,11 @@ from worker.queue.outage import DatabaseUnavailable
 from worker.sources.settle import Observation, is_settled, observe
 
 TICK_SECONDS = 0.2
+# Events that say a file was read, not changed. Reading a file (the watcher's own read
+# for its digest, the runner's read of its input) raises them: a watcher that looked
+# again at every one re-read and re-queried every waiting file five times a second,
+# for as long as it waited, on the cores the model needs (docs/performance.md).
+READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
 
 
 class InboxWatcher(BackgroundLoop):
@@ -104,6 +109,11 @@ class InboxWatcher(BackgroundLoop):
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type == "events_lost":  # inotify's queue overflowed
+                    watcher.rescan_soon()
+                    return
+                if event.event_type in READ_ONLY_EVENTS:
+                    return
                 closed = event.event_type == "closed"
                 for raw in (event.src_path, getattr(event, "dest_path", "")):
                     if raw:
@@ -113,6 +123,10 @@ class InboxWatcher(BackgroundLoop):
         self._observer.schedule(Handler(), str(self.root), recursive=True)
         self._observer.daemon = True
         self._observer.start()
+
+    def rescan_soon(self) -> None:
+        """Scan every inbox at the next tick (events were lost)."""
+        self._last_rescan = float("-inf")
 
     def _touch(self, path: Path, closed: bool) -> None:
         if path.parent.parent != self.root or path.parent.name in self.held:
