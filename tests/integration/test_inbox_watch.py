@@ -10,6 +10,7 @@ import pytest
 
 import worker.sources.inbox as inbox
 from worker.config import Settings, load_settings
+from worker.io.safe_read import read_regular_file
 from worker.queue.database import make_db_engine
 from worker.queue.jobs import JobStore
 from worker.queue.migrate import upgrade
@@ -35,11 +36,9 @@ def store(tmp_path: Path) -> JobStore:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every file the watcher reads, in order."""
     seen: list[Path] = []
-    real = inbox.read_regular_file
-
     def counting(path: Path, limit: int) -> bytes:
         seen.append(path)
-        return real(path, limit)
+        return read_regular_file(path, limit)
 
     monkeypatch.setattr(inbox, "read_regular_file", counting)
     return seen
