@@ -36,6 +36,7 @@ def store(tmp_path: Path) -> JobStore:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every file the watcher reads, in order."""
     seen: list[Path] = []
+
     def counting(path: Path, limit: int) -> bytes:
         seen.append(path)
         return read_regular_file(path, limit)
