@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
     sock.settimeout(0.2)
+    # Read as systemd does, all along: a receiver that stops reading fills its queue (10
+    # datagrams), and the daemon drops what does not fit rather than block (MSG_DONTWAIT).
+    messages: list[str] = []
+    stop_reading = threading.Event()
+
+    def receive() -> None:
+        while not stop_reading.is_set():
+            try:
+                messages.extend(sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
     env = {
         **env,
         "EDGE_WORKER_PIPELINES_DIR": str(long_pipelines),
@@ -63,12 +78,8 @@ def test_sigterm_mid_generation_releases_the_job_and_notifies_systemd(
     assert (status, attempts) == ("queued", 0)  # released, the attempt not counted
     assert any(e["event"] == "job.released" for e in daemon.events())
 
-    messages: list[str] = []
-    while True:
-        try:
-            messages.extend(sock.recv(4096).decode().splitlines())
-        except TimeoutError:
-            break
+    stop_reading.set()
+    reader.join()
     sock.close()
     kinds = [m for m in messages if m in ("READY=1", "WATCHDOG=1", "STOPPING=1")]
     assert "READY=1" in kinds and "WATCHDOG=1" in kinds and "STOPPING=1" in kinds, messages
