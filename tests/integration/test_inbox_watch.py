@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,9 +53,9 @@ def watcher(settings: Settings, store: JobStore) -> Iterator[InboxWatcher]:
     running.stop()
 
 
-def wait_for(condition: object, seconds: float = 10.0) -> None:
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
-    while not callable(condition) or not condition():
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 
@@ -87,9 +87,10 @@ def test_a_rewritten_waiting_file_is_a_new_version(
     assert reads == [path, path]
 
 
-def test_lost_events_bring_a_rescan(
+def test_rescan_soon_scans_at_the_next_tick(
     settings: Settings, store: JobStore, watcher: InboxWatcher
 ) -> None:
+    """What the watcher does when inotify reports lost events (its queue overflowed)."""
     watcher.stop()  # no events from here on: only a rescan finds the file
     path = settings.folder("inbox", "docs") / "missed.txt"
     path.write_text("arrived while inotify's queue overflowed")

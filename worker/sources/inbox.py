@@ -15,6 +15,13 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_EVENTS_LOST,
+    EVENT_TYPE_OPENED,
+)
+
 from worker.background import BackgroundLoop
 from worker.config import Settings
 from worker.errors import InputError
@@ -39,7 +46,7 @@ TICK_SECONDS = 0.2
 # for its digest, the runner's read of its input) raises them: a watcher that looked
 # again at every one re-read and re-queried every waiting file five times a second,
 # for as long as it waited, on the cores the model needs (docs/performance.md).
-READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
+READ_ONLY_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
 
 
 class InboxWatcher(BackgroundLoop):
@@ -83,7 +90,7 @@ class InboxWatcher(BackgroundLoop):
             make_inbox(self.settings.folder("inbox", name), self.settings.inbox_mode)
         self.pipelines = set(pipelines)
         self.held = frozenset(held)
-        self._last_rescan = float("-inf")  # files that waited for a new pipeline: now
+        self.rescan_soon()  # files that waited for a new pipeline: now
 
     def before_start(self) -> None:
         """Create the inboxes, start watchdog's observer and make the start-up scan."""
@@ -109,12 +116,12 @@ class InboxWatcher(BackgroundLoop):
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type == "events_lost":  # inotify's queue overflowed
+                if event.event_type == EVENT_TYPE_EVENTS_LOST:  # inotify's queue overflowed
                     watcher.rescan_soon()
                     return
                 if event.event_type in READ_ONLY_EVENTS:
                     return
-                closed = event.event_type == "closed"
+                closed = event.event_type == EVENT_TYPE_CLOSED
                 for raw in (event.src_path, getattr(event, "dest_path", "")):
                     if raw:
                         watcher._touch(Path(os.fsdecode(raw)), closed)
@@ -125,7 +132,7 @@ class InboxWatcher(BackgroundLoop):
         self._observer.start()
 
     def rescan_soon(self) -> None:
-        """Scan every inbox at the next tick (events were lost)."""
+        """Scan every inbox at the next tick (events were lost, pipelines changed, an outage)."""
         self._last_rescan = float("-inf")
 
     def _touch(self, path: Path, closed: bool) -> None:
@@ -139,7 +146,7 @@ class InboxWatcher(BackgroundLoop):
         try:
             self.tick()
         except DatabaseUnavailable:
-            self._last_rescan = float("-inf")  # after the outage, rescan everything
+            self.rescan_soon()  # after the outage, rescan everything
             raise
         except Exception:  # nothing may kill the watcher
             logging.getLogger(__name__).exception("watcher tick failed")
