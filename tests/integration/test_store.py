@@ -27,7 +27,8 @@ def test_a_plain_sql_insert_is_enough(job_store: JobStore) -> None:
     assert (job.status, job.priority, job.attempts, job.source) == ("queued", 0, 0, "table")
     assert job.created_at is not None and job.run_after is not None
     claimed = job_store.claim("w1", 5, lease_seconds=30)
-    assert [c.input_text for c in claimed] == ["hi"]
+    assert [job_store.claimed_input(c.id) for c in claimed] == ["hi"]
+    assert [c.input_bytes for c in claimed] == [2]
 
 
 def test_enqueue_is_idempotent_by_key(job_store: JobStore) -> None:

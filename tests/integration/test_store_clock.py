@@ -54,7 +54,9 @@ def test_a_host_whose_clock_is_ahead_never_takes_live_leases_on_postgresql(
     assert ahead.claim("ahead", 5, lease_seconds=30) == []
     assert not ahead.has_ready()
     behind.enqueue(NewJob("p", "fresh"))
-    assert [c.input_text for c in behind.claim("behind", 5, lease_seconds=30)] == ["fresh"]
+    assert [behind.claimed_input(c.id) for c in behind.claim("behind", 5, lease_seconds=30)] == [
+        "fresh"
+    ]
 
     row = honest.get(job.id)
     assert row is not None and row.crashes == 0 and row.status == "queued"
@@ -69,7 +71,7 @@ def test_solo_claims_take_one_job_and_plain_claims_leave_them(job_store: JobStor
     assert not job_store.solo_waiting(3, exclude_pipelines=["p"])
     assert not job_store.solo_waiting(4)
     (plain,) = job_store.claim("w", 5, lease_seconds=30, max_crashes=3)
-    assert plain.input_text == "fresh"
+    assert job_store.claimed_input(plain.id) == "fresh"
     (alone,) = job_store.claim("w", 5, lease_seconds=30, max_crashes=3, solo=True)
     assert alone.id == crashed[0]
     # Without max_crashes (an operator's view of the queue) every job is claimable.

@@ -15,15 +15,16 @@ appears exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, case, exists, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
+from worker.queue.base import StoreBase
 from worker.queue.models import Batch, Job, JobStatus
 from worker.queue.outage import translate_outages
 
@@ -103,30 +104,8 @@ def _release_children(conn: Connection, parent_id: int, now: datetime) -> None:
 
 
 @translate_outages
-class FamilyStore:
+class FamilyStore(StoreBase):
     """Parent and child jobs, and batches. Mixed into JobStore (same database and clock)."""
-
-    db: Engine
-    clock: Callable[[], datetime]
-    _postgres: bool
-
-    # The clock leases and due times are measured on ------------------------------
-    def _db_now(self) -> Any:
-        """Now, on the database's clock: `now()` on PostgreSQL (every host shares it),
-        the store's Python clock on SQLite (one host)."""
-        return func.now() if self._postgres else self.clock()
-
-    def _db_after(self, seconds: float) -> Any:
-        """`seconds` from now on the database's clock (a lease's end, a retry's time)."""
-        return self._db_now() + timedelta(seconds=seconds)
-
-    def _db_time(self) -> datetime:
-        """The database's time as a value (for many rows at once)."""
-        if not self._postgres:
-            return self.clock()
-        with self.db.connect() as conn:
-            value: datetime = conn.execute(select(func.now())).scalar_one()
-        return value
 
     def expand(
         self,

@@ -136,6 +136,26 @@ class JobRunner:
             raise InputError(reason)
         return pipeline
 
+    def _input_text(self, job: ClaimedJob) -> str | None:
+        """The row's text, read for this job alone, once its size is known to be bounded.
+
+        A table row is another program's input: at most `max_input_bytes`. The other
+        kinds carry a record the daemon wrote from a bounded file, JSON-escaped (up to
+        six bytes per character), so they get that much room.
+        """
+        size = job.input_bytes
+        if size is None:
+            return None
+        limit = self.settings.max_input_bytes
+        if job.source != JobKind.TABLE:
+            limit = limit * 6 + 65_536
+        if size > limit:
+            raise InputError(
+                f"input_text is {size} bytes; the limit is {limit} (max_input_bytes): "
+                "split the input"
+            )
+        return self.store.claimed_input(job.id)
+
     def _within_grace(self, job: ClaimedJob) -> bool:
         grace = self.settings.unknown_pipeline_grace
         if grace <= 0 or job.created_at is None:
@@ -160,6 +180,7 @@ class JobRunner:
                 self._pipeline(job),
                 should_stop=lambda: self._should_stop(job, deadline),
                 still_leased=lambda: self.record(lambda: self.leases.confirm(job)),
+                input_text=self._input_text(job),
             )
             outcome = handler.run(attempt)
         except _UnknownPipeline as exc:

@@ -64,6 +64,8 @@ class Attempt:
     should_stop: ShouldStop
     # Renews the lease now: False if it is gone (checked right before publishing).
     still_leased: StillLeased
+    # The row's `input_text`, read for this job alone after its size was checked.
+    input_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,13 @@ class JobContext:
             self._chat = chat_template_for(self.engine, override)
         return self._chat
 
+    def engine_for(self, pipeline: Pipeline) -> Engine:
+        """The engine that serves `pipeline`'s model."""
+        return self.engine
+
     def pipeline_run(self, pipeline: Pipeline) -> PipelineRun:
-        return PipelineRun(self.engine, pipeline, self.chat)
+        """`pipeline` on the engine of its model."""
+        return PipelineRun(self.engine_for(pipeline), pipeline, self.chat)
 
 
 def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None:

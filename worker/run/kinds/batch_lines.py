@@ -98,13 +98,15 @@ class BatchLine(ChildOfFile):
 
     def run(self, attempt: Attempt) -> JobResult:
         context, job, pipeline = self.context, attempt.job, attempt.pipeline
-        payload = json.loads(job.input_text or "{}")
+        payload = json.loads(attempt.input_text or "{}")
         request = parse_request(str(payload.get("url")), payload.get("body"))
         try:
             model = _served_model(context, request.model)
             prompt, generation = prompt_and_generation(request, pipeline.generation, context.chat())
             strip = request.endpoint == CHAT
-            answer = generate(context.engine, prompt, generation, attempt.should_stop, strip=strip)
+            answer = generate(
+                context.engine_for(pipeline), prompt, generation, attempt.should_stop, strip=strip
+            )
         except UnknownModel as exc:
             raise LineError("model_not_found", str(exc.args[0]), "model") from None
         except ChatError as exc:

@@ -58,7 +58,7 @@ class RecordItem(ChildOfFile):
         self.context = context
 
     def run(self, attempt: Attempt) -> JobResult:
-        payload = json.loads(attempt.job.input_text or "{}")
+        payload = json.loads(attempt.input_text or "{}")
         input_text, variables = template_variables(payload.get("fields") or {})
         run = self.context.pipeline_run(attempt.pipeline)
         answer = run.run(input_text, variables, attempt.should_stop)

@@ -19,15 +19,15 @@ class TableRow:
         self.context = context
 
     def run(self, attempt: Attempt) -> JobResult:
-        job, pipeline = attempt.job, attempt.pipeline
+        pipeline = attempt.pipeline
         if pipeline.reader == "openai-batch":
             raise InputError(
                 f"pipeline {pipeline.name} reads OpenAI Batch files: drop them into "
                 f"inbox/{pipeline.name}/ (or use `edge-worker batch submit`)"
             )
-        if job.input_text is None:
+        if attempt.input_text is None:
             raise InputError("input_text is NULL: nothing to process")
-        text = decode_text(job.input_text.encode("utf-8", errors="surrogatepass"))
+        text = decode_text(attempt.input_text.encode("utf-8", errors="surrogatepass"))
         answer = self.context.pipeline_run(pipeline).run(text, {}, attempt.should_stop)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens)
 
