@@ -99,11 +99,30 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
-    # Wall-clock seconds one attempt at a job may take, map-reduce included (0: no limit).
+    # Wall-clock seconds one attempt at a job may take, all of it: reading and parsing the
+    # input, expanding, generating, map-reduce, writing (0: no limit).
     job_timeout: float = Field(default=3600.0, ge=0)
+    # A thread at work (a slot's job, a service loop's step, a llama.cpp decode call)
+    # that gives no sign of life for this long is stuck: the systemd watchdog stops
+    # being fed (every bounded wait beats, see worker/liveness.py).
+    stall_seconds: float = Field(default=120.0, gt=0)
     # A job naming a pipeline this daemon does not know waits this long (a pipeline file
     # may be on its way, then `systemctl reload`) before it fails for good.
     unknown_pipeline_grace: float = Field(default=600.0, ge=0)
+
+    # Bounds on every wait for PostgreSQL (SQLite: its busy timeout). A connection that
+    # cannot be made, a statement that runs or waits for a lock too long, or a server
+    # that stops answering (keepalives) fails that call: the caller retries with backoff.
+    db_connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect")
+    db_statement_timeout: float = Field(
+        default=60.0, ge=0, description="seconds a statement may run (0: no limit)"
+    )
+    db_lock_timeout: float = Field(
+        default=15.0, ge=0, description="seconds a statement may wait for a lock (0: no limit)"
+    )
+    # How long start-up retries the database (migrations) before giving up, within
+    # systemd's TimeoutStartSec.
+    db_start_timeout: float = Field(default=120.0, ge=0)
 
     metrics_file: Path | None = Field(
         default=None, description="Prometheus text file; default <data_dir>/metrics.prom"

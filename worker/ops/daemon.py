@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from types import FrameType
 
-from worker.background import BackgroundLoop, Progress
+from worker.background import BackgroundLoop
 from worker.config import Settings, systemd_notify_socket
 from worker.llm.batched import BatchedEngine
 from worker.llm.loading import open_engine
@@ -32,10 +32,10 @@ from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.pipelines.live import LivePipelines
-from worker.queue.database import database_label, make_db_engine
+from worker.queue.database import database_label, make_db_engine, timeouts_of
 from worker.queue.housekeeping import HousekeepingStore
 from worker.queue.jobs import JobStore, offset_clock
-from worker.queue.migrate import upgrade
+from worker.queue.migrate import upgrade_when_reachable
 from worker.queue.outage import DatabaseUnavailable
 from worker.queue.views import queue_depth
 from worker.run.dispatcher import Dispatcher
@@ -117,12 +117,14 @@ def _serve(
     reload_settings: Callable[[], Settings],
 ) -> None:
     url = settings.resolved_database_url
-    upgrade(url)
-    store = JobStore(make_db_engine(url), clock=offset_clock(settings.clock_offset_seconds))
+    upgrade_when_reachable(url, settings.db_start_timeout)
+    store = JobStore(
+        make_db_engine(url, timeouts_of(settings)),
+        clock=offset_clock(settings.clock_offset_seconds),
+    )
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     stop = StopFlags()
     wake = threading.Event()
-    progress = Progress()
     notifier = Notifier(notify_address)
     died: list[BackgroundLoop] = []
 
@@ -150,10 +152,9 @@ def _serve(
         record,
         stop,
         observer=metrics,
-        progress=progress,
     )
     dispatcher = Dispatcher(
-        settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
+        settings, store, pipelines, worker_id, runner.run_one, stop, wake, record.outage
     )
 
     started = threading.Event()  # every service up: the dispatcher is about to claim
@@ -218,8 +219,7 @@ def _serve(
     if scheduler is not None:
         services.append(scheduler)
     if watchdog_seconds:
-        half = watchdog_seconds / 2
-        watchdog = Watchdog(notifier, half, progress, lambda: queue_status(store), half, loops)
+        watchdog = Watchdog(notifier, watchdog_seconds / 2, lambda: status_line(metrics))
         watchdog.on_death = on_death
         services.append(watchdog)
 
@@ -258,9 +258,13 @@ def _serve(
         raise ServiceDied(f"background service stopped on its own: {names}")
 
 
-def queue_status(store: JobStore) -> str:
-    """`queued 3, running 1, ...` for systemd's STATUS= line."""
+def status_line(metrics: DaemonMetrics) -> str:
+    """`queued 3, running 1, ...` for systemd's STATUS= line, from the counts the last
+    metrics write read (the watchdog never queries the database itself)."""
+    counts = metrics.last_counts()
+    if counts is None:
+        return "database unavailable"
     totals: dict[str, int] = {}
-    for (_pipeline, status), count in store.counts().items():
+    for (_pipeline, status), count in counts.items():
         totals[status] = totals.get(status, 0) + count
     return ", ".join(f"{status} {totals[status]}" for status in sorted(totals)) or "idle"

@@ -72,6 +72,9 @@ class _DatabaseCollector(Collector):
     def __init__(self, store: JobStore, worker_id: str) -> None:
         self.store = store
         self.worker_id = worker_id
+        # The counts of the last collection (None: never read, or the database was away):
+        # the watchdog's STATUS= line reads them instead of querying the database itself.
+        self.last_counts: dict[tuple[str, str], int] | None = None
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
@@ -94,8 +97,10 @@ class _DatabaseCollector(Collector):
             counts = self.store.counts()
             mine = len(running_jobs(self.store, owner=self.worker_id))
         except Exception:  # the database is away: say so, keep the daemon's own numbers
+            self.last_counts = None
             up.add_metric([], 0)
             return [up]
+        self.last_counts = counts
         up.add_metric([], 1)
         for pipeline in sorted({p for p, _ in counts}):
             for status in STATUSES:
@@ -164,7 +169,8 @@ class DaemonMetrics:
             f"{TOKENS_PER_SECOND_HELP}, this daemon's jobs",
             registry=reg,
         ).set_function(self.tokens_per_second)
-        reg.register(_DatabaseCollector(store, worker_id))
+        self._database = _DatabaseCollector(store, worker_id)
+        reg.register(self._database)
         self._engine_counters = {
             name: Gauge(f"edge_worker_engine_{name}", text, registry=reg)
             for name, text in ENGINE_COUNTERS.items()
@@ -198,6 +204,11 @@ class DaemonMetrics:
         """When this daemon last finished a job (succeeded or finally failed)."""
         with self._lock:
             return self._last_finished
+
+    def last_counts(self) -> dict[tuple[str, str], int] | None:
+        """Jobs by (pipeline, status) as the last metrics write read them (None: not read,
+        or the database was away then)."""
+        return self._database.last_counts
 
     def jobs_recovered(self, count: int) -> None:
         self.recovered.inc(count)

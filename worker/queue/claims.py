@@ -238,15 +238,25 @@ class ClaimStore(StoreBase):
         The running jobs of each capped pipeline are counted after taking that
         pipeline's lock (SQLite: BEGIN IMMEDIATE already serializes writers; PostgreSQL:
         a transaction advisory lock per pipeline, taken in name order so two claimers
-        cannot deadlock), so two daemons never both see the last free place. Candidates
+        cannot deadlock; a pipeline whose lock is taken is skipped this round), so two
+        daemons never both see the last free place. Candidates
         are read group by group (the uncapped pipelines, then each capped one up to its
         room; FOR UPDATE SKIP LOCKED cannot be combined with a window function), merged
         in claim order, and the first `limit` are leased.
         """
         with self.db.begin() as conn:
             if self._postgres:
-                for name in sorted(capped):
-                    conn.execute(select(func.pg_advisory_xact_lock(_lock_key(name))))
+                # Try, never wait: a lock held by another claimer (or by any role that can
+                # connect) means that pipeline is skipped this round, not that we hang.
+                busy = {
+                    name
+                    for name in sorted(capped)
+                    if not conn.execute(
+                        select(func.pg_try_advisory_xact_lock(_lock_key(name)))
+                    ).scalar_one()
+                }
+                excluded = {*excluded, *busy}
+                capped = {name: cap for name, cap in capped.items() if name not in busy}
             running = dict(
                 conn.execute(
                     select(Job.pipeline, func.count())

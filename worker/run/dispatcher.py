@@ -8,17 +8,22 @@ nothing else until it is done."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 
-from worker.background import Progress
+from worker import liveness
 from worker.config import Settings
+from worker.logs import event
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.outage import DatabaseUnavailable, Outage
 from worker.run.slots import SlotPool
 from worker.run.stop import StopFlags
+
+# After a hard stop the slots end within a decode call: wait this long for them.
+HARD_STOP_JOIN_SECONDS = 5.0
 
 
 class Dispatcher:
@@ -33,8 +38,8 @@ class Dispatcher:
         run_job: Callable[[ClaimedJob], None],
         stop: StopFlags,
         wake: threading.Event,
-        progress: Progress | None = None,
         outage: Outage | None = None,
+        registry: liveness.Liveness = liveness.LIVENESS,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -42,7 +47,8 @@ class Dispatcher:
         self.worker_id = worker_id
         self.stop = stop
         self.wake = wake
-        self.progress = progress or Progress()
+        self.registry = registry
+        self.heartbeat: liveness.Heartbeat | None = None
         # Shared with the recorder: one `db.unavailable` per outage, whoever saw it first.
         self.outage = outage or Outage("db.unavailable", "db.recovered")
         self._crashed: list[BaseException] = []
@@ -54,7 +60,14 @@ class Dispatcher:
 
     def _new_slots(self) -> SlotPool:
         size = max(1, self.settings.parallel)
-        return SlotPool(size, self._run_job, self.wake.set, self._slot_crashed)
+        return SlotPool(
+            size,
+            self._run_job,
+            self.wake.set,
+            self._slot_crashed,
+            self.settings.stall_seconds,
+            self.registry,
+        )
 
     def _slot_crashed(self, exc: BaseException) -> None:
         self._crashed.append(exc)
@@ -70,20 +83,36 @@ class Dispatcher:
         if self.slots.started:
             self.slots = self._new_slots()
         self.slots.start()
+        heartbeat = self.heartbeat = self.registry.register(
+            "dispatcher", self.settings.stall_seconds
+        )
         try:
             while not self.stop.soft.is_set():
-                if not self._dispatch(once, inputs_pending):
+                heartbeat.busy()
+                going_on = self._dispatch(once, inputs_pending)
+                heartbeat.idle()
+                if not going_on:
                     break
         finally:
-            self.slots.close()
+            self.registry.unregister(heartbeat)
+            self._close_slots()
         if self._crashed:
             raise self._crashed[0]
+
+    def _close_slots(self) -> None:
+        """Let the slots finish within the shutdown timeout (after a hard stop, briefly)."""
+        soft_at = self.stop.soft_at
+        limit = self.settings.shutdown_timeout
+        if soft_at is not None:
+            limit = max(0.0, soft_at + limit - time.monotonic())
+        if self.stop.hard.is_set():
+            limit = min(limit, HARD_STOP_JOIN_SECONDS)
+        if not self.slots.close(limit + HARD_STOP_JOIN_SECONDS):
+            event("slots.not_finished", logging.WARNING, seconds=round(limit, 1))
 
     def _dispatch(self, once: bool, inputs_pending: Callable[[], int]) -> bool:
         """One round; False when `once` finds nothing left to do."""
         busy = self.slots.busy()
-        if busy == 0:  # with work in flight, the engine touches progress
-            self.progress.touch()
         if self._solo and busy == 0:
             self._solo = False
         free = 0 if self._solo else self.slots.size - busy

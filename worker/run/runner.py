@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from worker.background import Progress
+from worker import liveness
 from worker.config import Settings
 from worker.errors import GenerationInterrupted, InputError
 from worker.logs import event
@@ -81,10 +81,8 @@ class JobRunner:
         record: Recorder,
         stop: StopFlags,
         observer: JobObserver | None = None,
-        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
-        self.progress = progress or Progress()
         self.store = store
         self.handlers = handlers
         self.pipelines = pipelines
@@ -110,8 +108,11 @@ class JobRunner:
         finally:
             self.leases.drop(job)
 
-    def _should_stop(self, job: ClaimedJob, deadline: float | None) -> bool:
-        self.progress.touch()  # called once per generated token: the watchdog's heartbeat
+    def _should_stop(
+        self, job: ClaimedJob, deadline: float | None, heartbeat: liveness.Heartbeat | None
+    ) -> bool:
+        if heartbeat is not None:  # called per generated token, from the decode thread too
+            heartbeat.beat()
         if self.stop.hard.is_set() or self.leases.is_lost(job):
             return True
         if deadline is not None and time.monotonic() > deadline:
@@ -173,14 +174,16 @@ class JobRunner:
         handler: JobHandler | None = None
         timeout = self.settings.job_timeout
         deadline = started + timeout if timeout > 0 else None
+        heartbeat = liveness.current()  # the slot's: the job's waits keep it beating
         try:
             handler = self._handler(job)
             attempt = Attempt(
                 job,
                 self._pipeline(job),
-                should_stop=lambda: self._should_stop(job, deadline),
+                should_stop=lambda: self._should_stop(job, deadline, heartbeat),
                 still_leased=lambda: self.record(lambda: self.leases.confirm(job)),
                 input_text=self._input_text(job),
+                deadline=deadline,
             )
             outcome = handler.run(attempt)
         except _UnknownPipeline as exc:

@@ -66,6 +66,9 @@ class Attempt:
     still_leased: StillLeased
     # The row's `input_text`, read for this job alone after its size was checked.
     input_text: str | None = None
+    # When the attempt must end (`job_timeout`, time.monotonic()); None: no limit. Every
+    # step honours it: parsing in the sandbox, generation, map-reduce.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
