@@ -29,6 +29,7 @@ from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
 from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
+from worker.ops.running_marker import mark_running, mark_stopped, previous_holder
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.pipelines.live import LivePipelines
@@ -123,6 +124,8 @@ def _serve(
         clock=offset_clock(settings.clock_offset_seconds),
     )
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    requeue_suspects(settings, store)
+    mark_running(settings.data_dir, worker_id)  # before the first claim, durably
     stop = StopFlags()
     wake = threading.Event()
     notifier = Notifier(notify_address)
@@ -252,10 +255,28 @@ def _serve(
         group.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        mark_stopped(settings.data_dir)
     event("daemon.stopped", worker=worker_id)
     if died:
         names = ", ".join(loop.name for loop in died)
         raise ServiceDied(f"background service stopped on its own: {names}")
+
+
+def requeue_suspects(settings: Settings, store: JobStore) -> None:
+    """After an unclean exit (the running marker is still there), the jobs the dead
+    process held go back at once as suspects: each runs alone next (its crash counted),
+    so the cause of a crash is found at its next crash, and its neighbours are cleared."""
+    previous = previous_holder(settings.data_dir)
+    if previous is None:
+        return
+    recovered = store.requeue_suspects(previous)
+    event(
+        "daemon.unclean_restart",
+        logging.WARNING,
+        previous=previous,
+        suspects=[job.id for job in recovered if job.status == "queued"],
+        dead=[job.id for job in recovered if job.status == "dead"],
+    )
 
 
 def status_line(metrics: DaemonMetrics) -> str:

@@ -1,8 +1,10 @@
 """Claiming ready jobs under a lease: the order, the per-pipeline caps and the solo rule.
 
-A job whose lease expired `max_crashes` times (its worker died with it in flight) runs
-once more alone ("solo": no other job in the engine) before it is declared `dead`, so
-only the job that kills the worker ends dead, never a neighbour that crashed with it.
+A job that was in flight when its worker died (a crash counted) is a suspect: it runs
+alone ("solo": no other job in the engine). If it crashes the worker again while alone,
+it is the cause and `dead` (`outcomes.crash_outcome`); a neighbour that merely crashed
+with it succeeds alone and is never blamed. The claim records who holds the job and
+whether it runs alone, before the job reaches the engine.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class ClaimedJob:
 
 
 def _solo(max_crashes: int) -> Any:
-    """A queued job that crashed the worker `max_crashes` times: it runs alone next."""
+    """A queued job that crashed the worker `max_crashes` times (the daemon: once): it
+    runs alone next."""
     return Job.crashes >= max_crashes
 
 
@@ -152,12 +155,17 @@ class ClaimStore(StoreBase):
             ready = ready.where(Job.pipeline.not_in(list(excluded)))
         return ready
 
-    def _take(self, owner: str, token: str, now: datetime, lease_seconds: float) -> Any:
-        """The UPDATE that leases the jobs its WHERE clause chooses (still queued)."""
+    def _take(
+        self, owner: str, token: str, now: datetime, lease_seconds: float, alone: bool = False
+    ) -> Any:
+        """The UPDATE that leases the jobs its WHERE clause chooses (still queued). The
+        holder (`lease_owner`) and whether the job runs alone are recorded before the job
+        reaches the engine: a crash is attributed from them after a restart."""
         return (
             update(Job)
             .where(Job.status == JobStatus.QUEUED)
             .values(
+                claimed_alone=alone,
                 status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
                 lease_owner=owner,
@@ -219,7 +227,8 @@ class ClaimStore(StoreBase):
         else:
             chosen = Job.id.in_(ready.scalar_subquery())
         with self.db.begin() as conn:
-            return list(conn.execute(self._take(owner, token, now, lease_seconds).where(chosen)))
+            take = self._take(owner, token, now, lease_seconds, alone.solo)
+            return list(conn.execute(take.where(chosen)))
 
     def _claim_capped(
         self,

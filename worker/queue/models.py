@@ -98,6 +98,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # Attempts that ended with the process dying; counted when the lease is recovered.
     crashes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Whether the current (or last) attempt was claimed to run alone: a crash then is
+    # this job's own doing, with no neighbour to share the blame.
+    claimed_alone: Mapped[bool] = mapped_column(Boolean, server_default=false())
     run_after: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))

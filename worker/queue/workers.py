@@ -14,7 +14,9 @@ class WorkerStore(StoreBase):
     """Daemons' rows (mixed into JobStore)."""
 
     def register_worker(self, worker_id: str, host: str, pid: int, model: str, slots: int) -> None:
-        now = self.clock()
+        """This daemon's row, `running`; its heartbeat is on the database's clock, as
+        leases are (recovery compares it with the database's now)."""
+        now = self._db_now()
         with self.db.begin() as conn:
             conn.execute(delete(Worker).where(Worker.id == worker_id))
             conn.execute(
@@ -31,11 +33,12 @@ class WorkerStore(StoreBase):
             )
 
     def worker_heartbeat(self, worker_id: str, state: str = "running") -> None:
+        """This daemon is alive (or, with `state`, stopped)."""
         with self.db.begin() as conn:
             conn.execute(
                 update(Worker)
                 .where(Worker.id == worker_id)
-                .values(heartbeat_at=self.clock(), state=state)
+                .values(heartbeat_at=self._db_now(), state=state)
             )
 
     def list_workers(self) -> list[Worker]:

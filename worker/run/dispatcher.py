@@ -2,9 +2,10 @@
 watcher, a slot coming free) or the poll interval, claims as many jobs as there are
 free slots in one claim call, and hands them to the slots.
 
-A job that crashed the worker `max_attempts` times runs alone: while one is due, the
-dispatcher claims nothing until its slots are idle, then claims that job only, and
-nothing else until it is done."""
+A job that was in flight when a worker died (a suspect) runs alone: while one is due,
+the dispatcher claims nothing until its slots are idle, then claims that job only, and
+nothing else until it is done. If it crashes the worker then, it is the cause
+(`queue.outcomes.crash_outcome`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from worker.queue.outage import DatabaseUnavailable, Outage
 from worker.run.slots import SlotPool
 from worker.run.stop import StopFlags
 
+# A job with this many crashes is a suspect: it runs alone.
+SUSPECT_AFTER_CRASHES = 1
 # After a hard stop the slots end within a decode call: wait this long for them.
 HARD_STOP_JOIN_SECONDS = 5.0
 
@@ -126,7 +129,7 @@ class Dispatcher:
             now = self.store.clock()
             pipelines = dict(self.pipelines.items())  # one set for the round (reloads)
             closed = [n for n, p in pipelines.items() if not p.open_at(now)]
-            crashes = self.settings.max_attempts
+            crashes = SUSPECT_AFTER_CRASHES
             limits = {n: p.max_concurrent for n, p in pipelines.items() if p.max_concurrent}
             # Drain for a job that must run alone; claim it once nothing else runs.
             solo = self._solo_waiting(crashes, closed)
