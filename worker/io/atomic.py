@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# Names of the temp files this process is writing now (random, so unique): not stale.
+_writing: set[str] = set()
+_writing_lock = threading.Lock()
+
+
 def temp_name(name: str) -> str:
     """A hidden temp name for `name` in the same folder, always within NAME_MAX (255 bytes).
 
@@ -90,6 +96,8 @@ def write_atomic(
     """
     make_folder(path.parent, folder_mode(mode))
     tmp = path.parent / temp_name(path.name)
+    with _writing_lock:
+        _writing.add(tmp.name)
     try:
         with name_errors_are_input_errors(path):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -105,6 +113,9 @@ def write_atomic(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        with _writing_lock:
+            _writing.discard(tmp.name)
     fsync_dir(path.parent)
 
 
@@ -115,8 +126,9 @@ def is_stale_temp(name: str, mtime: float, now: float, max_age: float) -> bool:
 
 def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     """Delete write_atomic temp files in `folder` older than `max_age` (left by a killed
-    process); returns what was removed. A live writer finishes in far less than `max_age`;
-    if it ever did not, its rename fails and the job is retried, so nothing is lost."""
+    process); returns what was removed. A temp file this process is still writing is
+    never stale, however long its writer waits (e.g. for the database, through an
+    outage, to confirm its lease before the rename)."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -125,6 +137,9 @@ def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     for entry in entries:
         if _TEMP_NAME.fullmatch(entry.name) is None:  # cheap: failed/ may hold many files
             continue
+        with _writing_lock:
+            if entry.name in _writing:
+                continue
         try:
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:

@@ -1,0 +1,370 @@
+"""Bounded work, against the real daemon: liveness is a heartbeat per thread, a crash
+loop ends by itself inside the unit's start limits, every wait on the database has a
+bound, rows are bounded, and an outage never redoes published work or blames the
+innocent. (Issue #18, cases 3 to 7; the hostile-parsing cases 1 and 2 are above.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from tests.acceptance.bounded_support import (
+    NotifySocket,
+    RestartPolicy,
+    can_make_namespaces,
+    cuttable_network,
+    longest_silence,
+)
+from tests.acceptance.conftest import StartDaemon
+from tests.acceptance.daemon import EDGE_WORKER, Daemon, db_rows, write_pipelines
+from tests.acceptance.poison_daemon import POISON_MARKER, STUCK_MARKER
+from worker.io.files import FileRef, content_digest, file_key
+from worker.queue.claims import _lock_key
+from worker.queue.database import make_db_engine
+
+WRAPPER = [sys.executable, str(Path(__file__).with_name("poison_daemon.py"))]
+TERSE = """
+prompt = "Text: {{ input }}\\nOne-line summary:"
+output_format = "text"
+[generation]
+max_tokens = 6
+temperature = 0.0
+"""
+LONG = """
+prompt = "Write a long story about: {{ input }}\\nStory:"
+output_format = "text"
+[generation]
+max_tokens = 80
+temperature = 0.0
+stop = []
+"""
+CAPPED = "max_concurrent = 1\n" + TERSE
+SENTENCE = "The bridge reopens on Monday after repairs."
+# Pings every 2 s; a gap this long means they stopped.
+WATCHDOG_USEC = 4_000_000
+PING_GAP = 4.0
+
+
+def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.2)
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """Peak resident memory of a process (kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+# Case 3 -------------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_the_watchdog_means_liveness(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """Idle, or with its slot waiting out a database outage, the daemon keeps pinging; a
+    slot stuck in a call that never returns stops the pings."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
+    env = {
+        **env,
+        "EDGE_WORKER_PIPELINES_DIR": str(pipelines),
+        "NOTIFY_SOCKET": str(notify.path),
+        "WATCHDOG_USEC": str(WATCHDOG_USEC),
+        # Longer than SQLite's busy timeout (10 s): one bounded wait is not a stall.
+        "EDGE_WORKER_STALL_SECONDS": "14",
+        "EDGE_WORKER_LEASE_SECONDS": "120",
+        "EDGE_WORKER_SHUTDOWN_TIMEOUT": "2",
+    }
+    try:
+        daemon = start_daemon(env, program=WRAPPER)
+        idle_from = time.monotonic()
+        time.sleep(8)
+        assert longest_silence(notify.pings(), idle_from, time.monotonic()) < PING_GAP
+
+        # Another program holds the write lock while a job finishes: its slot waits in
+        # the recorder through the outage, for longer than stall_seconds, and is alive.
+        db = data_dir / "jobs.db"
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO jobs (pipeline, input_text) VALUES ('terse', ?)", (SENTENCE,))
+        daemon.wait_for("job.claimed")
+        locker = sqlite3.connect(db, isolation_level=None, timeout=30)
+        locker.execute("BEGIN EXCLUSIVE")
+        locked_at = time.monotonic()
+        try:
+            daemon.wait_for("db.unavailable", timeout=60)
+            time.sleep(20)
+            assert daemon.proc.poll() is None
+            silence = longest_silence(notify.pings(), locked_at, time.monotonic())
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert silence < PING_GAP, f"the pings stopped for {silence:.1f} s during the outage"
+        daemon.wait_for("job.succeeded")
+        assert "watchdog.stalled" not in [e["event"] for e in daemon.events()]
+
+        # A slot stuck in a call that never returns (no beat): the pings stop.
+        (data_dir / "inbox" / "terse" / "stuck.txt").write_text(f"{STUCK_MARKER} {SENTENCE}")
+        stalled = daemon.wait_for("watchdog.stalled", timeout=60)
+        assert [name for name in stalled["threads"] if name.startswith("slot-")], stalled
+        time.sleep(PING_GAP + 1)
+        since = time.monotonic() - PING_GAP
+        assert notify.pings(since) == [], "still pinging with a stuck slot"
+    finally:
+        notify.close()
+
+
+# Case 4 -------------------------------------------------------------------------------
+def _settled(data_dir: Path, count: int) -> bool:
+    if not (data_dir / "jobs.db").exists():
+        return False
+    try:
+        rows = db_rows(data_dir, "SELECT status FROM jobs")
+    except sqlite3.OperationalError:
+        return False
+    inbox = data_dir / "inbox" / "terse"
+    return (
+        len(rows) == count
+        and all(s not in ("queued", "running") for (s,) in rows)
+        and not list(inbox.iterdir())
+    )
+
+
+@pytest.mark.timeout(420)
+def test_three_poison_inputs_never_reach_the_start_limit(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """Restarted the way the unit restarts it (its own RestartSec, StartLimitBurst and
+    StartLimitIntervalSec), a daemon fed three inputs that each kill it comes back by
+    itself: each poison input is dead after at most two crashes, every other input
+    succeeds exactly once, and the start limit is never reached."""
+    policy = RestartPolicy.from_unit()
+    pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE)
+    env = {**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}
+    inbox = data_dir / "inbox" / "terse"
+    inbox.mkdir(parents=True)
+    poisons = [f"poison{i}.txt" for i in range(3)]
+    goods = [f"good{i}.txt" for i in range(3)]
+    for name in poisons:
+        (inbox / name).write_text(f"Report {name}. {POISON_MARKER} Sales rose.\n")
+    for name in goods:
+        (inbox / name).write_text(f"{SENTENCE} ({name})\n")
+
+    exits: list[int] = []
+    while True:  # Restart=on-failure, after RestartSec, within the start limit
+        policy.start()
+        daemon = start_daemon(env, f"life{len(exits)}", program=WRAPPER, ready=False)
+        life = daemon
+        wait(
+            lambda: life.proc.poll() is not None or _settled(data_dir, 6),  # noqa: B023
+            120,
+            "a crash or the end",
+        )
+        if daemon.proc.poll() is None:
+            break
+        exits.append(daemon.proc.returncode)
+        daemon.kill()
+        assert len(exits) <= 2 * len(poisons), f"still crash-looping after {exits}"
+        time.sleep(policy.restart_sec)
+
+    assert daemon.stop() == 0
+    assert exits and all(code == -signal.SIGABRT for code in exits), exits
+    rows = db_rows(data_dir, "SELECT source_path, status, error, crashes FROM jobs")
+    by_name = {Path(path).name: (status, error, crashes) for path, status, error, crashes in rows}
+    for name in poisons:
+        status, error, crashes = by_name[name]
+        assert status == "dead" and crashes <= 2, (name, by_name[name])
+        assert error.startswith("crashed the worker while running alone"), error
+    for name in goods:
+        status, _error, crashes = by_name[name]
+        assert status == "succeeded" and crashes <= 1, (name, by_name[name])
+    outputs = sorted(p.name for p in (data_dir / "outbox" / "terse").iterdir())
+    assert outputs == sorted(f"{name}.txt" for name in goods)
+    succeeded = [
+        e["job_id"]
+        for d in tmp_path.glob("life*.log")
+        for e in Daemon.read_events(d)
+        if e.get("event") == "job.succeeded"
+    ]
+    assert len(succeeded) == len(set(succeeded)) == len(goods)  # each exactly once
+    print(f"{len(exits)} crashes, {len(policy.starts)} starts; {policy}")
+
+
+# Cases 5, 6, 7 ------------------------------------------------------------------------
+def _key_for(path: Path, pipeline: str, name: str) -> str:
+    info = path.stat()
+    digest = content_digest(path.read_bytes())
+    return file_key(FileRef(pipeline, name), info.st_size, info.st_mtime_ns, digest)
+
+
+def _job(url: str, sql: str, **params: Any) -> list[Any]:
+    engine = make_db_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(420)
+def test_postgres_waits_are_bounded_and_an_outage_redoes_nothing(
+    pg_url: str, data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    why = can_make_namespaces()
+    if why is not None:
+        pytest.skip(why)
+    parsed = make_url(pg_url)
+    with cuttable_network(parsed.host or "127.0.0.1", parsed.port or 5432) as network:
+        through = parsed.set(host=network.host, port=network.port).render_as_string(
+            hide_password=False
+        )
+        notify = NotifySocket(tmp_path / "notify.sock")
+        pipelines = write_pipelines(tmp_path / "pipelines", terse=TERSE, long=LONG, capped=CAPPED)
+        env = {
+            **env,
+            "EDGE_WORKER_PIPELINES_DIR": str(pipelines),
+            "EDGE_WORKER_DATABASE_URL": through,
+            "NOTIFY_SOCKET": str(notify.path),
+            "WATCHDOG_USEC": str(WATCHDOG_USEC),
+            "EDGE_WORKER_LEASE_SECONDS": "4",
+            "EDGE_WORKER_DB_CONNECT_TIMEOUT": "3",
+            "EDGE_WORKER_DB_STATEMENT_TIMEOUT": "10",
+            "EDGE_WORKER_DB_LOCK_TIMEOUT": "2",
+            "EDGE_WORKER_STALL_SECONDS": "20",
+            "EDGE_WORKER_POLL_INTERVAL": "0.5",
+        }
+        program = [*network.prefix, EDGE_WORKER]
+        try:
+            daemon = start_daemon(env, program=program)
+            inbox = data_dir / "inbox"
+
+            # 5: a silent network cut while idle: the watchdog asks the database nothing.
+            cut_at = time.monotonic()
+            network.cut()
+            time.sleep(12)
+            network.mend()
+            assert longest_silence(notify.pings(), cut_at, time.monotonic()) < PING_GAP
+            (inbox / "terse" / "after-cut.txt").write_text(SENTENCE)
+            wait(lambda: (data_dir / "done" / "terse" / "after-cut.txt").exists(), 90, "answer")
+
+            # 7: an outage longer than the lease while a job generates: the job is not
+            # run again, its output is written once, and no crash is charged.
+            (inbox / "long" / "story.txt").write_text("a lighthouse keeper and a storm")
+            daemon.wait_for("job.claimed", count=2)
+            cut_at = time.monotonic()
+            network.cut()
+            time.sleep(14)  # more than three leases
+            network.mend()
+            assert longest_silence(notify.pings(), cut_at, time.monotonic()) < PING_GAP
+            wait(lambda: (data_dir / "done" / "long" / "story.txt").exists(), 120, "story")
+            ((status, attempts, crashes),) = _job(
+                pg_url,
+                "SELECT status, attempts, crashes FROM jobs WHERE source_path = :p",
+                p="long/story.txt",
+            )
+            assert (status, attempts, crashes) == ("succeeded", 1, 0)
+            story = [e for e in daemon.events() if e.get("pipeline") == "long"]
+            assert [e["event"] for e in story].count("job.succeeded") == 1
+            assert [e["event"] for e in story].count("job.claimed") == 1
+            assert [p.name for p in (data_dir / "outbox" / "long").iterdir()] == ["story.txt.txt"]
+
+            # 5: an uncommitted insert holds the key the watcher is about to insert; the
+            # watcher's insert gives up after lock_timeout and tries again later.
+            staged = tmp_path / "held.txt"
+            staged.write_text("A held key. " + SENTENCE)
+            key = _key_for(staged, "terse", "held.txt")
+            engine = make_db_engine(pg_url)
+            holder = engine.connect()
+            holding = holder.begin()
+            holder.execute(
+                text(
+                    "INSERT INTO jobs (pipeline, input_text, idempotency_key) VALUES "
+                    "('terse', 'squatter', :k)"
+                ),
+                {"k": key},
+            )
+            held_at = time.monotonic()
+            os.replace(staged, inbox / "terse" / "held.txt")
+            time.sleep(10)
+            assert daemon.proc.poll() is None
+            assert longest_silence(notify.pings(), held_at, time.monotonic()) < PING_GAP
+            holding.rollback()
+            holder.close()
+            wait(lambda: (data_dir / "done" / "terse" / "held.txt").exists(), 90, "held.txt")
+
+            # 5: any role may take a capped pipeline's advisory lock; capped claims skip
+            # it, the other pipelines run, and the capped job runs once it is free.
+            locker = engine.connect()
+            locker.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("capped")})
+            locker.commit()
+            (inbox / "capped" / "capped.txt").write_text(SENTENCE)
+            (inbox / "terse" / "free.txt").write_text(SENTENCE)
+            wait(lambda: (data_dir / "done" / "terse" / "free.txt").exists(), 90, "free.txt")
+            assert not (data_dir / "done" / "capped" / "capped.txt").exists()
+            locker.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key("capped")})
+            locker.commit()
+            locker.close()
+            wait(lambda: (data_dir / "done" / "capped" / "capped.txt").exists(), 90, "capped")
+
+            # 6: rows far over max_input_bytes fail unread; no claim loads them together.
+            before = vm_hwm_kb(daemon.proc.pid)
+            big = "x" * (40 * 1024 * 1024)
+            for _ in range(4):
+                _job(pg_url, "INSERT INTO jobs (pipeline, input_text) VALUES ('terse', :t)", t=big)
+            wait(
+                lambda: (
+                    _job(
+                        pg_url,
+                        "SELECT count(*) FROM jobs WHERE status = 'failed' AND input_text = :t",
+                        t=big,
+                    )[0][0]
+                    == 4
+                ),
+                90,
+                "the big rows fail",
+            )
+            errors = _job(pg_url, "SELECT DISTINCT error FROM jobs WHERE input_text = :t", t=big)
+            assert errors == [
+                (
+                    f"input_text is {len(big)} bytes; the limit is 1000000 (max_input_bytes): "
+                    "split the input",
+                )
+            ]
+            grew = vm_hwm_kb(daemon.proc.pid) - before
+            assert grew < 80_000, f"peak memory grew by {grew} kB"
+            engine.dispose()
+
+            # 5: at start, a database that cannot be reached is retried within
+            # db_start_timeout, then start-up fails with the reason.
+            network.cut()
+            started = time.monotonic()
+            late = start_daemon(
+                {**env, "EDGE_WORKER_DB_START_TIMEOUT": "4", "NOTIFY_SOCKET": ""},
+                "unreachable",
+                program=program,
+                ready=False,
+            )
+            code = late.proc.wait(timeout=90)
+            network.mend()
+            assert code != 0
+            assert "db.upgrade_retry" in [e["event"] for e in late.events()]
+            print(f"start-up gave up after {time.monotonic() - started:.1f} s")
+            assert daemon.proc.poll() is None
+            assert daemon.stop() == 0
+        finally:
+            notify.close()
