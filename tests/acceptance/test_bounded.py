@@ -5,6 +5,7 @@ innocent. (Issue #18, cases 3 to 7; the hostile-parsing cases 1 and 2 are above.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -193,6 +194,13 @@ def test_three_poison_inputs_never_reach_the_start_limit(
         assert status == "succeeded" and crashes <= 1, (name, by_name[name])
     outputs = sorted(p.name for p in (data_dir / "outbox" / "terse").iterdir())
     assert outputs == sorted(f"{name}.txt" for name in goods)
+    # A poison input's original is kept in failed/ with the reason, like any failed file.
+    failed = data_dir / "failed" / "terse"
+    for name in poisons:
+        assert (failed / name).exists()
+        reason = json.loads((failed / f"{name}.error.json").read_text())["error"]
+        assert reason == by_name[name][1]
+    assert sorted(p.name for p in (data_dir / "done" / "terse").iterdir()) == sorted(goods)
     succeeded = [
         e["job_id"]
         for d in tmp_path.glob("life*.log")

@@ -15,7 +15,7 @@ class WorkerStore(StoreBase):
 
     def register_worker(self, worker_id: str, host: str, pid: int, model: str, slots: int) -> None:
         """This daemon's row, `running`; its heartbeat is on the database's clock, as
-        leases are (recovery compares it with the database's now)."""
+        leases are (recovery compares it with the database's now), its start on its own."""
         now = self._db_now()
         with self.db.begin() as conn:
             conn.execute(delete(Worker).where(Worker.id == worker_id))
@@ -27,7 +27,7 @@ class WorkerStore(StoreBase):
                     model=model,
                     slots=slots,
                     state="running",
-                    started_at=now,
+                    started_at=self.clock(),
                     heartbeat_at=now,
                 )
             )
