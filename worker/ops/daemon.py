@@ -222,7 +222,11 @@ def _serve(
     if scheduler is not None:
         services.append(scheduler)
     if watchdog_seconds:
-        watchdog = Watchdog(notifier, watchdog_seconds / 2, lambda: status_line(metrics))
+        watchdog = Watchdog(
+            notifier,
+            watchdog_seconds / 2,
+            lambda: status_line(dispatcher.slots.busy(), dispatcher.slots.size, metrics),
+        )
         watchdog.on_death = on_death
         services.append(watchdog)
 
@@ -255,7 +259,7 @@ def _serve(
         group.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        mark_stopped(settings.data_dir)
+        mark_stopped(settings.data_dir, worker_id)
     event("daemon.stopped", worker=worker_id)
     if died:
         names = ", ".join(loop.name for loop in died)
@@ -279,13 +283,16 @@ def requeue_suspects(settings: Settings, store: JobStore) -> None:
     )
 
 
-def status_line(metrics: DaemonMetrics) -> str:
-    """`queued 3, running 1, ...` for systemd's STATUS= line, from the counts the last
-    metrics write read (the watchdog never queries the database itself)."""
+def status_line(busy: int, slots: int, metrics: DaemonMetrics) -> str:
+    """`running 1 here (of 8 slots); table: queued 3, running 1` for systemd's STATUS=
+    line: this daemon's slots from memory, the table from the counts the last metrics
+    write read (the watchdog never queries the database itself)."""
+    here = f"running {busy} here (of {slots} slots)"
     counts = metrics.last_counts()
     if counts is None:
-        return "database unavailable"
+        return f"{here}; table: not read (database unavailable?)"
     totals: dict[str, int] = {}
     for (_pipeline, status), count in counts.items():
         totals[status] = totals.get(status, 0) + count
-    return ", ".join(f"{status} {totals[status]}" for status in sorted(totals)) or "idle"
+    table = ", ".join(f"{status} {totals[status]}" for status in sorted(totals)) or "empty"
+    return f"{here}; table: {table}"
