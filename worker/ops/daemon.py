@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from types import FrameType
 
 from worker.background import BackgroundLoop, Progress
@@ -28,16 +29,24 @@ from worker.logs import event
 from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
+from worker.ops.port import (
+    build_console,
+    model_state,
+    read_console_token,
+    snapshot_depth,
+    snapshot_gauges,
+)
 from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
+from worker.ops.snapshot import SnapshotLoop
 from worker.pipelines.live import LivePipelines
+from worker.pipelines.pauses import Pauses
 from worker.queue.database import database_label, make_db_engine
 from worker.queue.housekeeping import HousekeepingStore
 from worker.queue.jobs import JobStore, offset_clock
 from worker.queue.migrate import upgrade
 from worker.queue.outage import DatabaseUnavailable
-from worker.queue.views import queue_depth
 from worker.run.dispatcher import Dispatcher
 from worker.run.kinds.base import JobContext
 from worker.run.kinds.registry import build_handlers
@@ -89,6 +98,7 @@ def run_daemon(
     """
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = LivePipelines(checked_pipelines(settings))
+    console_token = read_console_token(settings)  # a bad token file stops us before the model
     model = resolve_model(settings)
     engine = open_engine(settings, model)
     event(
@@ -100,7 +110,15 @@ def run_daemon(
     reload = reload_settings or (lambda: settings)
     try:
         _serve(
-            settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds, reload
+            settings,
+            pipelines,
+            engine,
+            (model.name, model.path),
+            once,
+            notify_address,
+            watchdog_seconds,
+            reload,
+            console_token,
         )
     finally:
         engine.close()
@@ -110,12 +128,14 @@ def _serve(
     settings: Settings,
     pipelines: LivePipelines,
     engine: BatchedEngine,
-    model_name: str,
+    model: tuple[str, Path],
     once: bool,
     notify_address: str | None,
     watchdog_seconds: float | None,
     reload_settings: Callable[[], Settings],
+    console_token: str | None,
 ) -> None:
+    model_name, model_path = model
     url = settings.resolved_database_url
     upgrade(url)
     store = JobStore(make_db_engine(url), clock=offset_clock(settings.clock_offset_seconds))
@@ -136,7 +156,23 @@ def _serve(
         stop.stop_claiming()  # finish the jobs in hand, then exit non-zero: systemd restarts us
         wake.set()
 
-    metrics = DaemonMetrics(store, worker_id, model_name, settings.parallel, engine.load_seconds)
+    pauses = Pauses(settings.data_dir / "paused")
+    loops: list[BackgroundLoop] = []
+    snapshot = SnapshotLoop(
+        store,
+        settings.data_dir,
+        settings.snapshot_interval,
+        loops=lambda: loops,
+        models=lambda: [model_state(model_name, model_path)],
+    )
+    metrics = DaemonMetrics(
+        store,
+        worker_id,
+        model_name,
+        settings.parallel,
+        engine.load_seconds,
+        table=lambda: snapshot_gauges(snapshot.current(), worker_id),
+    )
     metrics.watch_engine(lambda: asdict(engine.stats))
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
@@ -155,14 +191,13 @@ def _serve(
     dispatcher = Dispatcher(
         settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
     )
+    dispatcher.paused = pauses.paused
 
     started = threading.Event()  # every service up: the dispatcher is about to claim
 
     def health() -> Health:
-        try:
-            depth: int | None = queue_depth(store.counts())
-        except DatabaseUnavailable:
-            depth = None
+        # From the snapshot: a probe never queries the database (issue #20.8).
+        depth = snapshot_depth(snapshot.current())
         if not started.is_set():
             reason: str | None = "starting"
         elif stop.soft.is_set():
@@ -185,19 +220,28 @@ def _serve(
     watcher = InboxWatcher(
         settings, store, pipelines, on_enqueued=wake.set, held=held_inboxes(pipelines)
     )
+    watcher.paused = pauses.paused
     scheduler = None
     if not once:  # --once drains what is there; schedules fire only in a running daemon
         scheduler = Scheduler(
             settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set
         )
     reloader = Reloader(settings, reload_settings, pipelines, watcher, scheduler)
-    loops: list[BackgroundLoop] = [
+    console = build_console(
+        settings, store, snapshot, health, pipelines, pauses, console_token, wake.set
+    )
+    loops += [
+        snapshot,
         MetricsPublisher(
             metrics,
             settings.resolved_metrics_file,
             settings.metrics_interval,
             settings.metrics_port,
             health,
+            console,
+            settings.http_bind,
+            settings.http_max_connections,
+            settings.http_timeout,
         ),
         watcher,
         leases,
@@ -211,9 +255,9 @@ def _serve(
     for loop in loops:
         loop.on_death = on_death
     services: list[Service] = [
-        loops[0],
+        *loops[:2],
         WorkerRegistration(store, worker_id, model_name, settings.parallel),
-        *loops[1:],
+        *loops[2:],
     ]
     if scheduler is not None:
         services.append(scheduler)
