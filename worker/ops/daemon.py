@@ -174,6 +174,7 @@ def _serve(
         table=lambda: snapshot_gauges(snapshot.current(), worker_id),
     )
     metrics.watch_engine(lambda: asdict(engine.stats))
+    metrics.watch_port(lambda: snapshot.queries.from_port, lambda: snapshot.current().refreshes)
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
     context = JobContext(settings, store, engine, record)

@@ -6,7 +6,9 @@ Two kinds of numbers, on a registry of our own (never prometheus_client's global
   by explicit calls from the runner and the recovery sweep (`DaemonMetrics` is
   their `JobObserver`);
 - the job table's state (jobs by pipeline and status, queue depth, this daemon's
-  busy slots) is read from the database at each collection. With several daemons
+  busy slots): in a daemon from the HTTP port's cached snapshot (`worker.ops.snapshot`,
+  refreshed every `snapshot_interval`), so neither a scrape nor a file write queries
+  the database; without one, read at each collection. With several daemons
   on one PostgreSQL table every daemon reports the same table-wide job gauges; sum
   the counters across daemons, not the gauges.
 
@@ -197,6 +199,21 @@ class DaemonMetrics:
         generated tokens), read at each collection."""
         for name, gauge in self._engine_counters.items():
             gauge.set_function(_reader(stats, name))
+
+    def watch_port(self, queries: Callable[[], int], refreshes: Callable[[], int]) -> None:
+        """Export how often the snapshot was read, and the statements run from the HTTP
+        port's own threads (zero unless an operator's action changed something)."""
+        Gauge(
+            "edge_worker_port_db_queries",
+            "Database statements run from the HTTP port's threads since start (console "
+            "actions only; every page, probe and scrape is answered from the snapshot)",
+            registry=self.registry,
+        ).set_function(lambda: float(queries()))
+        Gauge(
+            "edge_worker_snapshot_refreshes",
+            "Reads of the job table into the HTTP port's snapshot since start",
+            registry=self.registry,
+        ).set_function(lambda: float(refreshes()))
 
     # JobObserver -----------------------------------------------------------------
     def job_succeeded(

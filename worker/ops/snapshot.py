@@ -121,6 +121,7 @@ class SnapshotLoop(BackgroundLoop):
         self.queries.attach(store.db)
         self._wanted: OrderedDict[int, None] = OrderedDict()
         self._kick = threading.Event()  # an action asks for a refresh now
+        self._refreshing = threading.Lock()
         self._lock = threading.Lock()
         self._failing = False
         self._current = Snapshot(None, False, "not read yet", None, clock(), interval, None, None)
@@ -159,7 +160,12 @@ class SnapshotLoop(BackgroundLoop):
         super().stop(timeout)
 
     def refresh(self) -> Snapshot:
-        """Read everything once and publish it."""
+        """Read everything once and publish it (one refresh at a time, so a later read is
+        never overwritten by an earlier one)."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> Snapshot:
         now = self.clock()
         previous = self._current
         with self._lock:
