@@ -48,6 +48,7 @@ from worker.queue.jobs import JobStore, offset_clock
 from worker.queue.migrate import upgrade
 from worker.queue.outage import DatabaseUnavailable
 from worker.run.dispatcher import Dispatcher
+from worker.run.hooks import HookRunner, final_hook
 from worker.run.kinds.base import JobContext
 from worker.run.kinds.registry import build_handlers
 from worker.run.leases import LeaseKeeper
@@ -189,6 +190,8 @@ def _serve(
         observer=metrics,
         progress=progress,
     )
+    hooks = HookRunner()
+    runner.on_final = final_hook(pipelines, hooks)
     dispatcher = Dispatcher(
         settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
     )
@@ -252,6 +255,7 @@ def _serve(
     if listener is not None:
         loops.append(listener)
     loops.append(reloader)
+    loops.append(hooks)
     loops.append(Housekeeping(settings, HousekeepingStore(store.db, clock=store.clock)))
     for loop in loops:
         loop.on_death = on_death
