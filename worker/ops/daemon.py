@@ -44,7 +44,7 @@ from worker.pipelines.live import LivePipelines
 from worker.pipelines.pauses import Pauses
 from worker.queue.database import database_label, make_db_engine
 from worker.queue.housekeeping import HousekeepingStore
-from worker.queue.jobs import JobStore, offset_clock
+from worker.queue.jobs import ClaimedJob, JobStore, offset_clock
 from worker.queue.migrate import upgrade
 from worker.queue.outage import DatabaseUnavailable
 from worker.run.dispatcher import Dispatcher
@@ -191,7 +191,13 @@ def _serve(
         progress=progress,
     )
     hooks = HookRunner()
-    runner.on_final = final_hook(pipelines, hooks)
+    run_hook = final_hook(pipelines, hooks)
+
+    def on_final(job: ClaimedJob, status: str, output: str | None) -> None:
+        run_hook(job, status, output)
+        snapshot.refresh_now()  # /healthz, /metrics and the console follow within a moment
+
+    runner.on_final = on_final
     dispatcher = Dispatcher(
         settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
     )

@@ -28,6 +28,7 @@ from worker.queue.jobs import JobStore
 from worker.queue.snapshot_reads import TableState, read_table
 
 WANTED_JOBS = 64
+MAX_RATE = 4.0  # refreshes per second at most, however often one is asked for
 HTTP_THREAD_PREFIX = "metrics-http"
 
 
@@ -140,7 +141,7 @@ class SnapshotLoop(BackgroundLoop):
                 self._wanted.popitem(last=False)
 
     def refresh_now(self) -> None:
-        """Refresh at once (after an action), instead of at the next interval."""
+        """Refresh soon (a job ended, an action), instead of at the next interval."""
         self._kick.set()
 
     # The loop's side ----------------------------------------------------------------
@@ -148,11 +149,13 @@ class SnapshotLoop(BackgroundLoop):
         self.refresh()  # the port never answers from an empty snapshot when the table is up
 
     def step(self) -> float | None:
+        started = time.monotonic()
         self.refresh()
-        # Sleep `interval`, or less when an action asks for a refresh.
+        # Sleep `interval`, or less when asked (a job ended, an action): the port's numbers
+        # follow the table within a moment, at most MAX_RATE refreshes a second.
         self._kick.wait(self.interval)
         self._kick.clear()
-        return 0.0
+        return max(0.0, started + 1.0 / MAX_RATE - time.monotonic())
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
