@@ -10,7 +10,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -128,7 +135,30 @@ class Settings(BaseSettings):
         default=None, description="Prometheus text file; default <data_dir>/metrics.prom"
     )
     metrics_interval: float = Field(default=5.0, gt=0, description="seconds between rewrites")
-    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="127.0.0.1 only")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the HTTP port: /metrics, /healthz, console"
+    )
+    # The HTTP port's address: loopback unless the operator binds elsewhere on purpose.
+    http_bind: str = Field(default="127.0.0.1", min_length=1, description="address of the port")
+    http_max_connections: int = Field(
+        default=64, ge=4, le=4096, description="open connections on the port at once"
+    )
+    http_timeout: float = Field(
+        default=5.0, gt=0, le=120, description="seconds a client has to send its request"
+    )
+    # The port's job-table numbers (healthz, metrics, console) come from one snapshot,
+    # read this often by one loop; no request queries the database.
+    snapshot_interval: float = Field(default=3.0, ge=0.2, le=300)
+    console: bool = Field(default=False, description="serve the web console on the port")
+    console_actions: bool = Field(
+        default=False, description="allow retry, cancel, pause from the console (needs a token)"
+    )
+    console_token_file: Path | None = Field(
+        default=None, description="file holding the console's action token"
+    )
+    console_retry_limit: int = Field(
+        default=100, ge=1, le=10_000, description="most jobs one 'retry all matching' queues"
+    )
 
     retention_days: int = Field(
         default=30,
@@ -152,6 +182,16 @@ class Settings(BaseSettings):
         if parallel is not None and value < parallel:
             raise ValueError(f"must be at least parallel ({parallel})")
         return value
+
+    @model_validator(mode="after")
+    def _console_needs(self) -> Settings:
+        if self.console and self.metrics_port is None:
+            raise ValueError("console needs metrics_port (the port it is served on)")
+        if self.console_actions and not self.console:
+            raise ValueError("console_actions needs console = true")
+        if self.console_actions and self.console_token_file is None:
+            raise ValueError("console_actions needs console_token_file (the action token)")
+        return self
 
     @field_validator("output_mode", mode="before")
     @classmethod
@@ -215,6 +255,8 @@ def systemd_notify_socket() -> tuple[str | None, float | None]:
 
 
 def _describe(error: dict[str, Any]) -> str:
+    if not error["loc"]:  # a rule across settings (model validator)
+        return f"settings: {str(error['msg']).removeprefix('Value error, ')}"
     loc = ".".join(str(part) for part in error["loc"])
     env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
     got = error.get("input")

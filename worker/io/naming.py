@@ -8,13 +8,19 @@ from pathlib import Path
 
 # Suffixes of files that are still being written by common tools.
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp", "~")
+# `<name>.meta.json` beside an OpenAI Batch file holds its completion window and metadata
+# (worker.batch.fidelity); it is read with the batch, never run as an input of its own.
+SIDECAR_SUFFIX = ".meta.json"
 NAME_MAX_BYTES = 255
 OUTPUT_EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "jsonl": ".jsonl"}
 
 
 def is_ignored_name(name: str) -> bool:
-    """Dot-files and partial downloads are never read."""
-    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+    """Dot-files, partial downloads and batch sidecars are never read as inputs."""
+    lower = name.lower()
+    return (
+        name.startswith(".") or lower.endswith(PARTIAL_SUFFIXES) or lower.endswith(SIDECAR_SUFFIX)
+    )
 
 
 def name_problem(name: str) -> str | None:

@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from types import FrameType
 
 from worker.background import BackgroundLoop
@@ -28,18 +29,27 @@ from worker.logs import event
 from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
+from worker.ops.port import (
+    build_console,
+    model_state,
+    read_console_token,
+    snapshot_depth,
+    snapshot_gauges,
+)
 from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
 from worker.ops.running_marker import mark_running, mark_stopped, previous_holder
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
+from worker.ops.snapshot import Snapshot, SnapshotLoop
 from worker.pipelines.live import LivePipelines
+from worker.pipelines.pauses import Pauses
 from worker.queue.database import database_label, make_db_engine, timeouts_of
 from worker.queue.housekeeping import HousekeepingStore
-from worker.queue.jobs import JobStore, offset_clock
+from worker.queue.jobs import ClaimedJob, JobStore, offset_clock
 from worker.queue.migrate import upgrade_when_reachable
 from worker.queue.outage import DatabaseUnavailable
-from worker.queue.views import queue_depth
 from worker.run.dispatcher import Dispatcher
+from worker.run.hooks import HookRunner, final_hook
 from worker.run.kinds.base import JobContext
 from worker.run.kinds.registry import build_handlers
 from worker.run.leases import LeaseKeeper
@@ -90,6 +100,7 @@ def run_daemon(
     """
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = LivePipelines(checked_pipelines(settings))
+    console_token = read_console_token(settings)  # a bad token file stops us before the model
     model = resolve_model(settings)
     engine = open_engine(settings, model)
     event(
@@ -101,7 +112,15 @@ def run_daemon(
     reload = reload_settings or (lambda: settings)
     try:
         _serve(
-            settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds, reload
+            settings,
+            pipelines,
+            engine,
+            (model.name, model.path),
+            once,
+            notify_address,
+            watchdog_seconds,
+            reload,
+            console_token,
         )
     finally:
         engine.close()
@@ -111,12 +130,14 @@ def _serve(
     settings: Settings,
     pipelines: LivePipelines,
     engine: BatchedEngine,
-    model_name: str,
+    model: tuple[str, Path],
     once: bool,
     notify_address: str | None,
     watchdog_seconds: float | None,
     reload_settings: Callable[[], Settings],
+    console_token: str | None,
 ) -> None:
+    model_name, model_path = model
     url = settings.resolved_database_url
     upgrade_when_reachable(url, settings.db_start_timeout)
     store = JobStore(
@@ -141,8 +162,25 @@ def _serve(
         stop.stop_claiming()  # finish the jobs in hand, then exit non-zero: systemd restarts us
         wake.set()
 
-    metrics = DaemonMetrics(store, worker_id, model_name, settings.parallel, engine.load_seconds)
+    pauses = Pauses(settings.data_dir / "paused")
+    loops: list[BackgroundLoop] = []
+    snapshot = SnapshotLoop(
+        store,
+        settings.data_dir,
+        settings.snapshot_interval,
+        loops=lambda: loops,
+        models=lambda: [model_state(model_name, model_path)],
+    )
+    metrics = DaemonMetrics(
+        store,
+        worker_id,
+        model_name,
+        settings.parallel,
+        engine.load_seconds,
+        table=lambda: snapshot_gauges(snapshot.current(), worker_id),
+    )
     metrics.watch_engine(lambda: asdict(engine.stats))
+    metrics.watch_port(lambda: snapshot.queries.from_port, lambda: snapshot.current().refreshes)
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
     context = JobContext(settings, store, engine, record)
@@ -156,17 +194,24 @@ def _serve(
         stop,
         observer=metrics,
     )
+    hooks = HookRunner()
+    run_hook = final_hook(pipelines, hooks)
+
+    def on_final(job: ClaimedJob, status: str, output: str | None) -> None:
+        run_hook(job, status, output)
+        snapshot.refresh_now()  # /healthz, /metrics and the console follow within a moment
+
+    runner.on_final = on_final
     dispatcher = Dispatcher(
         settings, store, pipelines, worker_id, runner.run_one, stop, wake, record.outage
     )
+    dispatcher.paused = pauses.paused
 
     started = threading.Event()  # every service up: the dispatcher is about to claim
 
     def health() -> Health:
-        try:
-            depth: int | None = queue_depth(store.counts())
-        except DatabaseUnavailable:
-            depth = None
+        # From the snapshot: a probe never queries the database (issue #20.8).
+        depth = snapshot_depth(snapshot.current())
         if not started.is_set():
             reason: str | None = "starting"
         elif stop.soft.is_set():
@@ -189,19 +234,28 @@ def _serve(
     watcher = InboxWatcher(
         settings, store, pipelines, on_enqueued=wake.set, held=held_inboxes(pipelines)
     )
+    watcher.paused = pauses.paused
     scheduler = None
     if not once:  # --once drains what is there; schedules fire only in a running daemon
         scheduler = Scheduler(
             settings, store, pipelines, worker_id, watcher.enqueue_inbox, wake.set
         )
     reloader = Reloader(settings, reload_settings, pipelines, watcher, scheduler)
-    loops: list[BackgroundLoop] = [
+    console = build_console(
+        settings, store, snapshot, health, pipelines, pauses, console_token, wake.set
+    )
+    loops += [
+        snapshot,
         MetricsPublisher(
             metrics,
             settings.resolved_metrics_file,
             settings.metrics_interval,
             settings.metrics_port,
             health,
+            console,
+            settings.http_bind,
+            settings.http_max_connections,
+            settings.http_timeout,
         ),
         watcher,
         leases,
@@ -211,13 +265,14 @@ def _serve(
     if listener is not None:
         loops.append(listener)
     loops.append(reloader)
+    loops.append(hooks)
     loops.append(Housekeeping(settings, HousekeepingStore(store.db, clock=store.clock)))
     for loop in loops:
         loop.on_death = on_death
     services: list[Service] = [
-        loops[0],
+        *loops[:2],
         WorkerRegistration(store, worker_id, model_name, settings.parallel),
-        *loops[1:],
+        *loops[2:],
     ]
     if scheduler is not None:
         services.append(scheduler)
@@ -225,7 +280,7 @@ def _serve(
         watchdog = Watchdog(
             notifier,
             watchdog_seconds / 2,
-            lambda: status_line(dispatcher.slots.busy(), dispatcher.slots.size, metrics),
+            lambda: status_line(dispatcher.slots.busy(), dispatcher.slots.size, snapshot.current()),
         )
         watchdog.on_death = on_death
         services.append(watchdog)
@@ -283,16 +338,15 @@ def requeue_suspects(settings: Settings, store: JobStore) -> None:
     )
 
 
-def status_line(busy: int, slots: int, metrics: DaemonMetrics) -> str:
+def status_line(busy: int, slots: int, snapshot: Snapshot) -> str:
     """`running 1 here (of 8 slots); table: queued 3, running 1` for systemd's STATUS=
-    line: this daemon's slots from memory, the table from the counts the last metrics
-    write read (the watchdog never queries the database itself)."""
+    line: this daemon's slots from memory, the table from the port's snapshot (the
+    watchdog never queries the database itself)."""
     here = f"running {busy} here (of {slots} slots)"
-    counts = metrics.last_counts()
-    if counts is None:
+    if not snapshot.database_ok or snapshot.table is None:
         return f"{here}; table: not read (database unavailable?)"
     totals: dict[str, int] = {}
-    for (_pipeline, status), count in counts.items():
+    for (_pipeline, status), count in snapshot.table.counts.items():
         totals[status] = totals.get(status, 0) + count
     table = ", ".join(f"{status} {totals[status]}" for status in sorted(totals)) or "empty"
     return f"{here}; table: {table}"

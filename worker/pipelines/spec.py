@@ -81,6 +81,20 @@ class Pipeline(BaseModel):
     # At most this many jobs of the pipeline run at once, over every daemon on the
     # database (None: no limit beyond the daemons' slots).
     max_concurrent: int | None = Field(default=None, ge=1, description="jobs running at once")
+    # Completion hook (README, "Completion hook"): a program run without a shell when a job
+    # of this pipeline ends; placeholders are whole items (worker.run.hooks.PLACEHOLDERS).
+    on_final: tuple[str, ...] = ()
+    on_final_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds")
+
+    @field_validator("on_final")
+    @classmethod
+    def _hook_is_an_argv(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from worker.pipelines.hook_args import check_hook
+
+        problem = check_hook(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from worker import liveness
 from worker.config import Settings
@@ -59,6 +59,8 @@ class Dispatcher:
         self._solo = False  # a job that must run alone is in hand
         self._solo_pending = False  # one waits (last looked up at _solo_checked_at)
         self._solo_checked_at = float("-inf")
+        # Pipelines whose intake an operator paused (worker.pipelines.pauses): not claimed.
+        self.paused: Callable[[], Collection[str]] = frozenset
         self.slots = self._new_slots()
 
     def _new_slots(self) -> SlotPool:
@@ -129,6 +131,7 @@ class Dispatcher:
             now = self.store.clock()
             pipelines = dict(self.pipelines.items())  # one set for the round (reloads)
             closed = [n for n, p in pipelines.items() if not p.open_at(now)]
+            closed += sorted(set(self.paused()) - set(closed))
             crashes = SUSPECT_AFTER_CRASHES
             limits = {n: p.max_concurrent for n, p in pipelines.items() if p.max_concurrent}
             # Drain for a job that must run alone; claim it once nothing else runs.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from worker import liveness
@@ -90,6 +90,9 @@ class JobRunner:
         self.record = record
         self.stop = stop
         self.observer: JobObserver = observer or NoObserver()
+        # Called once a job's final outcome is recorded: (job, status, output path); the
+        # daemon queues the pipeline's completion hook here (worker.run.hooks).
+        self.on_final: Callable[[ClaimedJob, str, str | None], None] = lambda *_: None
 
     def run_one(self, job: ClaimedJob) -> None:
         """Run `job` to a recorded outcome (or release it at shutdown)."""
@@ -252,6 +255,7 @@ class JobRunner:
             job.pipeline, done.prompt_tokens, done.completion_tokens, seconds
         )
         handler.after_final(job, FinalOutcome(True, None, self.store.clock()))
+        self.on_final(job, "succeeded", output)
         event(
             "job.succeeded",
             job_id=job.id,
@@ -287,6 +291,8 @@ class JobRunner:
         self.observer.job_failed(job.pipeline, final)
         if final and handler is not None:
             handler.after_final(job, FinalOutcome(False, error, self.store.clock()))
+        if final:
+            self.on_final(job, "dead" if decision.dead else "failed", None)
         event(
             "job.failed" if final else "job.retrying",
             logging.WARNING,

@@ -73,6 +73,8 @@ class InboxWatcher(BackgroundLoop):
         self.pipelines = set(pipelines)
         # Inboxes with inbox_mode "scheduled": enqueued only by `enqueue_inbox` at fires.
         self.held = frozenset(held)
+        # Pipelines whose intake an operator paused: their files wait in the inbox.
+        self.paused: Callable[[], Collection[str]] = frozenset
         self.on_enqueued = on_enqueued
         self.root = settings.data_dir / "inbox"
         self._lock = threading.Lock()
@@ -137,6 +139,8 @@ class InboxWatcher(BackgroundLoop):
 
     def _touch(self, path: Path, closed: bool) -> None:
         if path.parent.parent != self.root or path.parent.name in self.held:
+            return
+        if path.parent.name in self.paused():
             return  # only inbox/<pipeline>/<name>, and not the inboxes taken at fires
         with self._lock:
             self._touched[path] = self._touched.get(path, False) or closed

@@ -4,16 +4,31 @@ and gathers the output, error and batch files when the last line is final."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
 
+from worker.batch.fidelity import (
+    DEFAULT_WINDOW,
+    MAX_SIDECAR_BYTES,
+    BatchMeta,
+    SidecarError,
+    decode_meta,
+    line_error_text,
+    parse_sidecar,
+    summed_usage,
+    validation_errors,
+)
 from worker.batch.files import (
     batch_files,
     batch_object,
+    error_of,
     jsonl,
     request_counts,
     result_lines,
 )
 from worker.batch.ids import batch_id_for
+from worker.batch.lines import BatchLine as ParsedLine
 from worker.batch.lines import read_batch
 from worker.batch.request import (
     CHAT,
@@ -22,15 +37,16 @@ from worker.batch.request import (
     prompt_and_generation,
     response_body,
 )
-from worker.errors import GenerationInterrupted, PromptTooLong
+from worker.errors import GenerationInterrupted, InputError, PromptTooLong
 from worker.io.files import FileRef
+from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatError
 from worker.llm.grammar import UnsupportedSchema
 from worker.pipelines.inference import ResultInvalid, generate
 from worker.pipelines.models import UnknownModel, resolve_model_name
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, NewBatch, NewChild
-from worker.queue.models import JobKind
+from worker.queue.models import Batch, Job, JobKind, JobStatus
 from worker.run.kinds.base import (
     Attempt,
     ChildOfFile,
@@ -55,37 +71,100 @@ def _served_model(context: JobContext, requested: str) -> str:
 def expand(
     context: JobContext, job: ClaimedJob, pipeline: Pipeline, ref: FileRef, data: bytes
 ) -> None:
-    """Check every line; queue the valid ones as child jobs, record the bad ones as failed."""
+    """Check every line; queue the valid ones as child jobs, record the bad ones as failed
+    (each with its HTTP-style error). A file that breaks the format fails at `validating`
+    and none of its lines runs (`fail_validation`)."""
     limit = context.settings.max_records_per_file
     lines = read_batch(data, lambda name: _served_model(context, name), limit)
+    window, metadata = read_sidecar(context, ref)
+    problems = file_problems(lines)
+    if problems:
+        fail_validation(context, job, pipeline, ref, problems, window, metadata)
     children = []
-    errors = []
     for line in lines:
         if line.error is None:
             children.append(NewChild(line.line, json.dumps(line.request, ensure_ascii=False)))
             continue
         children.append(
-            NewChild(line.line, json.dumps({"custom_id": line.custom_id}), str(line.error))
-        )
-        errors.append(
-            {
-                "code": line.error.code,
-                "message": line.error.message,
-                "param": line.error.param,
-                "line": line.line,
-            }
+            NewChild(
+                line.line, json.dumps({"custom_id": line.custom_id}), line_error_text(line.error)
+            )
         )
     valid = [line.request for line in lines if line.request is not None]
     endpoint = str(valid[0]["url"]) if valid else CHAT
-    batch = NewBatch(
-        batch_id_for(job.id), ref.name, endpoint, json.dumps(errors) if errors else None, len(lines)
-    )
+    meta = BatchMeta(completion_window=window, metadata=metadata, model=context.settings.model)
+    batch = NewBatch(batch_id_for(job.id), ref.name, endpoint, meta.encode(), len(lines))
     if not context.store.expand(
         job.id, job.lease_token, pipeline.name, JobKind.BATCH, children, batch
     ):
         raise GenerationInterrupted("lease lost before the batch lines were queued")
     context.record(lambda: context.store.wake_parent(job.id))  # every line was invalid
     write_status(context, pipeline.name, batch.id)
+
+
+def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str] | None]:
+    """(completion_window, metadata) from `<name>.meta.json` (or `<stem>.meta.json`) beside
+    the input; the defaults when there is none. InputError if it is unusable."""
+    inbox = ref.inbox_path(context.settings)
+    for name in dict.fromkeys((f"{ref.name}.meta.json", f"{Path(ref.name).stem}.meta.json")):
+        try:
+            data = read_regular_file(inbox.with_name(name), MAX_SIDECAR_BYTES)
+        except FileNotFoundError:
+            continue
+        try:
+            return parse_sidecar(data)
+        except SidecarError as exc:
+            raise InputError(f"invalid {name}: {exc}") from None
+    return DEFAULT_WINDOW, None
+
+
+def file_problems(lines: list[ParsedLine]) -> list[dict[str, Any]]:
+    """The `errors.data` that fail a file at `validating` (empty: the file is valid)."""
+    bad = [(line.line, line.error) for line in lines if line.error is not None]
+    endpoints = {line.line: str(line.request["url"]) for line in lines if line.request is not None}
+    return validation_errors(bad, endpoints)
+
+
+def fail_validation(
+    context: JobContext,
+    job: ClaimedJob,
+    pipeline: Pipeline,
+    ref: FileRef,
+    problems: list[dict[str, Any]],
+    window: str,
+    metadata: dict[str, str] | None,
+) -> NoReturn:
+    """Record the batch as `failed` with its `errors.data`, write its batch object, and
+    fail the file job (its original goes to failed/ with the reason)."""
+    meta = BatchMeta(errors=problems, completion_window=window, metadata=metadata)
+    batch_id = batch_id_for(job.id)
+    context.store.add_failed_batch(job.id, NewBatch(batch_id, ref.name, CHAT, meta.encode(), 0))
+    write_status(context, pipeline.name, batch_id)
+    first = problems[0]
+    raise InputError(
+        f"batch file failed validation: {len(problems)} error(s); "
+        f"line {first['line']}: {first['code']}: {first['message']}"
+    )
+
+
+def check_expiry(context: JobContext, job: ClaimedJob) -> None:
+    """A line claimed after its batch's completion window ends the batch: every line still
+    waiting is marked `batch_expired` (one statement), and so is this one."""
+    if job.parent_id is None:
+        return
+    batch = context.store.batch_of_job(job.parent_id)
+    if batch is None:
+        return
+    meta = decode_meta(batch.errors_json)
+    now = context.store.clock()
+    if now <= meta.expires_at(batch.created_at):
+        return
+    message = (
+        f"batch_expired: the batch passed its completion window ({meta.completion_window}) "
+        "before this request ran"
+    )
+    context.store.cancel_children(job.parent_id, message, keep=job.id)
+    raise InputError(message)  # this line fails the same way; its end wakes the parent
 
 
 class BatchLine(ChildOfFile):
@@ -97,6 +176,13 @@ class BatchLine(ChildOfFile):
         self.context = context
 
     def run(self, attempt: Attempt) -> JobResult:
+        check_expiry(self.context, attempt.job)
+        try:
+            return self._run(attempt)
+        except LineError as exc:  # the errors file reports its code and param, OpenAI's way
+            raise InputError(line_error_text(exc)) from None
+
+    def _run(self, attempt: Attempt) -> JobResult:
         context, job, pipeline = self.context, attempt.job, attempt.pipeline
         payload = json.loads(attempt.input_text or "{}")
         request = parse_request(str(payload.get("url")), payload.get("body"))
@@ -134,6 +220,8 @@ def gather(
     store = context.store
     batch = store.batch_of_job(job.id)
     assert batch is not None
+    if batch.status == "failed":  # failed at validating (a retry of the same file)
+        raise InputError("batch file failed validation; see its .batch.json")
     now = store.clock()
     if batch.finalizing_at is None and batch.cancelling_at is None:
         store.update_batch(batch.id, status="finalizing", finalizing_at=now)
@@ -150,15 +238,30 @@ def gather(
         "request_completed": counts["completed"],
         "request_failed": counts["failed"],
     }
-    if batch.cancelling_at is not None:
-        final.update(status="cancelled", cancelled_at=batch.cancelled_at or now)
-    else:
-        final.update(status="completed", completed_at=batch.completed_at or now)
+    final.update(final_state(batch, children, now))
     store.update_batch(batch.id, (), **final)
     text = write_status(context, pipeline.name, batch.id, still_leased)
     prompt_tokens = sum(c.prompt_tokens or 0 for c in children)
     completion_tokens = sum(c.completion_tokens or 0 for c in children)
     return JobResult(text, prompt_tokens, completion_tokens, files.output)
+
+
+def final_state(batch: Batch, children: list[Job], now: datetime) -> dict[str, Any]:
+    """The closing status, times and summed usage of a batch whose lines are all final."""
+    meta = decode_meta(batch.errors_json).but(usage=summed_usage(children))
+    expired = any(
+        error_of(child)[0] == "batch_expired"
+        for child in children
+        if child.status != JobStatus.SUCCEEDED
+    )
+    if batch.cancelling_at is not None:
+        state: dict[str, Any] = {"status": "cancelled", "cancelled_at": batch.cancelled_at or now}
+    elif expired:
+        meta = meta.but(expired_at=meta.expired_at or int(now.timestamp()))
+        state = {"status": "expired"}
+    else:
+        state = {"status": "completed", "completed_at": batch.completed_at or now}
+    return {**state, "errors_json": meta.encode()}
 
 
 def live_object(context: JobContext, batch_id: str) -> dict[str, object] | None:
