@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -101,7 +102,30 @@ def compile_grammar(schema: dict[str, Any], max_tokens: int | None = None) -> st
         raise UnsupportedSchema(
             f"the JSON Schema is {len(text)} characters long; the limit is {MAX_SCHEMA_CHARS}"
         )
+    with _remembered_lock:
+        known = _remembered.get(text)
+        if known is not None:
+            _remembered.move_to_end(text)
+            return known
     return _grammar(text)
+
+
+# Grammars made in the parsing sandbox from untrusted schemas (an OpenAI Batch line's),
+# by schema JSON: the daemon then never runs the Python converter on them itself.
+_remembered: OrderedDict[str, str] = OrderedDict()
+_remembered_lock = threading.Lock()
+_REMEMBER = 256
+
+
+def remember_grammar(schema: dict[str, Any], grammar: str) -> None:
+    """Keep `grammar`, which `compile_grammar(schema, ...)` returned in the sandbox, so that
+    compiling `schema` here (admission, the engine's sampler) uses it."""
+    text = json.dumps(schema, ensure_ascii=False)
+    with _remembered_lock:
+        _remembered[text] = grammar
+        _remembered.move_to_end(text)
+        while len(_remembered) > _REMEMBER:
+            _remembered.popitem(last=False)
 
 
 def _over(value: Any, limit: int) -> bool:

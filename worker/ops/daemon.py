@@ -46,6 +46,7 @@ from worker.run.recorder import Recorder
 from worker.run.recovery import RecoverySweep
 from worker.run.runner import JobRunner
 from worker.run.stop import StopFlags
+from worker.sandbox import Sandbox, SandboxLimits
 from worker.sources.inbox import InboxWatcher
 from worker.sources.pg_listen import listener_for
 from worker.sources.schedules import Scheduler
@@ -98,11 +99,23 @@ def run_daemon(
         seconds=round(engine.load_seconds, 2),
     )
     reload = reload_settings or (lambda: settings)
+    # Warm parsing children, started from here (never forked from the daemon); closed after
+    # the slots are done with them, each wait bounded.
+    sandbox = Sandbox(SandboxLimits.from_settings(settings))
     try:
         _serve(
-            settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds, reload
+            settings,
+            pipelines,
+            engine,
+            model.name,
+            once,
+            notify_address,
+            watchdog_seconds,
+            reload,
+            sandbox,
         )
     finally:
+        sandbox.close()
         engine.close()
 
 
@@ -115,6 +128,7 @@ def _serve(
     notify_address: str | None,
     watchdog_seconds: float | None,
     reload_settings: Callable[[], Settings],
+    sandbox: Sandbox,
 ) -> None:
     url = settings.resolved_database_url
     upgrade(url)
@@ -140,7 +154,7 @@ def _serve(
     metrics.watch_engine(lambda: asdict(engine.stats))
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-    context = JobContext(settings, store, engine, record)
+    context = JobContext(settings, store, engine, record, sandbox)
     runner = JobRunner(
         settings,
         store,

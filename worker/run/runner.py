@@ -181,6 +181,7 @@ class JobRunner:
                 should_stop=lambda: self._should_stop(job, deadline),
                 still_leased=lambda: self.record(lambda: self.leases.confirm(job)),
                 input_text=self._input_text(job),
+                deadline=deadline,
             )
             outcome = handler.run(attempt)
         except _UnknownPipeline as exc:

@@ -4,13 +4,14 @@ It limits its own address space (RLIMIT_AS) once, imports every parser once (so 
 pays milliseconds, not imports), says `ready`, then answers one task at a time: each
 gets `cpu_seconds` more of RLIMIT_CPU (the kernel sends SIGXCPU, which ends the child).
 A MemoryError ends the child after its reply: its heap may be in any state. It exits
-at end of file on its request pipe, and with its parent (PR_SET_PDEATHSIG).
+at end of file on its request pipe, so also when the daemon dies (a task under way
+runs at most to its CPU limit first). Not PR_SET_PDEATHSIG: that fires when the thread
+that started the child ends, and children are started from the slots' threads.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import resource
 import signal
@@ -20,16 +21,7 @@ from typing import Any
 from worker.sandbox.framing import ChannelClosed, read_blocking, write_blocking
 from worker.sandbox.limits import cpu_soft_limit
 
-PR_SET_PDEATHSIG = 1
 EXIT_MEMORY = 3
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: end of file on the pipe still ends us
-        pass
 
 
 def _set_limit(which: int, soft: int, lower_hard: bool) -> bool:
@@ -73,7 +65,6 @@ def _reply(fd: int, reply: tuple[str, Any]) -> None:
 def serve(requests: int, replies: int, memory: int) -> int:
     """Answer tasks until the parent closes the request pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
-    _die_with_parent()
     _set_limit(resource.RLIMIT_CORE, 0, lower_hard=True)  # SIGXCPU must not dump core
     # 0: the parent enforces every limit (tests of that path; a denied setrlimit is the same).
     limited = memory > 0 and _set_limit(resource.RLIMIT_AS, memory, lower_hard=True)
