@@ -37,6 +37,16 @@ def _set_limit(which: int, soft: int, lower_hard: bool) -> bool:
     return True
 
 
+def _first_to_go() -> None:
+    """Ask the kernel's OOM killer to pick this child before the daemon (raising one's own
+    oom_score_adj needs no privilege); it matters where RLIMIT_AS cannot be set."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
+
+
 def _cpu_used() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -65,6 +75,7 @@ def _reply(fd: int, reply: tuple[str, Any]) -> None:
 def serve(requests: int, replies: int, memory: int) -> int:
     """Answer tasks until the parent closes the request pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
+    _first_to_go()
     _set_limit(resource.RLIMIT_CORE, 0, lower_hard=True)  # SIGXCPU must not dump core
     # 0: the parent enforces every limit (tests of that path; a denied setrlimit is the same).
     limited = memory > 0 and _set_limit(resource.RLIMIT_AS, memory, lower_hard=True)
