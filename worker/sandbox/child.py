@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replies", type=int, required=True)
     parser.add_argument("--memory", type=int, required=True)
     options = parser.parse_args(argv)
-    return serve(options.requests, options.replies, options.memory)
+    try:
+        return serve(options.requests, options.replies, options.memory)
+    except BrokenPipeError:  # the parent closed the pool (or died): nobody to answer
+        return 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ two pipes each. A call takes an idle child (or waits for one, beating), sends th
 and waits for the reply until the earlier of the job's deadline and `timeout`, calling
 `beat` at least every POLL seconds. Limits, and who enforces them:
 
-- CPU time: the child's RLIMIT_CPU (SIGXCPU ends it); where setrlimit is denied, the
-  parent reads the child's CPU time from /proc and kills it.
+- CPU time: the parent reads the child's CPU time from /proc while it waits and kills it
+  past the limit; the child's RLIMIT_CPU (whole seconds, SIGXCPU) is the backstop.
 - memory: the child's RLIMIT_AS (MemoryError, or a C parser that aborts); where denied,
   the parent reads its address space from /proc and kills it.
 - wall clock: the parent kills the child at the deadline.
@@ -20,6 +20,7 @@ replaced at once and the call raises InputTooCostly. A child is recycled after
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.errors import GenerationInterrupted, InputTooCostly
+from worker.logs import event
 from worker.sandbox.framing import Channel, ChannelClosed
 from worker.sandbox.limits import (
     Limit,
@@ -145,6 +147,7 @@ class Sandbox:
             raise
         if kind == "memory":  # the child exits by itself: its heap may be in any state
             self._discard(child)
+            event("sandbox.limit", logging.WARNING, limit="memory", step=step)
             raise InputTooCostly(f"{limit_reason('memory', self.limits)} while {step}")
         self._give_back(child)
         self.stats["calls"] += 1
@@ -309,6 +312,14 @@ class Sandbox:
                 if self._closed:
                     raise SandboxClosed("the parsing sandbox closed") from None
                 self.stats["died"] += 1
+                event(
+                    "sandbox.child_died",
+                    logging.WARNING,
+                    pid=child.proc.pid,
+                    returncode=code,
+                    step=step,
+                    ready=child.ready,
+                )
                 if not child.ready:
                     raise SandboxBroken(
                         f"a parsing child could not start ({death_reason(code, self.limits)}); "
@@ -324,15 +335,14 @@ class Sandbox:
                 continue
             if beat is not None:
                 beat()
-            if child.ready and not child.rlimits:
+            if child.ready:  # RLIMIT_CPU counts whole seconds; this is the finer check
                 over = self._parent_check(child)
                 if over is not None:
                     self._kill(child.proc)
                     self._over(over, step, started)
 
-    def _cpu_baseline(self, child: _Child) -> float:
-        if child.rlimits:
-            return 0.0
+    @staticmethod
+    def _cpu_baseline(child: _Child) -> float:
         return _cpu_seconds(child.proc.pid) or 0.0
 
     def _parent_check(self, child: _Child) -> Limit | None:
@@ -341,6 +351,8 @@ class Sandbox:
 
     def _over(self, limit: Limit, step: str, started: float) -> None:
         self.stats[f"over_{limit}"] += 1
+        seconds = round(time.monotonic() - started, 3)
+        event("sandbox.limit", logging.WARNING, limit=limit, step=step, seconds=seconds)
         if limit == "job_timeout":
             raise JobDeadline(f"job_timeout reached while {step}")
         raise InputTooCostly(f"{limit_reason(limit, self.limits)} while {step}")
