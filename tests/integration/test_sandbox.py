@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -100,6 +102,16 @@ def test_the_caller_beats_while_it_waits_and_a_stop_interrupts() -> None:
             parsing.call("probe.sleep", 30)
         assert time.monotonic() - stop_at < 2
         still_works(pool)
+
+
+def test_a_child_killed_while_idle_costs_no_task() -> None:
+    with Sandbox(SandboxLimits(processes=1)) as pool:
+        pool.call("probe.echo", 1)
+        (pid,) = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        assert pool.call("probe.echo", 2) == 2  # a new child, and no InputTooCostly
+        assert pool.pids() != [pid]
 
 
 def test_a_child_is_recycled_after_n_tasks() -> None:

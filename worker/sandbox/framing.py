@@ -81,6 +81,9 @@ class Channel:
     def pump(self, timeout: float) -> Any | None:
         """Wait up to `timeout` seconds: write what is pending, read what came. The reply,
         once complete; else None. ChannelClosed if the child closed its end."""
+        buffered = self._take()  # `ready` and a reply can come in one read
+        if buffered is not None:
+            return buffered
         writers = [self.request_fd] if self._pending else []
         readable, writable, _ = select.select([self.reply_fd], writers, [], max(timeout, 0))
         if writable:

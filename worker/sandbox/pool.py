@@ -50,6 +50,9 @@ Beat = Callable[[], None]
 POLL = 0.2
 # Bounded waits for a child to exit after its pipes closed or a SIGKILL.
 EXIT_WAIT = 2.0
+# A new child imports every parser before it says `ready` (about 0.7 s on an idle
+# machine); past this it is broken, not slow.
+START_TIMEOUT = 60.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -225,8 +228,13 @@ class Sandbox:
             while True:
                 if self._closed:
                     raise SandboxClosed("the parsing sandbox is closing")
-                if self._idle:
-                    return self._idle.pop()
+                while self._idle:
+                    child = self._idle.pop()
+                    if child.proc.poll() is None:
+                        return child
+                    # Ended while idle (killed from outside): not the next input's fault.
+                    child.channel.close()
+                    self._all.discard(child)
                 if len(self._all) < self.limits.processes:
                     return self._spawn()
                 left = until - time.monotonic()
@@ -296,7 +304,9 @@ class Sandbox:
         beat: Beat | None,
     ) -> tuple[str, Any]:
         started = time.monotonic()
-        until, limit = task_until(started, deadline, self.limits.timeout)
+        # A new child's imports are not the task's: its clock starts at `ready`.
+        wait = self.limits.timeout if child.ready else START_TIMEOUT
+        until, limit = task_until(started, deadline, wait)
         child.channel.start_send(message)
         if child.ready:
             child.cpu_at_start = self._cpu_baseline(child)
@@ -304,6 +314,8 @@ class Sandbox:
             left = until - time.monotonic()
             if left <= 0:
                 self._kill(child.proc)
+                if not child.ready and limit == "time":
+                    raise SandboxBroken(f"a parsing child did not start in {START_TIMEOUT:g} s")
                 self._over(limit, step, started)
             try:
                 reply = child.channel.pump(min(POLL, left))
@@ -332,6 +344,8 @@ class Sandbox:
                 child.ready, child.info = True, dict(reply[1])
                 child.rlimits = bool(child.info.get("rlimits"))
                 child.cpu_at_start = self._cpu_baseline(child)
+                started = time.monotonic()
+                until, limit = task_until(started, deadline, self.limits.timeout)
                 continue
             if beat is not None:
                 beat()
