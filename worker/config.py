@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     # Mode of the inbox folders the daemon creates: setgid and group-writable, so members
     # of the data folder's group (edge-worker-submit under systemd) can drop files.
     inbox_mode: int = Field(default=0o2770, ge=0o700, le=0o7777)
+    # The parsing sandbox (worker/sandbox/): untrusted bytes become text, records,
+    # requests or validated JSON in warm child processes under these limits. A task over
+    # one kills its child and fails the job with "input too costly to parse: ...".
+    parse_cpu_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    parse_memory_bytes: int = Field(default=1 << 30, ge=256 << 20)
+    parse_timeout: float = Field(default=60.0, gt=0, le=86_400)
+    sandbox_processes: int = Field(default=2, ge=1, le=64)
+    sandbox_recycle_after: int = Field(default=500, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)

@@ -371,3 +371,52 @@ def test_install_rejects_bad_variables(
     assert result.returncode != 0
     assert message in result.stderr
     assert not (stage / "etc/systemd/system/edge-worker.service").exists()
+
+
+# The parsing sandbox under the system call filter -----------------------------------
+
+
+def _syscalls(item: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls `item` names: itself, or every call of a `@group` (nested groups
+    expanded), as this systemd's `syscall-filter` lists them."""
+    if not item.startswith("@"):
+        return {item}
+    seen = set() if seen is None else seen
+    if item in seen:
+        return set()
+    seen.add(item)
+    result = _analyze(["syscall-filter", item], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    calls: set[str] = set()
+    for line in result.stdout.splitlines()[1:]:
+        name = line.strip()
+        if name and not name.startswith("#"):
+            calls |= _syscalls(name, seen)
+    return calls
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_parsing_sandbox_may_lower_its_own_limits(unit: str) -> None:
+    # worker/sandbox/child.py sets RLIMIT_AS and RLIMIT_CPU with resource.setrlimit, which
+    # glibc makes with prlimit64 (`strace -e prlimit64` shows it). The unit's filter must
+    # let that call through, and a denied call must fail with EPERM rather than kill the
+    # child, so that the parent's own checks (CPU time and address space from /proc)
+    # take over where a filter denies it.
+    filters = _values(SYSTEMD_DIR / unit, "SystemCallFilter")
+    assert filters and not filters[0].startswith("~"), "the first filter is an allow-list"
+    allowed: set[str] = set()
+    for number, value in enumerate(filters):
+        denied = value.startswith("~")
+        items: set[str] = set()
+        for item in value.removeprefix("~").split():
+            items |= _syscalls(item)
+        if number == 0:
+            allowed = items
+        elif denied:
+            allowed -= items
+        else:
+            allowed |= items
+    assert "prlimit64" in allowed
+    assert "setrlimit" not in allowed  # the premise: @resources is denied
+    assert _values(SYSTEMD_DIR / unit, "SystemCallErrorNumber") == ["EPERM"]

@@ -33,6 +33,10 @@ class LineError(InputError):
         self.message = message
         self.param = param
 
+    def __reduce__(self) -> tuple[type[LineError], tuple[str, str, str | None]]:
+        # Pickled as its fields: lines checked in the sandbox come back with their errors.
+        return (type(self), (self.code, self.message, self.param))
+
 
 def _invalid(message: str, param: str) -> LineError:
     return LineError("invalid_request", message, param)
@@ -141,7 +145,9 @@ def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def _schema(body: Mapping[str, Any], max_tokens: int | None) -> Mapping[str, Any] | None:
+def _schema(
+    body: Mapping[str, Any], max_tokens: int | None, check: bool = True
+) -> Mapping[str, Any] | None:
     """The response_format's JSON Schema, bounded and compiled to a grammar llama.cpp takes
     (`max_tokens`: the body's own; the pipeline's is checked in `prompt_and_generation`)."""
     response_format = body.get("response_format")
@@ -157,7 +163,8 @@ def _schema(body: Mapping[str, Any], max_tokens: int | None) -> Mapping[str, Any
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise _invalid("json_schema.schema must be an object", "response_format")
-        _check_schema(schema, max_tokens)
+        if check:
+            _check_schema(schema, max_tokens)
         return schema
     raise _invalid(
         "response_format.type must be text, json_object or json_schema", "response_format"
@@ -171,8 +178,11 @@ def _check_schema(schema: dict[str, Any], max_tokens: int | None) -> None:
         raise _invalid(str(exc), "response_format") from None
 
 
-def parse_request(url: str, body: Any) -> Request:
-    """Validate a request body for `url`; LineError names the bad field."""
+def parse_request(url: str, body: Any, check_schema: bool = True) -> Request:
+    """Validate a request body for `url`; LineError names the bad field.
+
+    `check_schema=False` leaves the JSON Schema's check (and grammar) to the caller, which
+    makes it in the parsing sandbox (a line that already passed the sandbox's checks)."""
     if url not in ENDPOINTS:
         supported = " or ".join(ENDPOINTS)
         raise LineError("invalid_url", f"url {url!r} is not supported (use {supported})", "url")
@@ -188,7 +198,7 @@ def parse_request(url: str, body: Any) -> Request:
         messages=_messages(body) if url == CHAT else (),
         prompt=_prompt(body) if url == COMPLETIONS else None,
         generation=generation,
-        schema=_schema(body, generation.get("max_tokens")),
+        schema=_schema(body, generation.get("max_tokens"), check_schema),
     )
 
 

@@ -57,6 +57,7 @@ from worker.run.recorder import Recorder
 from worker.run.recovery import RecoverySweep
 from worker.run.runner import JobRunner
 from worker.run.stop import StopFlags
+from worker.sandbox import Sandbox, SandboxLimits
 from worker.sources.inbox import InboxWatcher
 from worker.sources.pg_listen import listener_for
 from worker.sources.schedules import Scheduler
@@ -110,6 +111,9 @@ def run_daemon(
         seconds=round(engine.load_seconds, 2),
     )
     reload = reload_settings or (lambda: settings)
+    # Warm parsing children, started from here (never forked from the daemon); closed after
+    # the slots are done with them, each wait bounded.
+    sandbox = Sandbox(SandboxLimits.from_settings(settings))
     try:
         _serve(
             settings,
@@ -121,8 +125,10 @@ def run_daemon(
             watchdog_seconds,
             reload,
             console_token,
+            sandbox,
         )
     finally:
+        sandbox.close()
         engine.close()
 
 
@@ -136,6 +142,7 @@ def _serve(
     watchdog_seconds: float | None,
     reload_settings: Callable[[], Settings],
     console_token: str | None,
+    sandbox: Sandbox,
 ) -> None:
     model_name, model_path = model
     url = settings.resolved_database_url
@@ -183,7 +190,7 @@ def _serve(
     metrics.watch_port(lambda: snapshot.queries.from_port, lambda: snapshot.current().refreshes)
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-    context = JobContext(settings, store, engine, record)
+    context = JobContext(settings, store, engine, record, sandbox)
     runner = JobRunner(
         settings,
         store,

@@ -28,6 +28,8 @@ from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.models import JobKind
 from worker.run.recorder import Recorder
+from worker.sandbox import Sandbox
+from worker.sandbox.parsing import Parsing
 
 StillLeased = Callable[[], bool]
 ShouldStop = Callable[[], bool]
@@ -96,7 +98,8 @@ class JobHandler(Protocol):
 
 
 class JobContext:
-    """What handlers share: settings, the store, the engine, the recorder, the chat template."""
+    """What handlers share: settings, the store, the engine, the recorder, the chat
+    template, and the sandbox that parses untrusted input."""
 
     def __init__(
         self,
@@ -104,11 +107,13 @@ class JobContext:
         store: JobStore,
         engine: Engine,
         record: Recorder,
+        sandbox: Sandbox,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.record = record
+        self.sandbox = sandbox
         self._chat: ChatTemplate | None = None
 
     def chat(self) -> ChatTemplate:
@@ -123,9 +128,14 @@ class JobContext:
         """The engine that serves `pipeline`'s model."""
         return self.engine
 
-    def pipeline_run(self, pipeline: Pipeline) -> PipelineRun:
-        """`pipeline` on the engine of its model."""
-        return PipelineRun(self.engine_for(pipeline), pipeline, self.chat)
+    def parsing(self, attempt: Attempt) -> Parsing:
+        """The parsing steps of `attempt`, in the sandbox, by its deadline; waiting checks
+        `should_stop` (which beats the slot's heartbeat) at least once a second."""
+        return Parsing(self.sandbox, attempt.deadline, attempt.should_stop)
+
+    def pipeline_run(self, pipeline: Pipeline, parsing: Parsing) -> PipelineRun:
+        """`pipeline` on the engine of its model, its JSON results checked by `parsing`."""
+        return PipelineRun(self.engine_for(pipeline), pipeline, self.chat, parsing.validate)
 
 
 def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None:

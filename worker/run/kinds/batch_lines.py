@@ -28,8 +28,8 @@ from worker.batch.files import (
     result_lines,
 )
 from worker.batch.ids import batch_id_for
-from worker.batch.lines import BatchLine as ParsedLine
-from worker.batch.lines import read_batch
+from worker.batch.lines import BatchLine as CheckedLine
+from worker.batch.lines import finish_lines
 from worker.batch.request import (
     CHAT,
     LineError,
@@ -39,6 +39,7 @@ from worker.batch.request import (
 )
 from worker.errors import GenerationInterrupted, InputError, PromptTooLong
 from worker.io.files import FileRef
+from worker.io.readers import too_many_records
 from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatError
 from worker.llm.grammar import UnsupportedSchema
@@ -69,13 +70,20 @@ def _served_model(context: JobContext, requested: str) -> str:
 
 
 def expand(
-    context: JobContext, job: ClaimedJob, pipeline: Pipeline, ref: FileRef, data: bytes
+    context: JobContext,
+    job: ClaimedJob,
+    pipeline: Pipeline,
+    ref: FileRef,
+    checked: list[CheckedLine],
 ) -> None:
-    """Check every line; queue the valid ones as child jobs, record the bad ones as failed
-    (each with its HTTP-style error). A file that breaks the format fails at `validating`
-    and none of its lines runs (`fail_validation`)."""
+    """Queue the valid lines (`checked` in the sandbox, see `worker.batch.lines`) as child
+    jobs, record the bad ones as failed (each with its HTTP-style error). A file that
+    breaks the format fails at `validating` and none of its lines runs
+    (`fail_validation`). InputError past max_records_per_file."""
     limit = context.settings.max_records_per_file
-    lines = read_batch(data, lambda name: _served_model(context, name), limit)
+    if len(checked) > limit:
+        raise too_many_records(limit)
+    lines = finish_lines(checked, lambda name: _served_model(context, name))
     window, metadata = read_sidecar(context, ref)
     problems = file_problems(lines)
     if problems:
@@ -118,7 +126,7 @@ def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str]
     return DEFAULT_WINDOW, None
 
 
-def file_problems(lines: list[ParsedLine]) -> list[dict[str, Any]]:
+def file_problems(lines: list[CheckedLine]) -> list[dict[str, Any]]:
     """The `errors.data` that fail a file at `validating` (empty: the file is valid)."""
     bad = [(line.line, line.error) for line in lines if line.error is not None]
     endpoints = {line.line: str(line.request["url"]) for line in lines if line.request is not None}
@@ -185,13 +193,24 @@ class BatchLine(ChildOfFile):
     def _run(self, attempt: Attempt) -> JobResult:
         context, job, pipeline = self.context, attempt.job, attempt.pipeline
         payload = json.loads(attempt.input_text or "{}")
-        request = parse_request(str(payload.get("url")), payload.get("body"))
+        # Checked in the sandbox when the file expanded; its schema's grammar is made there
+        # again below (the daemon never converts an untrusted schema itself).
+        request = parse_request(str(payload.get("url")), payload.get("body"), check_schema=False)
+        parsing = context.parsing(attempt)
         try:
             model = _served_model(context, request.model)
+            if request.schema is not None:  # its grammar is made in the sandbox, not here
+                max_tokens = request.generation.get("max_tokens", pipeline.generation.max_tokens)
+                parsing.grammar(dict(request.schema), max_tokens)
             prompt, generation = prompt_and_generation(request, pipeline.generation, context.chat())
             strip = request.endpoint == CHAT
             answer = generate(
-                context.engine_for(pipeline), prompt, generation, attempt.should_stop, strip=strip
+                context.engine_for(pipeline),
+                prompt,
+                generation,
+                attempt.should_stop,
+                strip=strip,
+                validate=parsing.validate,
             )
         except UnknownModel as exc:
             raise LineError("model_not_found", str(exc.args[0]), "model") from None
@@ -201,7 +220,7 @@ class BatchLine(ChildOfFile):
             raise LineError("context_length_exceeded", str(exc)) from None
         except ResultInvalid as exc:
             raise LineError("invalid_response", str(exc), "response_format") from None
-        except UnsupportedSchema as exc:  # a grammar llama.cpp refused for this vocabulary
+        except UnsupportedSchema as exc:  # refused in the sandbox, or by llama.cpp's parser
             raise LineError("invalid_request", str(exc), "response_format") from None
         created = int(context.store.clock().timestamp())
         body = response_body(request, answer, model, created, job.id)

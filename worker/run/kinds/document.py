@@ -8,7 +8,7 @@ import logging
 
 from worker.errors import InputError
 from worker.io.files import FileRef, FileVersion, archive_original
-from worker.io.readers import Records, limits_of, read_input, reader_for
+from worker.io.readers import Records, limits_of, reader_for
 from worker.logs import event
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
@@ -44,14 +44,15 @@ class DocumentFile:
         path = ref.inbox_path(settings)
         data = read_version(path, job.idempotency_key, settings.max_input_bytes)
         kind = reader_for(ref.name, pipeline.reader)
+        parsing = context.parsing(attempt)
         if kind == "openai-batch":
-            batch_lines.expand(context, job, pipeline, ref, data)
+            batch_lines.expand(context, job, pipeline, ref, parsing.check_lines(data, None))
             return EXPANDED
-        document = read_input(data, kind, limits_of(settings))
+        document = parsing.read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
             records.expand(context, job, pipeline, document)
             return EXPANDED
-        run = context.pipeline_run(pipeline)
+        run = context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         output = ref.output_path(settings, pipeline.output_format)
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)

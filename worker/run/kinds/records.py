@@ -60,7 +60,7 @@ class RecordItem(ChildOfFile):
     def run(self, attempt: Attempt) -> JobResult:
         payload = json.loads(attempt.input_text or "{}")
         input_text, variables = template_variables(payload.get("fields") or {})
-        run = self.context.pipeline_run(attempt.pipeline)
+        run = self.context.pipeline_run(attempt.pipeline, self.context.parsing(attempt))
         answer = run.run(input_text, variables, attempt.should_stop)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens)
 

@@ -28,7 +28,8 @@ class TableRow:
         if attempt.input_text is None:
             raise InputError("input_text is NULL: nothing to process")
         text = decode_text(attempt.input_text.encode("utf-8", errors="surrogatepass"))
-        answer = self.context.pipeline_run(pipeline).run(text, {}, attempt.should_stop)
+        run = self.context.pipeline_run(pipeline, self.context.parsing(attempt))
+        answer = run.run(text, {}, attempt.should_stop)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens)
 
     def after_final(self, job: ClaimedJob, outcome: FinalOutcome) -> None:

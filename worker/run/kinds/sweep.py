@@ -7,7 +7,7 @@ from pathlib import Path
 
 from worker.errors import InputError
 from worker.io.naming import output_name
-from worker.io.readers import Records, limits_of, read_input, reader_for
+from worker.io.readers import Records, limits_of, reader_for
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
@@ -51,10 +51,12 @@ class SweptFile:
         job, pipeline, settings = attempt.job, attempt.pipeline, self.context.settings
         path = swept_path(job.source_path, pipeline, settings.data_dir)
         data = read_version(path, job.idempotency_key, settings.max_input_bytes)
-        document = read_input(data, reader_for(path.name, pipeline.reader), limits_of(settings))
+        parsing = self.context.parsing(attempt)
+        reader = reader_for(path.name, pipeline.reader)
+        document = parsing.read_input(data, reader, limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
-        run = self.context.pipeline_run(pipeline)
+        run = self.context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
         output = settings.folder("outbox", pipeline.name) / name
