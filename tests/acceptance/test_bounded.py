@@ -244,11 +244,11 @@ def test_1_a_pattern_re2_cannot_check_is_refused_where_the_schema_enters(
     assert final["status"] == "succeeded", final
     (errors_file,) = (h.data / "outbox" / "batch").glob("backref.jsonl.batch_*.errors.jsonl")
     (error,) = [json.loads(x) for x in errors_file.read_text().splitlines()]
-    assert error["custom_id"] == "backref"
-    assert error["error"]["code"] == "invalid_request"
-    assert (
-        "cannot be checked in linear time (RE2: invalid escape sequence: \\1)"
-        in (error["error"]["message"])
+    assert error["custom_id"] == "backref" and error["error"] is None  # an HTTP-level 400
+    body = error["response"]["body"]["error"]
+    assert (error["response"]["status_code"], body["code"]) == (400, "invalid_request")
+    assert "cannot be checked in linear time (RE2: invalid escape sequence: \\1)" in (
+        body["message"]
     )
 
 

@@ -664,7 +664,7 @@ def test_a_batch_line_whose_schema_is_too_big_fails_alone_and_the_daemon_keeps_s
     outputs = [json.loads(x) for x in output_file.read_text().splitlines()]
     assert sorted(o["custom_id"] for o in outputs) == ["after", "before", "fits"]
     errors = {
-        e["custom_id"]: e["error"]
+        e["custom_id"]: e["response"]["body"]["error"]
         for e in map(
             json.loads, (outbox / f"attack.jsonl.{batch_id}.errors.jsonl").read_text().splitlines()
         )

@@ -39,6 +39,7 @@ from worker.batch.request import (
 )
 from worker.errors import GenerationInterrupted, InputError, PromptTooLong
 from worker.io.files import FileRef
+from worker.io.naming import fits
 from worker.io.readers import too_many_records
 from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatError
@@ -115,6 +116,8 @@ def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str]
     the input; the defaults when there is none. InputError if it is unusable."""
     inbox = ref.inbox_path(context.settings)
     for name in dict.fromkeys((f"{ref.name}.meta.json", f"{Path(ref.name).stem}.meta.json")):
+        if not fits(name):  # a name near 255 bytes can have no sidecar
+            continue
         try:
             data = read_regular_file(inbox.with_name(name), MAX_SIDECAR_BYTES)
         except FileNotFoundError:
