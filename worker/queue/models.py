@@ -115,6 +115,10 @@ class Job(Base):
     # Child jobs: the file job they came from, and their 1-based line in it.
     parent_id: Mapped[int | None] = mapped_column(Integer)
     item_index: Mapped[int | None] = mapped_column(Integer)
+    # Who inserted the row: on PostgreSQL the database role (`DEFAULT current_user`,
+    # which a submitter role cannot override); row-level security shows a submitter
+    # its own rows only (migration 0006). NULL on SQLite.
+    submitted_by: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "run_after"),
@@ -198,3 +202,4 @@ class ScheduleFireJob(Base):
     )
     # No foreign key: jobs may be purged without touching the fire history.
     job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
