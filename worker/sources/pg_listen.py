@@ -10,6 +10,13 @@ reset or closed, and a LISTEN only lives as long as its session.
 
 The runner keeps polling every `poll_interval` as a safety net (jobs whose
 `run_after` lies in the future send no notification when they become due).
+
+Any role can NOTIFY any channel (PostgreSQL has no privilege for it), so a flood of
+notifications must not become a flood of claim queries: wake-ups are coalesced
+(`WakeCoalescer`). The first notification after a quiet spell wakes the runner at
+once; more within `poll_interval` of a wake-up only mark one more wake-up due at the
+end of that interval, so a flood costs at most one wake-up (one claim query) per
+`poll_interval`.
 If the server restarts, the listener reconnects with exponential backoff and wakes
 the runner once connected, to catch up with rows inserted while it was away.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
@@ -47,16 +55,50 @@ def libpq_conninfo(sqlalchemy_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+class WakeCoalescer:
+    """At most one wake-up per `interval`, however many notifications arrive (pure: the
+    caller passes monotonic `now`)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = float("-inf")
+        self._pending = False
+
+    def notified(self, now: float) -> bool:
+        """A notification arrived: True if the runner is to be woken now."""
+        if now - self._last >= self.interval:
+            self._last, self._pending = now, False
+            return True
+        self._pending = True
+        return False
+
+    def due(self, now: float) -> bool:
+        """True (once) when a held-back wake-up is due now."""
+        if self._pending and now - self._last >= self.interval:
+            self._last, self._pending = now, False
+            return True
+        return False
+
+    def wait_for(self, now: float, longest: float) -> float:
+        """How long to wait for notifications before a held-back wake-up is due."""
+        if not self._pending:
+            return longest
+        return max(0.0, min(longest, self._last + self.interval - now))
+
+
 class PgListener(BackgroundLoop):
-    """A background loop that turns NOTIFY edge_worker_jobs into `wake.set()`."""
+    """A background loop that turns NOTIFY edge_worker_jobs into `wake.set()`, at most
+    once per `min_interval`."""
 
     name = "pg-listen"
 
-    def __init__(self, url: str, wake: threading.Event) -> None:
+    def __init__(self, url: str, wake: threading.Event, min_interval: float = 0.5) -> None:
         super().__init__()
         self.conninfo = libpq_conninfo(url)
         self.wake = wake
+        self.coalescer = WakeCoalescer(min_interval)
         self.notifications = 0
+        self.wakeups = 0
         self._backoff = 0.0
         self._lost = False
 
@@ -91,15 +133,28 @@ class PgListener(BackgroundLoop):
         return 0.0
 
     def _relay(self, conn: psycopg.Connection[Any]) -> None:
+        coalescer = self.coalescer
         while not self.stopping:
-            # Returns after the timeout even when nothing arrived, to see the stop flag.
-            for _notify in conn.notifies(timeout=STOP_CHECK_SECONDS):
+            # Returns after the timeout even when nothing arrived, to see the stop flag
+            # and to deliver a held-back wake-up.
+            wait = coalescer.wait_for(time.monotonic(), STOP_CHECK_SECONDS)
+            for _notify in conn.notifies(timeout=wait):
                 self.notifications += 1
-                self.wake.set()
+                if coalescer.notified(time.monotonic()):
+                    self._wake()
+                if self.stopping:
+                    break
+            if coalescer.due(time.monotonic()):
+                self._wake()
+
+    def _wake(self) -> None:
+        self.wakeups += 1
+        self.wake.set()
 
 
-def listener_for(url: str, wake: threading.Event) -> PgListener | None:
-    """A listener for a PostgreSQL `url`; None for other databases (they poll)."""
+def listener_for(url: str, wake: threading.Event, min_interval: float = 0.5) -> PgListener | None:
+    """A listener for a PostgreSQL `url` that wakes at most once per `min_interval`
+    (the daemon's `poll_interval`); None for other databases (they poll)."""
     if make_url(url).get_backend_name() != "postgresql":
         return None
-    return PgListener(url, wake)
+    return PgListener(url, wake, min_interval)
