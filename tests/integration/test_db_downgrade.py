@@ -20,6 +20,7 @@ ADDED_TABLES = {
     "0003": {"schedule_fires", "schedule_fire_jobs"},
     "0005": {"batches"},
     "0006": set(),  # a column, triggers, and PostgreSQL row security
+    "0007": {"swept_files"},
 }
 ADDED_JOB_COLUMNS = {"0005": {"parent_id", "item_index"}, "0006": {"submitted_by"}}
 
