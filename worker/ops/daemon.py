@@ -203,7 +203,8 @@ def _serve(
         leases,
         RecoverySweep(settings, store, wake, observer=metrics),
     ]
-    listener = listener_for(url, wake)  # PostgreSQL: NOTIFY wakes an idle dispatcher at once
+    # PostgreSQL: NOTIFY wakes an idle dispatcher at once (a flood: once per poll_interval).
+    listener = listener_for(url, wake, settings.poll_interval)
     if listener is not None:
         loops.append(listener)
     loops.append(reloader)
@@ -219,7 +220,8 @@ def _serve(
         services.append(scheduler)
     if watchdog_seconds:
         half = watchdog_seconds / 2
-        watchdog = Watchdog(notifier, half, progress, lambda: queue_status(store), half, loops)
+        watched = [*loops, scheduler] if scheduler is not None else loops  # a hung fire too
+        watchdog = Watchdog(notifier, half, progress, lambda: queue_status(store), half, watched)
         watchdog.on_death = on_death
         services.append(watchdog)
 
@@ -233,6 +235,9 @@ def _serve(
 
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    # `edge-worker run` blocked SIGHUP at start (its default action kills the process);
+    # its handler exists now: a SIGHUP that came meanwhile is delivered as a reload.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     group = ServiceGroup()
     try:
         group.start_all(services)
