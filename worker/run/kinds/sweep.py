@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.errors import InputError
+from worker.io.files import file_owner, output_folder
 from worker.io.naming import output_name
 from worker.io.readers import Records, limits_of, read_input, reader_for
 from worker.pipelines.spec import Pipeline
@@ -58,7 +59,7 @@ class SweptFile:
         run = self.context.pipeline_run(pipeline)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
-        output = settings.folder("outbox", pipeline.name) / name
+        output = output_folder(settings, pipeline.name, file_owner(path)) / name
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
