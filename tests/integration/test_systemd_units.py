@@ -336,7 +336,7 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     for kind in ("inbox", "outbox", "done", "failed"):
         assert _mode(data / kind) == 0o2750
         for name in expected_pipelines:
-            want = 0o2770 if kind == "inbox" else 0o2750
+            want = 0o3770 if kind == "inbox" else 0o2750
             assert _mode(data / kind / name.removesuffix(".toml")) == want, (kind, name)
     assert "would chown edge-worker:edge-worker-submit /var/lib/edge-worker/inbox/summarize" in flat
     assert "would chown edge-worker:edge-worker /var/lib/edge-worker/models" in flat
@@ -350,7 +350,7 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert config.read_text(encoding="utf-8") == 'model = "mine"\n'
     assert expected_pipelines[0] not in {p.name for p in (conf / "pipelines").iterdir()}
-    assert _mode(data / "inbox/digest") == 0o2770
+    assert _mode(data / "inbox/digest") == 0o3770
 
 
 def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
@@ -360,7 +360,7 @@ def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
     for name in ("gemma", "big"):
         data = stage / "var/lib/edge-worker" / name
         assert _mode(data) == 0o711
-        assert _mode(data / "inbox/summarize") == 0o2770
+        assert _mode(data / "inbox/summarize") == 0o3770
     assert not (stage / "var/lib/edge-worker/inbox").exists()
 
 
