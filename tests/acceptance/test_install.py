@@ -243,7 +243,7 @@ echo "--- upgrade"
 # first, which is kept. The wheel is not one pip resolves to, so it is never installed.
 mkdir "$NEXT" && cp -R "$KIT/." "$NEXT/"
 printf 'not installed' >"$NEXT/wheels/zz_marker-1.0-py3-none-any.whl"
-(cd "$NEXT" && find . -type f ! -name SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort |
+(cd "$NEXT" && find . -type f ! -name SHA256SUMS | sed 's|^\\./||' | LC_ALL=C sort |
     while IFS= read -r f; do sha256sum -- "$f"; done >SHA256SUMS)
 sh "$NEXT/systemd/install.sh"
 echo "--- rollback"

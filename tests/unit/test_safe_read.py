@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from worker.errors import InputError
-from worker.io import safe_read
 from worker.io.safe_read import TransientReadError, read_beneath, read_regular_file
 
 
@@ -25,7 +24,7 @@ def test_a_transient_open_error_is_an_oserror_not_an_input_error(
     def failing_open(*_args: object, **_kwargs: object) -> int:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(safe_read.os, "open", failing_open)
+    monkeypatch.setattr("worker.io.safe_read.os.open", failing_open)
     with pytest.raises(TransientReadError) as info:
         read_regular_file(path, 100)
     assert not isinstance(info.value, InputError)
