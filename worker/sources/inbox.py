@@ -331,7 +331,9 @@ class InboxWatcher(BackgroundLoop):
             return None
         problem = name_problem(path.name)
         if problem is not None:
-            event("inbox.ignored", logging.WARNING, path=printable_path(path), reason=problem)
+            if path not in self._warned:  # once per file, not at every fire
+                self._warned.add(path)
+                event("inbox.ignored", logging.WARNING, path=printable_path(path), reason=problem)
             return None
         if time.time_ns() - info.st_mtime_ns < self.settings.settle_seconds * 1e9:
             return None

@@ -264,15 +264,19 @@ class Scheduler(BackgroundLoop):
 
     def catch_up(self) -> list[tuple[str, datetime]]:
         """Make the one fire per pipeline missed while no daemon ran; returns those made.
-        Raises DatabaseUnavailable if the fire history cannot be read."""
-        made: list[tuple[str, datetime]] = []
+        Each runs in its pipeline's fire thread (a hung one holds up no other pipeline);
+        this waits for them. Raises DatabaseUnavailable if the fire history cannot be
+        read."""
         now = self.store.clock()
+        missed_fires: list[tuple[str, datetime]] = []
         for name, trigger in list(self.triggers.items()):
             last = self.fires.last_fire(name)
             grace = timedelta(seconds=self.pipelines[name].misfire_grace)
             missed = missed_fire(last.fire_time if last else None, now, trigger, grace)
-            if missed is None:
-                continue
+            if missed is not None:
+                missed_fires.append((name, missed))
+        started: list[tuple[str, datetime, threading.Event, list[bool]]] = []
+        for name, missed in missed_fires:
             done = threading.Event()
             result: list[bool] = []
 
@@ -287,9 +291,10 @@ class Scheduler(BackgroundLoop):
                 finally:
                     done.set()
 
-            if not self._launch(name, missed, work):
-                continue
-            # One pipeline at a time: a big catch-up does not pile up threads.
+            if self._launch(name, missed, work):
+                started.append((name, missed, done, result))
+        made: list[tuple[str, datetime]] = []
+        for name, missed, done, result in started:
             while not done.wait(1.0):
                 if self.stopping:
                     return made
