@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from worker.config import Settings
+from worker.config import Settings, load_settings
 from worker.io.atomic import make_folder, write_atomic
 from worker.io.files import FileRef, archive_original, output_folder
 from worker.io.naming import free_archive_name
@@ -70,3 +70,4 @@ def test_outputs_per_submitter_go_to_the_owners_folder(settings: Settings) -> No
 def test_the_inbox_mode_is_sticky_by_default(settings: Settings) -> None:
     assert settings.inbox_mode == 0o3770
     assert not settings.outputs_per_submitter
+    assert load_settings(inbox_mode="2770").inbox_mode == 0o2770  # octal, as documented
