@@ -13,10 +13,10 @@ The runner keeps polling every `poll_interval` as a safety net (jobs whose
 
 Any role can NOTIFY any channel (PostgreSQL has no privilege for it), so a flood of
 notifications must not become a flood of claim queries: wake-ups are coalesced
-(`WakeCoalescer`). The first notification after a quiet spell wakes the runner at
-once; more within `poll_interval` of a wake-up only mark one more wake-up due at the
-end of that interval, so a flood costs at most one wake-up (one claim query) per
-`poll_interval`.
+(`WakeCoalescer`). A notification after a quiet spell wakes the runner at once; more
+close behind it make one wake-up at the end of a short window; a flood stretches the
+window to `poll_interval`, so it costs at most one wake-up (one claim query) per
+`poll_interval`, while a job inserted now and then is still claimed at once.
 If the server restarts, the listener reconnects with exponential backoff and wakes
 the runner once connected, to catch up with rows inserted while it was away.
 """
@@ -42,6 +42,11 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 # How often the notification loop looks at the stop flag.
 STOP_CHECK_SECONDS = 1.0
+# Wake-ups closer together than this are coalesced (or `poll_interval`, if shorter).
+SHORT_WINDOW_SECONDS = 0.5
+# More notifications than this between two wake-ups is a flood: the window becomes the
+# whole poll_interval. A bulk INSERT sends one per pipeline (PostgreSQL folds them).
+FLOOD_COUNT = 20
 
 
 def next_backoff(current: float) -> float:
@@ -56,34 +61,56 @@ def libpq_conninfo(sqlalchemy_url: str) -> str:
 
 
 class WakeCoalescer:
-    """At most one wake-up per `interval`, however many notifications arrive (pure: the
-    caller passes monotonic `now`)."""
+    """Wake-ups from notifications, bounded (pure: the caller passes monotonic `now`).
+
+    The first notification after a quiet spell wakes at once; more within the window only
+    mark one wake-up due at its end. The window is short (at most SHORT_WINDOW_SECONDS,
+    so sparse real jobs are claimed at once even with a long `poll_interval`) until more
+    than FLOOD_COUNT notifications arrive between two wake-ups: then it is the whole
+    `interval`, until a window passes quietly again. A flood therefore costs one wake-up
+    (one claim query) per `interval`, after the first two.
+    """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        self.short = min(interval, SHORT_WINDOW_SECONDS)
         self._last = float("-inf")
         self._pending = False
+        self._count = 0  # notifications since the last wake-up
+        self._flooding = False
 
     def notified(self, now: float) -> bool:
         """A notification arrived: True if the runner is to be woken now."""
-        if now - self._last >= self.interval:
-            self._last, self._pending = now, False
-            return True
+        self._count += 1
+        if now - self._last >= self._window():
+            return self._fire(now)
         self._pending = True
         return False
 
     def due(self, now: float) -> bool:
         """True (once) when a held-back wake-up is due now."""
-        if self._pending and now - self._last >= self.interval:
-            self._last, self._pending = now, False
-            return True
+        if self._pending and now - self._last >= self._window():
+            return self._fire(now)
         return False
 
     def wait_for(self, now: float, longest: float) -> float:
         """How long to wait for notifications before a held-back wake-up is due."""
         if not self._pending:
             return longest
-        return max(0.0, min(longest, self._last + self.interval - now))
+        return max(0.0, min(longest, self._last + self._window() - now))
+
+    @property
+    def flooding(self) -> bool:
+        return self._flooding
+
+    def _window(self) -> float:
+        return self.interval if self._flooding else self.short
+
+    def _fire(self, now: float) -> bool:
+        # What arrived since the last wake-up decides the next window.
+        self._flooding = self._count > FLOOD_COUNT
+        self._count, self._last, self._pending = 0, now, False
+        return True
 
 
 class PgListener(BackgroundLoop):
