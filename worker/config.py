@@ -101,8 +101,17 @@ class Settings(BaseSettings):
     # set (0640 gives 0750). Octal, as a string ("0640") or a TOML octal (0o640).
     output_mode: int = Field(default=0o640, ge=0o600, le=0o777)
     # Mode of the inbox folders the daemon creates: setgid and group-writable, so members
-    # of the data folder's group (edge-worker-submit under systemd) can drop files.
-    inbox_mode: int = Field(default=0o2770, ge=0o700, le=0o7777)
+    # of the data folder's group (edge-worker-submit under systemd) can drop files; sticky,
+    # so a submitter cannot delete or replace another's pending file.
+    inbox_mode: int = Field(default=0o3770, ge=0o700, le=0o7777)
+    # Outputs of inbox files in outbox/<pipeline>/<uid>/ (the uid owning the input), so
+    # two submitters' `report.txt` never overwrite each other's result. Off: one flat
+    # outbox/<pipeline>/ (the shipped systemd config turns it on).
+    outputs_per_submitter: bool = False
+    # What one schedule fire may walk of its sweep globs (links are never followed):
+    # entries seen, and seconds. A fire that runs out logs sweep.truncated.
+    sweep_max_entries: int = Field(default=100_000, ge=1)
+    sweep_max_seconds: float = Field(default=60.0, gt=0)
     # The parsing sandbox (worker/sandbox/): untrusted bytes become text, records,
     # requests or validated JSON in warm child processes under these limits. A task over
     # one kills its child and fails the job with "input too costly to parse: ...".
@@ -201,7 +210,7 @@ class Settings(BaseSettings):
             raise ValueError("console_actions needs console_token_file (the action token)")
         return self
 
-    @field_validator("output_mode", mode="before")
+    @field_validator("output_mode", "inbox_mode", mode="before")
     @classmethod
     def _octal(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -247,8 +247,8 @@ def test_1_a_pattern_re2_cannot_check_is_refused_where_the_schema_enters(
     assert error["custom_id"] == "backref" and error["error"] is None  # an HTTP-level 400
     body = error["response"]["body"]["error"]
     assert (error["response"]["status_code"], body["code"]) == (400, "invalid_request")
-    assert "cannot be checked in linear time (RE2: invalid escape sequence: \\1)" in (
-        body["message"]
+    assert (
+        "cannot be checked in linear time (RE2: invalid escape sequence: \\1)" in (body["message"])
     )
 
 

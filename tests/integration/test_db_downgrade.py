@@ -19,9 +19,15 @@ ADDED_TABLES = {
     "0002": set(),  # PostgreSQL NOTIFY triggers only
     "0003": {"schedule_fires", "schedule_fire_jobs"},
     "0005": {"batches"},
-    "0006": set(),
+    "0006": set(),  # a column and SQLite triggers (the size ceiling)
+    "0007": set(),  # a column, triggers, and PostgreSQL row security
+    "0008": {"swept_files"},
 }
-ADDED_JOB_COLUMNS = {"0005": {"parent_id", "item_index"}, "0006": {"claimed_alone"}}
+ADDED_JOB_COLUMNS = {
+    "0005": {"parent_id", "item_index"},
+    "0006": {"claimed_alone"},
+    "0007": {"submitted_by"},
+}
 
 
 def _tables(url: str) -> set[str]:

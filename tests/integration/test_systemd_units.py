@@ -165,6 +165,8 @@ def test_unit_contract(unit: str) -> None:
     # Submitters pass through the data folder to inbox/ and outbox/; they cannot list it.
     assert _values(path, "StateDirectoryMode") == ["0711"]
     assert _values(path, "ExecStart") == [f"{INSTALLED_BINARY} run"]
+    # `systemctl reload` (documented) needs it: SIGHUP reloads the pipelines.
+    assert _values(path, "ExecReload") == ["/bin/kill -HUP $MAINPID"]
     assert _values(path, "WorkingDirectory") == ["/opt/edge-worker"]
     environment = _values(path, "Environment")
     assert f"EDGE_WORKER_DATA_DIR=/var/lib/edge-worker{instance}" in environment
@@ -226,7 +228,26 @@ def test_security_exposure_with_example_drop_in(tmp_path: Path, unit: str, drop_
 
 def test_every_shipped_unit_and_drop_in_is_checked() -> None:
     assert set(UNITS) == {"edge-worker.service", "edge-worker@.service"}
-    assert {"postgresql.conf", "nvidia-gpu.conf"} <= set(DROP_INS)
+    assert {"postgresql.conf", "nvidia-gpu.conf", "metrics-port.conf"} <= set(DROP_INS)
+
+
+def test_the_metrics_port_drop_in_opens_loopback_ipv4_only() -> None:
+    path = EXAMPLES_DIR / "metrics-port.conf"
+    assert _values(path, "PrivateNetwork") == ["no"]  # the host's loopback, reachable
+    assert _values(path, "RestrictAddressFamilies") == ["AF_UNIX AF_INET"]
+    assert _values(path, "IPAddressDeny") == ["any"]
+    assert _values(path, "IPAddressAllow") == ["localhost"]
+    assert _values(path, "Environment") == ["EDGE_WORKER_METRICS_PORT=9464"]
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_metrics_port_and_postgresql_drop_ins_verify_together(
+    tmp_path: Path, unit: str
+) -> None:
+    _stage_unit(tmp_path, unit, ["metrics-port.conf", "postgresql.conf"])
+    _verify(tmp_path, unit)
+    assert _exposure(tmp_path, unit) <= MAX_EXPOSURE
 
 
 # install.sh --------------------------------------------------------------------------
@@ -315,7 +336,7 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     for kind in ("inbox", "outbox", "done", "failed"):
         assert _mode(data / kind) == 0o2750
         for name in expected_pipelines:
-            want = 0o2770 if kind == "inbox" else 0o2750
+            want = 0o3770 if kind == "inbox" else 0o2750
             assert _mode(data / kind / name.removesuffix(".toml")) == want, (kind, name)
     assert "would chown edge-worker:edge-worker-submit /var/lib/edge-worker/inbox/summarize" in flat
     assert "would chown edge-worker:edge-worker /var/lib/edge-worker/models" in flat
@@ -329,7 +350,7 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert config.read_text(encoding="utf-8") == 'model = "mine"\n'
     assert expected_pipelines[0] not in {p.name for p in (conf / "pipelines").iterdir()}
-    assert _mode(data / "inbox/digest") == 0o2770
+    assert _mode(data / "inbox/digest") == 0o3770
 
 
 def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
@@ -339,7 +360,7 @@ def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
     for name in ("gemma", "big"):
         data = stage / "var/lib/edge-worker" / name
         assert _mode(data) == 0o711
-        assert _mode(data / "inbox/summarize") == 0o2770
+        assert _mode(data / "inbox/summarize") == 0o3770
     assert not (stage / "var/lib/edge-worker/inbox").exists()
 
 

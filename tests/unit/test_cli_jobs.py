@@ -219,6 +219,9 @@ def test_retry_of_a_succeeded_file_job_leaves_its_original_in_done(
     assert forced.exit_code == 0, forced.output
     assert "moved back" in forced.stdout
     assert (cli_env.folder("inbox", "echo") / "a.txt").read_text() == "hello"
+    # The row no longer names done/a.txt: retention must not delete what lands there next.
+    moved = db.get(job_id)
+    assert moved is not None and moved.archived_path is None
 
 
 # export ---------------------------------------------------------------------------

@@ -45,6 +45,12 @@ def run(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
+    import signal
+
+    # SIGHUP (`systemctl reload`) kills a process by default: held back until the daemon's
+    # handler exists (run_daemon unblocks it), so one sent during the model load is a
+    # reload once the daemon is up, not the end of it. Threads inherit the block.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     from worker import logs
     from worker.config import load_settings
     from worker.ops.daemon import run_daemon

@@ -218,7 +218,7 @@ def jobs_retry(
     queue: list[int] = []
     moved = 0
     for job in sorted(jobs, key=lambda j: j.id):
-        restored = restore_original(settings, job)
+        restored = restore_original(settings, job, store)
         if restored is None:
             queue.append(job.id)
             continue

@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,8 +43,10 @@ def name_errors_are_input_errors(path: Path) -> Iterator[None]:
 
 
 def make_folder(folder: Path, mode: int) -> None:
-    """Create `folder` and any missing parents with exactly `mode` (not the umask's);
-    existing folders are left as they are."""
+    """Create `folder` and any missing parents with exactly `mode` (not the umask's), plus
+    setgid where the parent has it (a shared folder's group, e.g. the submitters', then
+    reaches everything created below it, also folders made after a reload); existing
+    folders are left as they are."""
     missing: list[Path] = []
     current = folder
     while not current.is_dir():
@@ -54,7 +57,10 @@ def make_folder(folder: Path, mode: int) -> None:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode)
-            os.chmod(path, mode)  # mkdir's mode is masked by the umask
+            # mkdir's mode is masked by the umask, and a plain chmod would drop the setgid
+            # bit the kernel copied from the parent: set both explicitly.
+            inherited = os.stat(path.parent).st_mode & stat.S_ISGID
+            os.chmod(path, mode | inherited)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 # Suffixes of files that are still being written by common tools.
@@ -85,3 +86,19 @@ def archive_name(input_name: str, job_id: int, taken: bool) -> str:
         return input_name
     path = Path(input_name)
     return fit_name(f"{path.stem}.job{job_id}", path.suffix)
+
+
+def free_archive_name(input_name: str, job_id: int, taken: Callable[[str], bool]) -> str:
+    """The name under done/ or failed/ for a job's original: the input's own, else with
+    the job id (and a counter), the first for which neither the name nor its
+    `.error.json` is `taken`. An original and an error file never overwrite each other:
+    `report.txt.error.json` (an input) and the reason file of `report.txt` are different
+    files, whichever came first."""
+    candidates = [input_name]
+    path = Path(input_name)
+    candidates.append(fit_name(f"{path.stem}.job{job_id}", path.suffix))
+    candidates.extend(fit_name(f"{path.stem}.job{job_id}.{n}", path.suffix) for n in range(1, 100))
+    for name in candidates:
+        if not taken(name) and not taken(error_name(name)):
+            return name
+    raise FileExistsError(f"no free name under which to archive {input_name!r}")

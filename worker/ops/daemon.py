@@ -268,7 +268,8 @@ def _serve(
         leases,
         RecoverySweep(settings, store, wake, observer=metrics),
     ]
-    listener = listener_for(url, wake)  # PostgreSQL: NOTIFY wakes an idle dispatcher at once
+    # PostgreSQL: NOTIFY wakes an idle dispatcher at once (a flood: once per poll_interval).
+    listener = listener_for(url, wake, settings.poll_interval)
     if listener is not None:
         loops.append(listener)
     loops.append(reloader)
@@ -288,6 +289,7 @@ def _serve(
             notifier,
             watchdog_seconds / 2,
             lambda: status_line(dispatcher.slots.busy(), dispatcher.slots.size, snapshot.current()),
+            also=[scheduler] if scheduler is not None else [],  # a hung fire, too
         )
         watchdog.on_death = on_death
         services.append(watchdog)
@@ -302,6 +304,9 @@ def _serve(
 
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    # `edge-worker run` blocked SIGHUP at start (its default action kills the process);
+    # its handler exists now: a SIGHUP that came meanwhile is delivered as a reload.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     group = ServiceGroup()
     try:
         group.start_all(services)

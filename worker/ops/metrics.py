@@ -19,6 +19,7 @@ optional loopback port serves `/metrics` and `/healthz` (see `worker.ops.health`
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -68,6 +69,20 @@ ENGINE_COUNTERS = {
 
 class MetricsError(Exception):
     """The metrics port cannot be opened (in use, not allowed)."""
+
+
+def port_hint(exc: OSError) -> str:
+    """What to do about a port that cannot be opened, for the start-up error (exit 2,
+    which the units do not restart: a person has to act)."""
+    if exc.errno in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+        return (
+            "; under the shipped systemd unit the daemon may open no IP socket: install "
+            "the drop-in systemd/examples/metrics-port.conf (docs/systemd.md), or unset "
+            "metrics_port"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return "; another program holds the port: choose another metrics_port"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -309,6 +324,7 @@ class MetricsPublisher(BackgroundLoop):
                 raise MetricsError(
                     f"cannot serve metrics on {self.host}:{self.port} "
                     f"(settings metrics_port, http_bind; EDGE_WORKER_METRICS_PORT): {exc}"
+                    f"{port_hint(exc)}"
                 ) from None
         self.write()
         event(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from worker.background import BackgroundLoop
 from worker.liveness import LIVENESS, Liveness
@@ -31,6 +32,12 @@ class Notifier:
             pass  # systemd gone, socket unwritable or full: notification is best effort
 
 
+class Stallable(Protocol):
+    """Something the watchdog asks besides the heartbeats."""
+
+    def stalled(self) -> bool: ...
+
+
 class Watchdog(BackgroundLoop):
     """Pings `WATCHDOG=1` every `interval` while no heartbeat is stalled (every service
     loop, slot and decode thread: `worker.liveness`), with a STATUS= line.
@@ -49,12 +56,14 @@ class Watchdog(BackgroundLoop):
         interval: float,
         status: Callable[[], str],
         registry: Liveness = LIVENESS,
+        also: Sequence[Stallable] = (),
     ) -> None:
         super().__init__()
         self.notifier = notifier
         self.interval = interval
         self.status = status
         self.registry = registry
+        self.also = also
         self._reported: list[str] = []
 
     def stalled(self) -> bool:
@@ -62,8 +71,11 @@ class Watchdog(BackgroundLoop):
         return False
 
     def healthy(self) -> bool:
-        """No heartbeat is stalled."""
+        """No heartbeat is stalled, and nothing in `also` (e.g. a hung schedule fire)."""
         stuck = self.registry.stalled()
+        stuck += [
+            getattr(item, "name", type(item).__name__) for item in self.also if item.stalled()
+        ]
         if stuck != self._reported and stuck:
             event("watchdog.stalled", logging.ERROR, threads=stuck)
         self._reported = stuck

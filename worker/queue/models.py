@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -118,6 +119,10 @@ class Job(Base):
     # Child jobs: the file job they came from, and their 1-based line in it.
     parent_id: Mapped[int | None] = mapped_column(Integer)
     item_index: Mapped[int | None] = mapped_column(Integer)
+    # Who inserted the row: on PostgreSQL the database role (`DEFAULT current_user`,
+    # which a submitter role cannot override); row-level security shows a submitter
+    # its own rows only (migration 0006). NULL on SQLite.
+    submitted_by: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "run_after"),
@@ -201,3 +206,24 @@ class ScheduleFireJob(Base):
     )
     # No foreign key: jobs may be purged without touching the fire history.
     job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class SeenFile(Base):
+    """What a schedule's sweep has already queued: one row per (pipeline, file).
+
+    The "already seen" memory of sweeps, kept apart from `jobs` so that it survives a
+    restart and the retention of old jobs (an unchanged file is not run again when its
+    job was purged). A file whose (size, mtime_ns) is unchanged is skipped without being
+    read; a row is removed once a complete walk no longer finds its file.
+    """
+
+    __tablename__ = "swept_files"
+
+    pipeline: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # sha256 of the path: paths may be longer than an index entry allows.
+    path_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

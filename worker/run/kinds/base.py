@@ -19,7 +19,7 @@ from worker.config import Settings
 from worker.errors import GenerationInterrupted
 from worker.io.atomic import write_atomic
 from worker.io.files import content_digest, digest_of_key
-from worker.io.safe_read import read_regular_file
+from worker.io.safe_read import read_beneath, read_regular_file
 from worker.llm.chat import ChatTemplate, chat_template_for
 from worker.llm.engine import Engine
 from worker.logs import event
@@ -150,10 +150,18 @@ def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None
     write_atomic(path, text.encode("utf-8"), before_replace=confirm, mode=mode)
 
 
-def read_version(path: Path, key: str | None, max_bytes: int) -> bytes:
-    """The bytes of a file job's input, checked against the version that was queued."""
+def read_version(path: Path, key: str | None, max_bytes: int, root: Path | None = None) -> bytes:
+    """The bytes of a file job's input, checked against the version that was queued.
+
+    With `root`, no link below it is followed (a swept tree). A read that failed for a
+    reason that may pass (EMFILE, EIO...) raises TransientReadError, an OSError: the job
+    is retried, not failed for good.
+    """
     try:
-        data = read_regular_file(path, max_bytes)
+        if root is None:
+            data = read_regular_file(path, max_bytes)
+        else:
+            data = read_beneath(root, str(path.relative_to(root)), max_bytes)
     except FileNotFoundError:
         raise JobVanished("input file was removed before it was processed") from None
     expected = digest_of_key(key)

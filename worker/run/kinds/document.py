@@ -54,7 +54,7 @@ class DocumentFile:
             return EXPANDED
         run = context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
-        output = ref.output_path(settings, pipeline.output_format)
+        output = ref.output_path(settings, pipeline.output_format, ref.owner(settings))
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from worker.errors import GenerationInterrupted
-from worker.io.files import FileRef
+from worker.io.files import FileRef, output_folder
 from worker.io.naming import output_name
 from worker.io.readers import Records, template_variables, too_many_records
 from worker.pipelines.spec import Pipeline
@@ -93,7 +93,8 @@ def gather(
             "record": fields,
         }
         lines.append(json.dumps(line, ensure_ascii=False))
-    output = context.settings.folder("outbox", pipeline.name) / output_name(ref.name, "jsonl")
+    folder = output_folder(context.settings, pipeline.name, ref.owner(context.settings))
+    output = folder / output_name(ref.name, "jsonl")
     publish(
         still_leased, output, "".join(f"{line}\n" for line in lines), context.settings.output_mode
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.errors import InputError
+from worker.io.files import file_owner, output_folder
 from worker.io.naming import output_name
 from worker.io.readers import Records, limits_of, reader_for
 from worker.pipelines.spec import Pipeline
@@ -19,24 +20,25 @@ from worker.run.kinds.base import (
     publish,
     read_version,
 )
-from worker.sources.sweep import absolute_pattern, glob_pattern
+from worker.sources.sweep import swept_root
 
 
-def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> Path:
+def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> tuple[Path, Path]:
     """The file a sweep row names, checked as untrusted input: an absolute, normalized path
-    that matches one of its pipeline's sweep globs. InputError if not."""
+    that matches one of its pipeline's sweep globs. Returns (the path, the glob's literal
+    root: the read follows no link below it). InputError if not."""
     if not source_path or "\x00" in source_path:
         raise InputError("a sweep job needs the absolute path of its file in source_path")
     path = Path(source_path)
     if not path.is_absolute() or ".." in path.parts or str(path) != source_path:
         raise InputError(f"invalid source_path {source_path!r}: not an absolute, normal path")
-    globs = [glob_pattern(absolute_pattern(g, data_dir)) for g in pipeline.sweep]
-    if not any(glob.match(source_path) for glob in globs):
+    root = swept_root(source_path, pipeline.sweep, data_dir)
+    if root is None:
         raise InputError(
             f"invalid source_path {source_path!r}: it matches none of pipeline "
             f"{pipeline.name}'s sweep globs"
         )
-    return path
+    return path, root
 
 
 class SweptFile:
@@ -49,8 +51,8 @@ class SweptFile:
 
     def run(self, attempt: Attempt) -> JobResult:
         job, pipeline, settings = attempt.job, attempt.pipeline, self.context.settings
-        path = swept_path(job.source_path, pipeline, settings.data_dir)
-        data = read_version(path, job.idempotency_key, settings.max_input_bytes)
+        path, root = swept_path(job.source_path, pipeline, settings.data_dir)
+        data = read_version(path, job.idempotency_key, settings.max_input_bytes, root=root)
         parsing = self.context.parsing(attempt)
         reader = reader_for(path.name, pipeline.reader)
         document = parsing.read_input(data, reader, limits_of(settings))
@@ -59,7 +61,7 @@ class SweptFile:
         run = self.context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
-        output = settings.folder("outbox", pipeline.name) / name
+        output = output_folder(settings, pipeline.name, file_owner(path)) / name
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
