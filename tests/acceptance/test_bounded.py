@@ -561,10 +561,10 @@ def test_postgres_waits_are_bounded_and_an_outage_redoes_nothing(
             engine = make_db_engine(pg_url)
             holder = engine.connect()
             holding = holder.begin()
-            holder.execute(
+            holder.execute(  # as the daemon would insert it (a submitter may not: 0007)
                 text(
-                    "INSERT INTO jobs (pipeline, input_text, idempotency_key) VALUES "
-                    "('terse', 'squatter', :k)"
+                    "INSERT INTO jobs (pipeline, source, source_path, idempotency_key) "
+                    "VALUES ('terse', 'file', 'terse/held.txt', :k)"
                 ),
                 {"k": key},
             )

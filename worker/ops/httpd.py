@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import itertools
 import threading
 import time
@@ -138,6 +139,9 @@ class HttpServer:
             server = self._loop.run_until_complete(
                 asyncio.start_server(self._serve, host, port, limit=MAX_HEADER_BYTES, backlog=128)
             )
+            if not server.sockets:  # asyncio skips families it cannot open (a sandbox)
+                server.close()
+                raise OSError(errno.EAFNOSUPPORT, "no socket of this address family may be made")
         except BaseException as exc:
             started.set_exception(exc)
             self._loop.close()
