@@ -19,8 +19,9 @@ ADDED_TABLES = {
     "0002": set(),  # PostgreSQL NOTIFY triggers only
     "0003": {"schedule_fires", "schedule_fire_jobs"},
     "0005": {"batches"},
+    "0006": set(),  # columns only
 }
-ADDED_JOB_COLUMNS = {"0005": {"parent_id", "item_index"}}
+ADDED_JOB_COLUMNS = {"0005": {"parent_id", "item_index"}, "0006": {"origin", "model"}}
 
 
 def _tables(url: str) -> set[str]:

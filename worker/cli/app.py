@@ -79,6 +79,7 @@ def submit(
 ) -> None:
     """Copy files into a pipeline's inbox and queue them; with --wait, show progress until
     they are done."""
+    from worker.io.instance import instance_id
     from worker.io.submit import copy_into_inbox, wait_keys
 
     settings = common.settings()
@@ -87,7 +88,7 @@ def submit(
     keys = []
     for path in files:
         submitted = copy_into_inbox(settings, pipeline, path)
-        common.enqueue_submitted(store, submitted, priority)
+        common.enqueue_submitted(store, submitted, priority, instance_id(settings.data_dir))
         keys.append(submitted)
     for path, key in zip(files, keys, strict=True):
         common.console.print(f"queued {path.name} -> inbox/{pipeline}/{key.ref.name}", markup=False)
