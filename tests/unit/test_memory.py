@@ -12,11 +12,11 @@ from tests.unit.test_gguf import write_gguf
 from worker.llm.gguf import read_header
 from worker.llm.memory import (
     DAEMON_RESERVE,
-    MiB,
     Budget,
     BudgetError,
     EngineShape,
     Memory,
+    MiB,
     cgroup_limit_paths,
     estimate,
     parse_budget,

@@ -16,22 +16,23 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from types import FrameType
 
 from worker.background import BackgroundLoop, Progress
 from worker.config import Settings, systemd_notify_socket
-from worker.llm.batched import BatchedEngine
-from worker.llm.loading import open_engine
-from worker.llm.model_files import resolve_model
+from worker.io.instance import instance_id
+from worker.llm.manager import ModelManager
+from worker.llm.memory import Memory
 from worker.logs import event
 from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
+from worker.ops.model_metrics import ModelCollector
 from worker.ops.reload import Reloader, checked_pipelines, held_inboxes
 from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.pipelines.live import LivePipelines
+from worker.pipelines.models import served_models
 from worker.queue.database import database_label, make_db_engine
 from worker.queue.housekeeping import HousekeepingStore
 from worker.queue.jobs import JobStore, offset_clock
@@ -44,6 +45,7 @@ from worker.run.kinds.registry import build_handlers
 from worker.run.leases import LeaseKeeper
 from worker.run.recorder import Recorder
 from worker.run.recovery import RecoverySweep
+from worker.run.routing import ModelRouter
 from worker.run.runner import JobRunner
 from worker.run.stop import StopFlags
 from worker.sources.inbox import InboxWatcher
@@ -58,16 +60,26 @@ class WorkerRegistration:
 
     name = "worker-registration"
 
-    def __init__(self, store: JobStore, worker_id: str, model: str, slots: int) -> None:
+    def __init__(
+        self, store: JobStore, worker_id: str, model: str, slots: int, router: ModelRouter
+    ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.model = model
         self.slots = slots
+        self.router = router
 
     def start(self) -> None:
         self.store.register_worker(
-            self.worker_id, socket.gethostname(), os.getpid(), self.model, self.slots
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.model,
+            self.slots,
+            instance=self.router.instance,
+            pipelines=self.router.serving(),
         )
+        self.router.publish(force=True)
 
     def stop(self) -> None:
         try:
@@ -87,30 +99,42 @@ def run_daemon(
     Raises PipelineError, ModelError or a database error before any job is claimed, and
     ServiceDied when a background service stopped on its own.
     """
+    from worker.llm.serving import build_manager, preload
+
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = LivePipelines(checked_pipelines(settings))
-    model = resolve_model(settings)
-    engine = open_engine(settings, model)
+    # Every model the pipelines name, checked against the memory budget; those that fit
+    # are loaded now (a missing or broken model stops start-up), the others on demand.
+    manager, budget = build_manager(settings, served_models(pipelines, settings))
     event(
-        "model.loaded",
-        model=model.name,
-        path=str(model.path),
-        seconds=round(engine.load_seconds, 2),
+        "models.planned",
+        budget=budget.host,
+        budget_gpu=budget.gpu,
+        budget_detail=budget.describe(),
+        models={v.name: v.estimate.describe() for v in manager.views()},
     )
     reload = reload_settings or (lambda: settings)
     try:
+        preload(manager, budget.memory)
         _serve(
-            settings, pipelines, engine, model.name, once, notify_address, watchdog_seconds, reload
+            settings,
+            pipelines,
+            manager,
+            budget.memory,
+            once,
+            notify_address,
+            watchdog_seconds,
+            reload,
         )
     finally:
-        engine.close()
+        manager.close()
 
 
 def _serve(
     settings: Settings,
     pipelines: LivePipelines,
-    engine: BatchedEngine,
-    model_name: str,
+    manager: ModelManager,
+    budget: Memory,
     once: bool,
     notify_address: str | None,
     watchdog_seconds: float | None,
@@ -136,11 +160,17 @@ def _serve(
         stop.stop_claiming()  # finish the jobs in hand, then exit non-zero: systemd restarts us
         wake.set()
 
-    metrics = DaemonMetrics(store, worker_id, model_name, settings.parallel, engine.load_seconds)
-    metrics.watch_engine(lambda: asdict(engine.stats))
+    manager.on_change = wake.set  # a model loaded or unloaded: claim again
+    router = ModelRouter(
+        settings, store, pipelines, manager, budget, instance_id(settings.data_dir), worker_id
+    )
+    model_names = ",".join(manager.names)
+    metrics = DaemonMetrics(store, worker_id, model_names, router.slots, manager.load_seconds())
+    metrics.watch_engine(manager.engine_stats)
+    metrics.registry.register(ModelCollector(manager.views, budget))
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-    context = JobContext(settings, store, engine, record)
+    context = JobContext(settings, store, None, record, models=manager)
     runner = JobRunner(
         settings,
         store,
@@ -153,7 +183,16 @@ def _serve(
         progress=progress,
     )
     dispatcher = Dispatcher(
-        settings, store, pipelines, worker_id, runner.run_one, stop, wake, progress, record.outage
+        settings,
+        store,
+        pipelines,
+        worker_id,
+        router.wrap(runner.run_one),
+        stop,
+        wake,
+        progress,
+        record.outage,
+        router=router,
     )
 
     started = threading.Event()  # every service up: the dispatcher is about to claim
@@ -212,7 +251,7 @@ def _serve(
         loop.on_death = on_death
     services: list[Service] = [
         loops[0],
-        WorkerRegistration(store, worker_id, model_name, settings.parallel),
+        WorkerRegistration(store, worker_id, model_names, router.slots, router),
         *loops[1:],
     ]
     if scheduler is not None:

@@ -42,14 +42,21 @@ from worker.run.kinds.base import (
 
 
 def _served_model(context: JobContext, requested: str) -> str:
-    """The model-table name for a request's model; it must be the model this daemon serves."""
+    """The model-table name for a request's model; it must be a model this daemon serves."""
     name = resolve_model_name(context.settings, requested)
-    if name != context.settings.model:
-        raise UnknownModel(
-            f"model {requested!r} ({name}) is not loaded; "
-            f"this daemon serves {context.settings.model!r}"
-        )
+    if not context.serves(name):
+        raise UnknownModel(f"model {requested!r} ({name}) is not served by this daemon")
     return name
+
+
+def _line_model(context: JobContext, pipeline: Pipeline, request: dict[str, object]) -> str | None:
+    """The model a valid line needs when it is not its pipeline's (the job's `model`)."""
+    body = request.get("body")
+    requested = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(requested, str):
+        return None
+    name = _served_model(context, requested)
+    return None if name == context.model_for(pipeline) else name
 
 
 def expand(
@@ -62,7 +69,10 @@ def expand(
     errors = []
     for line in lines:
         if line.error is None:
-            children.append(NewChild(line.line, json.dumps(line.request, ensure_ascii=False)))
+            assert line.request is not None
+            text = json.dumps(line.request, ensure_ascii=False)
+            model = _line_model(context, pipeline, line.request)
+            children.append(NewChild(line.line, text, model=model))
             continue
         children.append(
             NewChild(line.line, json.dumps({"custom_id": line.custom_id}), str(line.error))
@@ -102,11 +112,11 @@ class BatchLine(ChildOfFile):
         request = parse_request(str(payload.get("url")), payload.get("body"))
         try:
             model = _served_model(context, request.model)
-            prompt, generation = prompt_and_generation(request, pipeline.generation, context.chat())
+            chat = context.chat(pipeline, job.model)
+            prompt, generation = prompt_and_generation(request, pipeline.generation, chat)
             strip = request.endpoint == CHAT
-            answer = generate(
-                context.engine_for(pipeline), prompt, generation, attempt.should_stop, strip=strip
-            )
+            engine = context.engine_for(pipeline, job.model)
+            answer = generate(engine, prompt, generation, attempt.should_stop, strip=strip)
         except UnknownModel as exc:
             raise LineError("model_not_found", str(exc.args[0]), "model") from None
         except ChatError as exc:
