@@ -209,7 +209,9 @@ class MemoryEstimate:
         """The arithmetic, for logs and for the message of a model that cannot fit."""
         k = self.layout
         swa = ""
-        if k.swa_layers:
+        if k.swa_layers and k.swa_cells == k.cells:
+            swa = f", {k.swa_layers} of them sliding-window, kept whole (swa_full)"
+        elif k.swa_layers:
             swa = f", {k.swa_layers} of them sliding-window at {k.swa_cells} cells"
         return (
             f"weights {human(self.weights)} + KV cache {human(self.kv)} ({k.layers} layers x "

@@ -238,3 +238,40 @@ def preload(manager: ModelManager, budget: Memory) -> list[str]:
 def manager_view(manager: ModelManager, name: str) -> ModelView:
     """One model's view."""
     return next(v for v in manager.views() if v.name == name)
+
+
+def model_rows(
+    settings: Settings, served: set[str], budget: MemoryBudget
+) -> list[dict[str, object]]:
+    """Every model in the table (the built-in default too), with its settings in effect and
+    its estimate from the GGUF header (or why there is none), for `model list`."""
+    from worker.config import DEFAULT_MODEL_NAME
+
+    rows: list[dict[str, object]] = []
+    for name in sorted({DEFAULT_MODEL_NAME, *settings.models, *served}):
+        row: dict[str, object] = {"name": name, "served": name in served, "estimate": None}
+        try:
+            config = model_config(settings, name)
+            row.update(
+                kind=config.kind,
+                path=str(config.file.path),
+                n_ctx=config.n_ctx,
+                parallel=config.parallel,
+                n_gpu_layers=config.n_gpu_layers,
+            )
+            estimated = estimate(read_header(config.file.path), shape_for(settings, config))
+        except (ModelError, GGUFError, OSError) as exc:
+            row.setdefault("kind", "?")
+            row.setdefault("n_ctx", "")
+            row.setdefault("parallel", "")
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        row.update(
+            estimate=estimated.total,
+            estimate_detail=estimated.describe(),
+            fits=too_big(name, estimated, budget) is None,
+            error=None,
+        )
+        rows.append(row)
+    return rows
