@@ -16,6 +16,7 @@ here: they wait for it, however long it is down.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -103,6 +104,7 @@ class ModelRouter:
         self._ready: list[ReadyGroup] = []
         self._ready_at = float("-inf")
         self._orphans: list[str] = []
+        self._unserved: list[str] = []
         self._fleet_at = float("-inf")
         self._fleet: set[str] = set()
         self._draining: frozenset[str] = frozenset()
@@ -246,7 +248,18 @@ class ModelRouter:
         if now - self._fleet_at >= self.settings.sweep_interval:
             self._fleet = self._fleet_pipelines()
             self._fleet_at = now
-        orphans = sorted({g.pipeline for g in self._ready} - set(serving) - self._fleet)
+        # A pipeline this daemon has, naming a model it does not serve (a reload brought
+        # it), waits: it is not an unknown pipeline, and no engine here can run it.
+        unserved = sorted(set(self.pipelines) - set(serving))
+        if unserved != self._unserved and unserved:
+            event(
+                "routing.model_not_served",
+                logging.WARNING,
+                pipelines=unserved,
+                hint="their model was not in the table this daemon started with: restart it",
+            )
+        self._unserved = unserved
+        orphans = sorted({g.pipeline for g in self._ready} - set(self.pipelines) - self._fleet)
         if orphans != self._orphans and orphans:
             event("routing.unknown_pipelines", pipelines=orphans)
         self._orphans = orphans
