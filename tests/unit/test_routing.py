@@ -147,3 +147,18 @@ def test_the_opener_gets_the_thread_share(tmp_path: Path, store: JobStore) -> No
     manager = ModelManager({"a": record("a")}, opener)
     manager.load("a")
     assert seen == [1]  # record() plans one thread
+
+
+def test_the_instance_id_is_made_once_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from worker.io.instance import InstanceIdError, instance_id
+
+    first = instance_id(tmp_path / "a")
+    assert first == (tmp_path / "a" / "instance-id").read_text().strip()
+    assert instance_id(tmp_path / "a") == first
+    assert instance_id(tmp_path / "b") != first  # another folder, another instance
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "instance-id").write_text("../../etc\n")
+    with pytest.raises(InstanceIdError, match="not an instance id"):
+        instance_id(tmp_path / "c")

@@ -47,6 +47,7 @@ def run(
     """Run the daemon in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from worker import logs
     from worker.config import load_settings
+    from worker.io.instance import InstanceIdError
     from worker.ops.daemon import run_daemon
     from worker.ops.metrics import MetricsError
     from worker.ops.services import ServiceDied
@@ -61,6 +62,8 @@ def run(
         raise common.fatal(f"invalid pipeline:\n{exc}", 2) from None
     except ModelError as exc:
         raise common.fatal(str(exc), 3) from None
+    except InstanceIdError as exc:
+        raise common.fatal(str(exc), 2) from None
     except MetricsError as exc:
         raise common.fatal(str(exc), 2) from None
     except ServiceDied as exc:
