@@ -34,8 +34,6 @@ from worker.queue.outage import DatabaseUnavailable
 from worker.queue.workers import ReadyGroup
 from worker.run.scheduling import ModelDemand, Plan, decide
 
-# The ready-jobs read is made at most this often (the dispatcher may loop faster).
-READY_READ_SECONDS = 0.2
 # The model states in `workers.models_json` are rewritten at most this often.
 PUBLISH_SECONDS = 1.0
 
@@ -143,10 +141,14 @@ class ModelRouter:
     def claim(self, free: int, args: ClaimArgs, solo: bool) -> list[ClaimedJob]:
         """Claim up to `free` jobs this daemon can run now (see the module doc)."""
         serving = self.serving()
-        self._refresh(serving, args.exclude_pipelines)
+        single = self._single()
+        # One model: no decision to make, and the ready jobs are read only to find
+        # pipelines nobody serves (every sweep_interval): no extra query per claim.
+        every = self.settings.sweep_interval if single is not None else 0.0
+        self._refresh(serving, args.exclude_pipelines, every)
         if solo:
             return self._claim_solo(args, serving)
-        plan = self._plan(serving, free)
+        plan = self._plan(serving, free) if single is None else self._plan_one(single, free)
         self._act(plan)
         jobs: list[ClaimedJob] = []
         for model, count in plan.claims:
@@ -173,7 +175,7 @@ class ModelRouter:
                 max_crashes=args.max_crashes,
                 routing=self._routing(None, serving),
             )
-        if jobs:
+        if jobs and single is None:
             self._ready_at = float("-inf")  # the counts changed: read them again next round
         self.publish()
         return jobs
@@ -236,13 +238,22 @@ class ModelRouter:
         loaded = {v.name for v in self.manager.views() if v.loaded}
         return sorted({p for p, m in serving.items() if m in loaded} | set(self._orphans))
 
-    def _refresh(self, serving: Mapping[str, str], exclude: Collection[str]) -> None:
+    def _single(self) -> ModelView | None:
+        """The one served model, if there is just one and it is loaded."""
+        views = self.manager.views()
+        return views[0] if len(views) == 1 and views[0].loaded else None
+
+    def _plan_one(self, model: ModelView, free: int) -> Plan:
+        room = min(free, model.parallel - model.in_hand)
+        return Plan(claims=((model.name, room),) if room > 0 else ())
+
+    def _refresh(self, serving: Mapping[str, str], exclude: Collection[str], every: float) -> None:
         now = self.clock()
         if self._serving != serving:
             self._serving = dict(serving)
             self.store.update_worker_serving(self.worker_id, pipelines=serving)
             self._fleet_at = float("-inf")
-        if now - self._ready_at >= READY_READ_SECONDS:
+        if now - self._ready_at >= every:
             self._ready = self.store.ready_groups(self.instance, exclude)
             self._ready_at = now
         if now - self._fleet_at >= self.settings.sweep_interval:
