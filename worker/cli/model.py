@@ -96,7 +96,7 @@ def model_list(
     header, nothing loaded), and, from the daemons of this data folder, its state, the
     memory it really took, its loads and its queue."""
     from worker.io.instance import instance_id
-    from worker.llm.memory import human
+    from worker.llm.memory import gpu_figure, human
     from worker.llm.serving import memory_budget, model_rows
     from worker.ops.fleet import daemon_of
     from worker.pipelines.models import pipeline_models
@@ -137,7 +137,8 @@ def model_list(
             queued=sum(counts.get((p, "queued"), 0) for p in served),
         )
     if as_json:
-        common.write_json({"budget": budget.host, "budget_gpu": budget.gpu, "models": rows})
+        gpu = gpu_figure(budget.gpu)
+        common.write_json({"budget": budget.host, "budget_gpu": gpu, "models": rows})
         return
     table = Table(
         "model",

@@ -76,6 +76,15 @@ class BudgetError(ValueError):
     """A memory budget that is neither a byte count nor a share such as "70%"."""
 
 
+# A GPU budget that is not known (no GPU memory could be read): never the limit.
+UNKNOWN_GPU_MEMORY = 1 << 62
+
+
+def gpu_figure(value: int) -> int | None:
+    """A GPU budget for people and scripts: None where it is not known."""
+    return None if value >= UNKNOWN_GPU_MEMORY else value
+
+
 @dataclass(frozen=True)
 class Budget:
     """`memory_budget` as configured: a share of the memory there is, or bytes."""

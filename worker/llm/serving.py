@@ -17,6 +17,7 @@ from worker.llm.backends import gpu_memory
 from worker.llm.gguf import GGUFError, read_header
 from worker.llm.loading import (
     ModelConfig,
+    check_gpu_offload,
     generation_shape,
     model_config,
     open_engine,
@@ -24,6 +25,7 @@ from worker.llm.loading import (
 )
 from worker.llm.manager import ModelManager, ModelRecord, ModelView, Opener
 from worker.llm.memory import (
+    UNKNOWN_GPU_MEMORY,
     Budget,
     EngineShape,
     Memory,
@@ -37,6 +39,7 @@ from worker.llm.model_files import verify_model
 
 # On GPUs, a budget given in bytes (for the host) leaves this share of each GPU.
 GPU_SHARE_FOR_BYTE_BUDGETS = 0.9
+
 # The embedding engine's module (issue #19's embeddings part). It provides
 # `open_embedder(settings, name)` and, optionally, `memory_shape(settings, config)`.
 EMBEDDING_MODULE = "worker.llm.embedding"
@@ -74,7 +77,9 @@ def memory_budget(
     share = configured.share if configured.share is not None else GPU_SHARE_FOR_BYTE_BUDGETS
     return MemoryBudget(
         host=configured.resolve(host_limit),
-        gpu=int(sum(gpus) * share),
+        # No GPU memory could be read (no GPU, or a build that hides it): GPU parts are
+        # not counted (a CPU-only build refuses GPU layers before this matters).
+        gpu=int(sum(gpus) * share) if gpus else UNKNOWN_GPU_MEMORY,
         host_limit=host_limit,
         gpu_limits=gpus,
         configured=configured,
@@ -156,6 +161,7 @@ def plan_records(
     for name in dict.fromkeys(names):
         try:
             config = model_config(settings, name)
+            check_gpu_offload(settings, config.n_gpu_layers)  # before the arithmetic
             if verify:
                 verify_model(config.file)
             header = read_header(config.file.path)

@@ -22,7 +22,7 @@ from worker.background import BackgroundLoop, Progress
 from worker.config import Settings, systemd_notify_socket
 from worker.io.instance import instance_id
 from worker.llm.manager import ModelManager
-from worker.llm.memory import Memory
+from worker.llm.memory import Memory, gpu_figure
 from worker.logs import event
 from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
@@ -109,7 +109,7 @@ def run_daemon(
     event(
         "models.planned",
         budget=budget.host,
-        budget_gpu=budget.gpu,
+        budget_gpu=gpu_figure(budget.gpu),
         budget_detail=budget.describe(),
         models={v.name: v.estimate.describe() for v in manager.views()},
     )

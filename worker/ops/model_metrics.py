@@ -9,7 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from worker.llm.manager import ModelState, ModelView
-from worker.llm.memory import Memory
+from worker.llm.memory import Memory, gpu_figure
 
 
 class ModelCollector(Collector):
@@ -60,7 +60,9 @@ class ModelCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         budget, state, memory, loads, evictions, in_hand = self._families()
         budget.add_metric(["host"], self.budget.host)
-        budget.add_metric(["gpu"], self.budget.gpu)
+        gpu = gpu_figure(self.budget.gpu)
+        if gpu is not None:
+            budget.add_metric(["gpu"], gpu)
         for view in self.views():
             for name in ModelState:
                 state.add_metric([view.name, name.value], 1 if view.state == name else 0)

@@ -25,7 +25,7 @@ from typing import Any
 
 from worker.config import Settings
 from worker.llm.manager import ModelManager, ModelState, ModelView
-from worker.llm.memory import Memory
+from worker.llm.memory import Memory, gpu_figure
 from worker.logs import event
 from worker.pipelines.models import pipeline_models
 from worker.pipelines.spec import Pipeline
@@ -53,7 +53,7 @@ def models_json(views: list[ModelView], budget: Memory) -> dict[str, Any]:
     """The models' states as `workers.models_json` holds them (read by status, model list)."""
     return {
         "budget": budget.host,
-        "budget_gpu": budget.gpu,
+        "budget_gpu": gpu_figure(budget.gpu),
         "models": [
             {
                 "name": v.name,
