@@ -36,7 +36,9 @@ class ConfigError(Exception):
 
 
 class ModelSpec(BaseModel):
-    """One entry of the model table: a GGUF file and, optionally, its expected sha256."""
+    """One entry of the model table: a GGUF file, its expected sha256, what it serves
+    (generation or embeddings), and llama.cpp settings of its own. An unset setting is
+    the global one (`n_ctx`, `parallel`, `n_gpu_layers`, `n_threads`)."""
 
     model_config = {"extra": "forbid"}
 
@@ -49,6 +51,23 @@ class ModelSpec(BaseModel):
         description="Jinja chat template for chat mode; default: the GGUF's own, else a plain "
         "transcript (User:/Assistant:) that base models continue",
     )
+    kind: Literal["generate", "embed"] = Field(
+        default="generate", description="generate: text and JSON; embed: pooled embeddings"
+    )
+    n_ctx: int | None = Field(default=None, ge=64, le=1_048_576)
+    parallel: int | None = Field(default=None, ge=1, le=256, description="sequences at once")
+    n_gpu_layers: int | None = Field(default=None, ge=-1)
+    n_threads: int | None = Field(default=None, ge=1, le=1024)
+    # Embedding models only: the pooling (default: the one the GGUF declares, else mean)
+    # and whether vectors are scaled to unit length.
+    pooling: Literal["mean", "cls", "last"] | None = None
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _embed_fields(self) -> ModelSpec:
+        if self.kind != "embed" and self.pooling is not None:
+            raise ValueError('pooling needs kind = "embed"')
+        return self
 
 
 class Settings(BaseSettings):
@@ -70,6 +89,14 @@ class Settings(BaseSettings):
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     # Names that batch requests may use for a model in the table, e.g. gpt-4o-mini.
     model_aliases: dict[str, str] = Field(default_factory=dict)
+
+    # What the models may take together: bytes ("6GiB", "512M", a number) or a share of
+    # the memory this daemon may use (RAM, or the cgroup's limit under systemd's
+    # MemoryMax=; on GPUs a share is of each GPU's memory, bytes mean 90% of it).
+    memory_budget: str = Field(default="75%", description='bytes or a share, e.g. "70%"')
+    # The longest a model's ready jobs wait for memory held by other models that still
+    # have work, before those are drained and unloaded for it (a swap).
+    model_max_wait: float = Field(default=120.0, ge=0, description="seconds")
 
     n_ctx: int = Field(default=2048, ge=64, le=1_048_576)
     n_threads: int | None = Field(default=None, ge=1, le=1024)
@@ -209,6 +236,20 @@ class Settings(BaseSettings):
         if self.console_actions and self.console_token_file is None:
             raise ValueError("console_actions needs console_token_file (the action token)")
         return self
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        from worker.llm.memory import BudgetError, parse_budget
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            try:
+                parse_budget(value)
+            except BudgetError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("output_mode", "inbox_mode", mode="before")
     @classmethod

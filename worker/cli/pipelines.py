@@ -121,7 +121,14 @@ def _try(
     file: Path,
     open_engine: Callable[[Settings], Engine] = _open_engine,
 ) -> None:
-    """One inference on FILE's first input with `pipeline`, as the daemon would run it."""
+    """One inference on FILE's first input with `pipeline`, as the daemon would run it (on
+    the pipeline's model)."""
+    from worker.pipelines.models import UnknownModel, pipeline_model
+
+    try:
+        settings = settings.model_copy(update={"model": pipeline_model(pipeline, settings)})
+    except UnknownModel as exc:
+        raise InputError(f"pipeline {pipeline.name}: {exc}") from None
     data = file.read_bytes()
     kind = reader_for(file.name, pipeline.reader)
     engine = open_engine(settings)

@@ -16,22 +16,21 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
 from types import FrameType
 
 from worker.background import BackgroundLoop
 from worker.config import Settings, systemd_notify_socket
-from worker.llm.batched import BatchedEngine
-from worker.llm.loading import open_engine
-from worker.llm.model_files import resolve_model
+from worker.io.instance import instance_id
+from worker.llm.manager import ModelManager
+from worker.llm.memory import Memory, gpu_figure
 from worker.logs import event
 from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
+from worker.ops.model_metrics import ModelCollector
 from worker.ops.port import (
     build_console,
-    model_state,
+    model_states,
     read_console_token,
     snapshot_depth,
     snapshot_gauges,
@@ -42,6 +41,7 @@ from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.ops.snapshot import Snapshot, SnapshotLoop
 from worker.pipelines.live import LivePipelines
+from worker.pipelines.models import served_models
 from worker.pipelines.pauses import Pauses
 from worker.queue.database import database_label, make_db_engine, timeouts_of
 from worker.queue.housekeeping import HousekeepingStore
@@ -55,6 +55,7 @@ from worker.run.kinds.registry import build_handlers
 from worker.run.leases import LeaseKeeper
 from worker.run.recorder import Recorder
 from worker.run.recovery import RecoverySweep
+from worker.run.routing import ModelRouter
 from worker.run.runner import JobRunner
 from worker.run.stop import StopFlags
 from worker.sandbox import Sandbox, SandboxLimits
@@ -70,16 +71,26 @@ class WorkerRegistration:
 
     name = "worker-registration"
 
-    def __init__(self, store: JobStore, worker_id: str, model: str, slots: int) -> None:
+    def __init__(
+        self, store: JobStore, worker_id: str, model: str, slots: int, router: ModelRouter
+    ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.model = model
         self.slots = slots
+        self.router = router
 
     def start(self) -> None:
         self.store.register_worker(
-            self.worker_id, socket.gethostname(), os.getpid(), self.model, self.slots
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.model,
+            self.slots,
+            instance=self.router.instance,
+            pipelines=self.router.serving(),
         )
+        self.router.publish(force=True)
 
     def stop(self) -> None:
         try:
@@ -99,27 +110,32 @@ def run_daemon(
     Raises PipelineError, ModelError or a database error before any job is claimed, and
     ServiceDied when a background service stopped on its own.
     """
+    from worker.llm.serving import build_manager, preload
+
     notify_address, watchdog_seconds = systemd_notify_socket()
     pipelines = LivePipelines(checked_pipelines(settings))
     console_token = read_console_token(settings)  # a bad token file stops us before the model
-    model = resolve_model(settings)
-    engine = open_engine(settings, model)
+    # Every model the pipelines name, checked against the memory budget; those that fit
+    # are loaded now (a missing or broken model stops start-up), the others on demand.
+    manager, budget = build_manager(settings, served_models(pipelines, settings))
     event(
-        "model.loaded",
-        model=model.name,
-        path=str(model.path),
-        seconds=round(engine.load_seconds, 2),
+        "models.planned",
+        budget=budget.host,
+        budget_gpu=gpu_figure(budget.gpu),
+        budget_detail=budget.describe(),
+        models={v.name: v.estimate.describe() for v in manager.views()},
     )
     reload = reload_settings or (lambda: settings)
     # Warm parsing children, started from here (never forked from the daemon); closed after
     # the slots are done with them, each wait bounded.
     sandbox = Sandbox(SandboxLimits.from_settings(settings))
     try:
+        preload(manager, budget.memory)
         _serve(
             settings,
             pipelines,
-            engine,
-            (model.name, model.path),
+            manager,
+            budget.memory,
             once,
             notify_address,
             watchdog_seconds,
@@ -129,14 +145,14 @@ def run_daemon(
         )
     finally:
         sandbox.close()
-        engine.close()
+        manager.close()
 
 
 def _serve(
     settings: Settings,
     pipelines: LivePipelines,
-    engine: BatchedEngine,
-    model: tuple[str, Path],
+    manager: ModelManager,
+    budget: Memory,
     once: bool,
     notify_address: str | None,
     watchdog_seconds: float | None,
@@ -144,7 +160,6 @@ def _serve(
     console_token: str | None,
     sandbox: Sandbox,
 ) -> None:
-    model_name, model_path = model
     url = settings.resolved_database_url
     upgrade_when_reachable(url, settings.db_start_timeout)
     store = JobStore(
@@ -176,21 +191,27 @@ def _serve(
         settings.data_dir,
         settings.snapshot_interval,
         loops=lambda: loops,
-        models=lambda: [model_state(model_name, model_path)],
+        models=lambda: model_states(manager.views()),
     )
+    manager.on_change = wake.set  # a model loaded or unloaded: claim again
+    router = ModelRouter(
+        settings, store, pipelines, manager, budget, instance_id(settings.data_dir), worker_id
+    )
+    model_names = ",".join(manager.names)
     metrics = DaemonMetrics(
         store,
         worker_id,
-        model_name,
-        settings.parallel,
-        engine.load_seconds,
+        model_names,
+        router.slots,
+        manager.load_seconds(),
         table=lambda: snapshot_gauges(snapshot.current(), worker_id),
     )
-    metrics.watch_engine(lambda: asdict(engine.stats))
+    metrics.watch_engine(manager.engine_stats)
+    metrics.registry.register(ModelCollector(manager.views, budget))
     metrics.watch_port(lambda: snapshot.queries.from_port, lambda: snapshot.current().refreshes)
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-    context = JobContext(settings, store, engine, record, sandbox)
+    context = JobContext(settings, store, None, record, sandbox, models=manager)
     runner = JobRunner(
         settings,
         store,
@@ -210,7 +231,15 @@ def _serve(
 
     runner.on_final = on_final
     dispatcher = Dispatcher(
-        settings, store, pipelines, worker_id, runner.run_one, stop, wake, record.outage
+        settings,
+        store,
+        pipelines,
+        worker_id,
+        router.wrap(runner.run_one),
+        stop,
+        wake,
+        record.outage,
+        router=router,
     )
     dispatcher.paused = pauses.paused
 
@@ -279,7 +308,7 @@ def _serve(
         loop.on_death = on_death
     services: list[Service] = [
         *loops[:2],
-        WorkerRegistration(store, worker_id, model_name, settings.parallel),
+        WorkerRegistration(store, worker_id, model_names, router.slots, router),
         *loops[2:],
     ]
     if scheduler is not None:

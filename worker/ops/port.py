@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 from worker.config import Settings
 from worker.console.actions import Actions
 from worker.console.app import Console, ConsoleSources
 from worker.console.security import Sessions, TokenError, read_token
+from worker.llm.manager import ModelView
 from worker.ops.health import Health
 from worker.ops.httpd import Handler
 from worker.ops.metrics import MetricsError, TableGauges
@@ -36,14 +35,18 @@ def snapshot_gauges(snapshot: Snapshot, worker_id: str) -> TableGauges | None:
     return TableGauges(snapshot.table.counts, mine)
 
 
-def model_state(name: str, path: Path) -> ModelState:
-    """The one model this daemon serves; its weights are mapped whole, so the file's
-    size is what it holds (the model manager of #19 will report each model's own)."""
-    try:
-        size: int | None = os.stat(path).st_size
-    except OSError:
-        size = None
-    return ModelState(name, str(path), size)
+def model_states(views: Sequence[ModelView]) -> list[ModelState]:
+    """The models of the model manager as the console shows them: name, kind and state,
+    memory (measured once loaded, else estimated), resident or not."""
+    return [
+        ModelState(
+            view.name,
+            f"{view.kind}, {view.state.value}",
+            (view.measured or view.memory).host,
+            view.loaded,
+        )
+        for view in views
+    ]
 
 
 def read_console_token(settings: Settings) -> str | None:

@@ -42,6 +42,7 @@ class NewChild:
     index: int
     input_text: str
     error: str | None = None
+    model: str | None = None  # the model it needs, when not its pipeline's (batch lines)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def _held_child(
         "created_at": now,
         "updated_at": now,
         "finished_at": None,
+        "model": child.model,
     }
 
 

@@ -123,6 +123,12 @@ class Job(Base):
     # which a submitter role cannot override); row-level security shows a submitter
     # its own rows only (migration 0006). NULL on SQLite.
     submitted_by: Mapped[str | None] = mapped_column(String(200))
+    # File and sweep jobs: the instance (data folder, `<data_dir>/instance-id`) that saw
+    # the file; only a daemon of that instance claims them. NULL: any daemon.
+    origin: Mapped[str | None] = mapped_column(String(64))
+    # The model-table name the job needs when it is not its pipeline's model (an OpenAI
+    # Batch line naming another model). NULL: the pipeline's model.
+    model: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "run_after"),
@@ -159,7 +165,8 @@ class Batch(Base):
 
 
 class Worker(Base):
-    """A daemon that is or was running: its heartbeat, host, model and slots."""
+    """A daemon that is or was running: its heartbeat, host, models, slots, and what it
+    serves (pipelines with their models, as JSON) for the fleet's routing."""
 
     __tablename__ = "workers"
 
@@ -171,6 +178,11 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(20), server_default=text("'running'"))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    instance: Mapped[str | None] = mapped_column(String(64))
+    # {"pipeline": "model", ...}: the pipelines this daemon claims jobs of.
+    pipelines_json: Mapped[str | None] = mapped_column(Text)
+    # [{"name", "kind", "state", "estimate", "measured", "loads", ...}]: its models now.
+    models_json: Mapped[str | None] = mapped_column(Text)
 
 
 class ScheduleFire(Base):

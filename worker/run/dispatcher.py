@@ -20,6 +20,7 @@ from worker.logs import event
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.outage import DatabaseUnavailable, Outage
+from worker.run.routing import ClaimArgs, ModelRouter
 from worker.run.slots import SlotPool
 from worker.run.stop import StopFlags
 
@@ -43,6 +44,7 @@ class Dispatcher:
         wake: threading.Event,
         outage: Outage | None = None,
         registry: liveness.Liveness = liveness.LIVENESS,
+        router: ModelRouter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -61,10 +63,12 @@ class Dispatcher:
         self._solo_checked_at = float("-inf")
         # Pipelines whose intake an operator paused (worker.pipelines.pauses): not claimed.
         self.paused: Callable[[], Collection[str]] = frozenset
+        # Issue #19: which jobs this daemon can run (its models, its files), model by model.
+        self.router = router
         self.slots = self._new_slots()
 
     def _new_slots(self) -> SlotPool:
-        size = max(1, self.settings.parallel)
+        size = self.router.slots if self.router is not None else max(1, self.settings.parallel)
         return SlotPool(
             size,
             self._run_job,
@@ -136,19 +140,7 @@ class Dispatcher:
             limits = {n: p.max_concurrent for n, p in pipelines.items() if p.max_concurrent}
             # Drain for a job that must run alone; claim it once nothing else runs.
             solo = self._solo_waiting(crashes, closed)
-            jobs = (
-                []
-                if solo and busy
-                else self.store.claim(
-                    self.worker_id,
-                    free,
-                    self.settings.lease_seconds,
-                    exclude_pipelines=closed,
-                    max_crashes=crashes,
-                    solo=solo,
-                    limits=limits,
-                )
-            )
+            jobs = [] if solo and busy else self._claim(free, closed, crashes, solo, limits)
             self._solo = solo and bool(jobs)
             if self._solo:
                 self._solo_pending = False
@@ -165,13 +157,32 @@ class Dispatcher:
         self.wake.wait(self.settings.poll_interval)
         return True
 
+    def _claim(
+        self, free: int, closed: list[str], crashes: int, solo: bool, limits: dict[str, int]
+    ) -> list[ClaimedJob]:
+        if self.router is not None:
+            args = ClaimArgs(self.worker_id, self.settings.lease_seconds, closed, limits, crashes)
+            return self.router.claim(free, args, solo)
+        return self.store.claim(
+            self.worker_id,
+            free,
+            self.settings.lease_seconds,
+            exclude_pipelines=closed,
+            max_crashes=crashes,
+            solo=solo,
+            limits=limits,
+        )
+
     def _solo_waiting(self, crashes: int, closed: list[str]) -> bool:
         """Whether a job that must run alone waits. Only the recovery sweep makes such a
         job, every sweep_interval: looked up that often, not on every claim round."""
         now = time.monotonic()
         if self._solo_pending or now - self._solo_checked_at >= self.settings.sweep_interval:
             self._solo_checked_at = now
-            self._solo_pending = self.store.solo_waiting(crashes, closed)
+            if self.router is not None:
+                self._solo_pending = self.router.solo_waiting(crashes, closed)
+            else:
+                self._solo_pending = self.store.solo_waiting(crashes, closed)
         return self._solo_pending
 
     def _drained(self, inputs_pending: Callable[[], int], closed: list[str]) -> bool:
@@ -179,7 +190,11 @@ class Dispatcher:
             return (
                 self.slots.busy() == 0
                 and inputs_pending() == 0
-                and not self.store.has_ready(closed)
+                and not (
+                    self.router.has_ready(closed)
+                    if self.router is not None
+                    else self.store.has_ready(closed)
+                )
             )
         except DatabaseUnavailable:
             return False

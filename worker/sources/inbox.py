@@ -35,6 +35,7 @@ from worker.io.files import (
     file_key,
     make_inbox,
 )
+from worker.io.instance import instance_id
 from worker.io.naming import is_ignored_name, name_problem, printable_path
 from worker.io.safe_read import read_regular_file
 from worker.logs import event
@@ -367,6 +368,7 @@ class InboxWatcher(BackgroundLoop):
                 source=JobKind.FILE,
                 source_path=ref.source_path,
                 idempotency_key=key,
+                origin=instance_id(self.settings.data_dir),  # only this folder's daemons
             )
         )
         if job_id is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from worker.config import Settings
 from worker.errors import InputError
 from worker.io.files import content_digest
+from worker.io.instance import instance_id
 from worker.io.naming import is_ignored_name, name_problem, printable_path
 from worker.io.safe_read import read_beneath
 from worker.logs import event
@@ -228,6 +229,7 @@ class Sweeper:
                 source=JobKind.SWEEP,
                 source_path=path,
                 idempotency_key=sweep_key(pipeline, path, digest),
+                origin=instance_id(self.settings.data_dir),  # only this folder's daemons
             )
         )
         if job_id is not None:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from worker.config import Settings
-from worker.errors import GenerationInterrupted
+from worker.errors import GenerationInterrupted, ModelError
 from worker.io.atomic import write_atomic
 from worker.io.files import content_digest, digest_of_key
 from worker.io.safe_read import read_beneath, read_regular_file
@@ -24,6 +24,7 @@ from worker.llm.chat import ChatTemplate, chat_template_for
 from worker.llm.engine import Engine
 from worker.logs import event
 from worker.pipelines.inference import PipelineRun
+from worker.pipelines.models import pipeline_model
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.models import JobKind
@@ -97,36 +98,78 @@ class JobHandler(Protocol):
         ...
 
 
+class Models(Protocol):
+    """The daemon's models (`worker.llm.manager.ModelManager`): engines by model name."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def engine(self, name: str) -> Any:
+        """The loaded engine of `name` (a generation or an embedding engine)."""
+        ...
+
+
 class JobContext:
-    """What handlers share: settings, the store, the engine, the recorder, the chat
-    template, and the sandbox that parses untrusted input."""
+    """What handlers share: settings, the store, the models' engines, the recorder, the
+    chat templates, and the sandbox that parses untrusted input. With `models` (a
+    daemon), each pipeline runs on the engine of its model; without (tests, one-off
+    tools), every pipeline runs on `engine`."""
 
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
-        engine: Engine,
+        engine: Engine | None,
         record: Recorder,
         sandbox: Sandbox,
+        models: Models | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.record = record
         self.sandbox = sandbox
-        self._chat: ChatTemplate | None = None
+        self.models = models
+        self._chat: dict[str, ChatTemplate] = {}
 
-    def chat(self) -> ChatTemplate:
-        """The loaded model's chat template (made on first use)."""
-        if self._chat is None:
-            spec = self.settings.models.get(self.settings.model)
+    def model_for(self, pipeline: Pipeline, model: str | None = None) -> str:
+        """The model-table name a job of `pipeline` runs on (`model`: the job's own)."""
+        return model or pipeline_model(pipeline, self.settings)
+
+    def serves(self, model: str) -> bool:
+        """Whether this daemon serves model `model` (a model-table name)."""
+        if self.models is None:
+            return model == self.settings.model
+        return model in self.models.names
+
+    def _engine(self, name: str) -> Any:
+        if self.models is None:
+            if self.engine is None:
+                raise ModelError("no engine")
+            return self.engine
+        return self.models.engine(name)
+
+    def engine_for(self, pipeline: Pipeline, model: str | None = None) -> Engine:
+        """The generation engine of `pipeline`'s model (or of the job's own `model`)."""
+        engine: Engine = self._engine(self.model_for(pipeline, model))
+        return engine
+
+    def embedder_for(self, pipeline: Pipeline, model: str | None = None) -> Any:
+        """The embedding engine of `pipeline`'s model (a `kind = "embed"` entry), as the
+        model manager opened it (`worker.llm.embedding`)."""
+        return self._engine(self.model_for(pipeline, model))
+
+    def chat(self, pipeline: Pipeline | None = None, model: str | None = None) -> ChatTemplate:
+        """The chat template of a pipeline's model (default: the `model` setting's), made
+        on first use: the model entry's `chat_template`, else the GGUF's, else a plain
+        transcript."""
+        name = self.model_for(pipeline, model) if pipeline is not None else model
+        name = name or self.settings.model
+        if name not in self._chat:
+            spec = self.settings.models.get(name)
             override = spec.chat_template if spec is not None else None
-            self._chat = chat_template_for(self.engine, override)
-        return self._chat
-
-    def engine_for(self, pipeline: Pipeline) -> Engine:
-        """The engine that serves `pipeline`'s model."""
-        return self.engine
+            self._chat[name] = chat_template_for(self._engine(name), override)
+        return self._chat[name]
 
     def parsing(self, attempt: Attempt) -> Parsing:
         """The parsing steps of `attempt`, in the sandbox, by its deadline; waiting checks
@@ -135,7 +178,9 @@ class JobContext:
 
     def pipeline_run(self, pipeline: Pipeline, parsing: Parsing) -> PipelineRun:
         """`pipeline` on the engine of its model, its JSON results checked by `parsing`."""
-        return PipelineRun(self.engine_for(pipeline), pipeline, self.chat, parsing.validate)
+        return PipelineRun(
+            self.engine_for(pipeline), pipeline, lambda: self.chat(pipeline), parsing.validate
+        )
 
 
 def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None:

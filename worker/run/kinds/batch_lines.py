@@ -60,14 +60,21 @@ from worker.run.kinds.base import (
 
 
 def _served_model(context: JobContext, requested: str) -> str:
-    """The model-table name for a request's model; it must be the model this daemon serves."""
+    """The model-table name for a request's model; it must be a model this daemon serves."""
     name = resolve_model_name(context.settings, requested)
-    if name != context.settings.model:
-        raise UnknownModel(
-            f"model {requested!r} ({name}) is not loaded; "
-            f"this daemon serves {context.settings.model!r}"
-        )
+    if not context.serves(name):
+        raise UnknownModel(f"model {requested!r} ({name}) is not served by this daemon")
     return name
+
+
+def _line_model(context: JobContext, pipeline: Pipeline, request: dict[str, object]) -> str | None:
+    """The model a valid line needs when it is not its pipeline's (the job's `model`)."""
+    body = request.get("body")
+    requested = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(requested, str):
+        return None
+    name = _served_model(context, requested)
+    return None if name == context.model_for(pipeline) else name
 
 
 def expand(
@@ -92,7 +99,10 @@ def expand(
     children = []
     for line in lines:
         if line.error is None:
-            children.append(NewChild(line.line, json.dumps(line.request, ensure_ascii=False)))
+            assert line.request is not None
+            text = json.dumps(line.request, ensure_ascii=False)
+            model = _line_model(context, pipeline, line.request)
+            children.append(NewChild(line.line, text, model=model))
             continue
         children.append(
             NewChild(
@@ -205,10 +215,12 @@ class BatchLine(ChildOfFile):
             if request.schema is not None:  # its grammar is made in the sandbox, not here
                 max_tokens = request.generation.get("max_tokens", pipeline.generation.max_tokens)
                 parsing.grammar(dict(request.schema), max_tokens)
-            prompt, generation = prompt_and_generation(request, pipeline.generation, context.chat())
+            chat = context.chat(pipeline, job.model)
+            prompt, generation = prompt_and_generation(request, pipeline.generation, chat)
             strip = request.endpoint == CHAT
+            engine = context.engine_for(pipeline, job.model)
             answer = generate(
-                context.engine_for(pipeline),
+                engine,
                 prompt,
                 generation,
                 attempt.should_stop,
