@@ -49,6 +49,14 @@ class ModelSpec(BaseModel):
         description="Jinja chat template for chat mode; default: the GGUF's own, else a plain "
         "transcript (User:/Assistant:) that base models continue",
     )
+    # generate: text completions. embed: pooled embedding vectors (llama.cpp's embeddings
+    # mode); a causal LM such as the default Gemma can serve as one with pooling "mean".
+    kind: Literal["generate", "embed"] = "generate"
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        default=None,
+        description="embed models: how token vectors become one; default: the GGUF's own",
+    )
+    normalize: bool = Field(default=True, description="embed models: L2-normalize the vectors")
 
 
 class Settings(BaseSettings):
