@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from worker.batch.embeddings import EmbeddingRequest
 from worker.batch.lines import read_batch
 from worker.batch.request import CHAT, parse_request, prompt_and_generation
 from worker.cli import common
@@ -149,6 +150,8 @@ def _answer(
         if line is None or line.request is None:
             raise InputError("no valid request line in the batch file")
         request = parse_request(str(line.request["url"]), line.request["body"])
+        if isinstance(request, EmbeddingRequest):
+            raise InputError("`pipelines try` runs chat and completion lines, not embeddings")
         prompt, generation = prompt_and_generation(request, pipeline.generation, chat)
         common.err.rule(f"prompt (line {line.line}, {engine.count_tokens(prompt)} tokens)")
         common.err.print(prompt, markup=False, highlight=False)

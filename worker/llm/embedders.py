@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from worker.config import ModelSpec, Settings
-from worker.errors import ModelError
+from worker.errors import InputError, ModelError
 from worker.llm.embedding import Embedder, EmbeddingEngine, EmbeddingOptions
 from worker.llm.loading import check_gpu_offload, engine_options
 from worker.llm.model_files import resolve_model
 
 
-class ModelNotServed(LookupError):
-    """A model name this daemon has no embedding engine for."""
+class ModelNotServed(InputError):
+    """A model name this daemon has no embedding engine for (loaded at start-up only)."""
 
 
 def embedding_options(settings: Settings, spec: ModelSpec) -> EmbeddingOptions:
@@ -75,7 +75,7 @@ class Embedders:
             served = ", ".join(self.names()) or "none"
             raise ModelNotServed(
                 f"embedding model {name!r} is not loaded by this daemon (embedding models: "
-                f"{served})"
+                f"{served}); embedding models load at start-up: restart the daemon"
             )
         return engine
 
@@ -83,12 +83,3 @@ class Embedders:
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
-
-
-def embed_models_in_use(
-    settings: Settings, pipeline_models: Iterable[str], batch: bool
-) -> set[str]:
-    """The embed models to load: those pipelines name, and with a batch pipeline (whose
-    lines may name any model) every embed entry of the table."""
-    embed = {name for name, spec in settings.models.items() if spec.kind == "embed"}
-    return embed if batch else embed & set(pipeline_models)

@@ -23,6 +23,7 @@ from types import FrameType
 from worker.background import BackgroundLoop
 from worker.config import Settings, systemd_notify_socket
 from worker.llm.batched import BatchedEngine
+from worker.llm.embedders import Embedders
 from worker.llm.loading import open_engine
 from worker.llm.model_files import resolve_model
 from worker.logs import event
@@ -42,6 +43,7 @@ from worker.ops.sd_notify import Notifier, Watchdog
 from worker.ops.services import Service, ServiceDied, ServiceGroup
 from worker.ops.snapshot import Snapshot, SnapshotLoop
 from worker.pipelines.live import LivePipelines
+from worker.pipelines.models import embed_models_needed
 from worker.pipelines.pauses import Pauses
 from worker.queue.database import database_label, make_db_engine, timeouts_of
 from worker.queue.housekeeping import HousekeepingStore
@@ -111,17 +113,24 @@ def run_daemon(
     )
     reload = reload_settings or (lambda: settings)
     try:
-        _serve(
-            settings,
-            pipelines,
-            engine,
-            (model.name, model.path),
-            once,
-            notify_address,
-            watchdog_seconds,
-            reload,
-            console_token,
-        )
+        embedders = Embedders.open(settings, embed_models_needed(settings, pipelines))
+        for name, embedder in embedders.engines().items():
+            event("model.loaded", model=name, kind="embed", seconds=round(embedder.load_seconds, 2))
+        try:
+            _serve(
+                settings,
+                pipelines,
+                engine,
+                (model.name, model.path),
+                once,
+                notify_address,
+                watchdog_seconds,
+                reload,
+                console_token,
+                embedders,
+            )
+        finally:
+            embedders.close()
     finally:
         engine.close()
 
@@ -136,6 +145,7 @@ def _serve(
     watchdog_seconds: float | None,
     reload_settings: Callable[[], Settings],
     console_token: str | None,
+    embedders: Embedders,
 ) -> None:
     model_name, model_path = model
     url = settings.resolved_database_url
@@ -183,7 +193,7 @@ def _serve(
     metrics.watch_port(lambda: snapshot.queries.from_port, lambda: snapshot.current().refreshes)
     record = Recorder(stop, settings.shutdown_timeout)
     leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
-    context = JobContext(settings, store, engine, record)
+    context = JobContext(settings, store, engine, record, embedders)
     runner = JobRunner(
         settings,
         store,

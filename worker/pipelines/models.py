@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 from worker.config import DEFAULT_MODEL_NAME, Settings
 from worker.pipelines.spec import Pipeline
@@ -26,6 +27,41 @@ def resolve_model_name(settings: Settings, requested: str) -> str:
     return name
 
 
+def model_kind(settings: Settings, name: str) -> Literal["generate", "embed"]:
+    """What model-table entry `name` does (the built-in default generates)."""
+    spec = settings.models.get(name)
+    return spec.kind if spec is not None else "generate"
+
+
+def pipeline_model(settings: Settings, pipeline: Pipeline) -> str:
+    """The model-table name of `pipeline`'s model (UnknownModel if there is none)."""
+    return resolve_model_name(settings, pipeline.model or settings.model)
+
+
+def embeds(settings: Settings, pipeline: Pipeline) -> bool:
+    """Whether `pipeline` turns inputs into vectors (its model has kind = "embed")."""
+    try:
+        name = pipeline_model(settings, pipeline)
+    except UnknownModel:
+        return False
+    return pipeline.reader != "openai-batch" and model_kind(settings, name) == "embed"
+
+
+def embed_models_needed(settings: Settings, pipelines: Mapping[str, Pipeline]) -> set[str]:
+    """The embed models a daemon must serve: those its pipelines name, and with a batch
+    pipeline (whose lines may name any model) every embed entry of the table."""
+    table = {name for name, spec in settings.models.items() if spec.kind == "embed"}
+    if any(p.reader == "openai-batch" for p in pipelines.values()):
+        return table
+    needed = set()
+    for pipeline in pipelines.values():
+        try:
+            needed.add(pipeline_model(settings, pipeline))
+        except UnknownModel:
+            continue
+    return table & needed
+
+
 def startup_model_errors(pipelines: Mapping[str, Pipeline], settings: Settings) -> list[str]:
     """Problems that stop start-up: bad aliases, pipelines that need a model not loaded.
 
@@ -44,6 +80,12 @@ def startup_model_errors(pipelines: Mapping[str, Pipeline], settings: Settings) 
         except UnknownModel as exc:
             errors.append(f"pipeline {pipeline.name}: field model: {exc}")
             continue
+        problem = pipeline.kind_problem(name, model_kind(settings, name))
+        if problem is not None:
+            errors.append(f"pipeline {pipeline.name}: {problem}")
+            continue
+        if model_kind(settings, name) == "embed":
+            continue  # embedding models are served beside the generation model
         if name != settings.model:
             errors.append(
                 f"pipeline {pipeline.name}: field model: {requested!r} is not the loaded model "

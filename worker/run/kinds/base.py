@@ -21,9 +21,12 @@ from worker.io.atomic import write_atomic
 from worker.io.files import content_digest, digest_of_key
 from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatTemplate, chat_template_for
+from worker.llm.embedders import Embedders
+from worker.llm.embedding import Embedder
 from worker.llm.engine import Engine
 from worker.logs import event
 from worker.pipelines.inference import PipelineRun
+from worker.pipelines.models import pipeline_model
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.models import JobKind
@@ -96,7 +99,7 @@ class JobHandler(Protocol):
 
 
 class JobContext:
-    """What handlers share: settings, the store, the engine, the recorder, the chat template."""
+    """What handlers share: settings, the store, the engines, the recorder, the chat template."""
 
     def __init__(
         self,
@@ -104,11 +107,13 @@ class JobContext:
         store: JobStore,
         engine: Engine,
         record: Recorder,
+        embedders: Embedders | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.record = record
+        self.embedders = embedders or Embedders()
         self._chat: ChatTemplate | None = None
 
     def chat(self) -> ChatTemplate:
@@ -122,6 +127,10 @@ class JobContext:
     def engine_for(self, pipeline: Pipeline) -> Engine:
         """The engine that serves `pipeline`'s model."""
         return self.engine
+
+    def embedder_for(self, pipeline: Pipeline) -> Embedder:
+        """The embedding engine of `pipeline`'s model (a `kind = "embed"` entry)."""
+        return self.embedders.get(pipeline_model(self.settings, pipeline))
 
     def pipeline_run(self, pipeline: Pipeline) -> PipelineRun:
         """`pipeline` on the engine of its model."""

@@ -1,5 +1,6 @@
 """OpenAI Batch files as jobs: the file expands into one child per line (`BatchLine`),
-and gathers the output, error and batch files when the last line is final."""
+and gathers the output, error and batch files when the last line is final. A file may
+mix chat, completion and embedding lines: each goes to the engine of its own model."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from worker.batch.embeddings import (
+    EMBEDDINGS,
+    EmbeddingRequest,
+    check_dimensions,
+    embedding_response,
+)
 from worker.batch.fidelity import (
     DEFAULT_WINDOW,
     MAX_SIDECAR_BYTES,
@@ -43,7 +50,7 @@ from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatError
 from worker.llm.grammar import UnsupportedSchema
 from worker.pipelines.inference import ResultInvalid, generate
-from worker.pipelines.models import UnknownModel, resolve_model_name
+from worker.pipelines.models import UnknownModel, model_kind, resolve_model_name
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, NewBatch, NewChild
 from worker.queue.models import Batch, Job, JobKind, JobStatus
@@ -58,14 +65,35 @@ from worker.run.kinds.base import (
 
 
 def _served_model(context: JobContext, requested: str) -> str:
-    """The model-table name for a request's model; it must be the model this daemon serves."""
+    """The model-table name for a request's model; it must be a model this daemon serves
+    (its generation model, or one of its embedding models)."""
     name = resolve_model_name(context.settings, requested)
-    if name != context.settings.model:
+    served = context.embedders.names()
+    if name != context.settings.model and name not in served:
+        embedding = f" and embedding models {', '.join(served)}" if served else ""
         raise UnknownModel(
             f"model {requested!r} ({name}) is not loaded; "
-            f"this daemon serves {context.settings.model!r}"
+            f"this daemon serves {context.settings.model!r}{embedding}"
         )
     return name
+
+
+def _embed(
+    context: JobContext, request: EmbeddingRequest, model: str, attempt: Attempt
+) -> JobResult:
+    """A `/v1/embeddings` line: every input's vector, batched with other jobs' inputs."""
+    if model_kind(context.settings, model) != "embed":
+        raise LineError(
+            "invalid_request",
+            f"model {request.model!r} generates text; /v1/embeddings needs an embedding model "
+            '(kind = "embed" in the model table)',
+            "model",
+        )
+    embedder = context.embedders.get(model)
+    check_dimensions(request, request.model, embedder.dimensions)
+    result = embedder.embed(request.inputs, attempt.should_stop)
+    body = embedding_response(request, result.vectors, result.total_tokens, model)
+    return JobResult(json.dumps(body), result.total_tokens, 0)
 
 
 def expand(
@@ -121,8 +149,7 @@ def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str]
 def file_problems(lines: list[ParsedLine]) -> list[dict[str, Any]]:
     """The `errors.data` that fail a file at `validating` (empty: the file is valid)."""
     bad = [(line.line, line.error) for line in lines if line.error is not None]
-    endpoints = {line.line: str(line.request["url"]) for line in lines if line.request is not None}
-    return validation_errors(bad, endpoints)
+    return validation_errors(bad)
 
 
 def fail_validation(
@@ -188,6 +215,15 @@ class BatchLine(ChildOfFile):
         request = parse_request(str(payload.get("url")), payload.get("body"))
         try:
             model = _served_model(context, request.model)
+            if isinstance(request, EmbeddingRequest):
+                return _embed(context, request, model, attempt)
+            if model_kind(context.settings, model) == "embed":
+                raise LineError(
+                    "invalid_request",
+                    f"model {request.model!r} is an embedding model: send its requests to "
+                    f"{EMBEDDINGS}",
+                    "model",
+                )
             prompt, generation = prompt_and_generation(request, pipeline.generation, context.chat())
             strip = request.endpoint == CHAT
             answer = generate(

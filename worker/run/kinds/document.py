@@ -10,9 +10,10 @@ from worker.errors import InputError
 from worker.io.files import FileRef, FileVersion, archive_original
 from worker.io.readers import Records, limits_of, read_input, reader_for
 from worker.logs import event
+from worker.pipelines.models import embeds
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
-from worker.run.kinds import batch_lines, records
+from worker.run.kinds import batch_lines, embed, records
 from worker.run.kinds.base import (
     EXPANDED,
     Attempt,
@@ -40,6 +41,8 @@ class DocumentFile:
         if context.store.has_children(job.id):
             if context.store.batch_of_job(job.id) is not None:
                 return batch_lines.gather(context, job, pipeline, ref, attempt.still_leased)
+            if embeds(settings, pipeline):
+                return embed.gather(context, job, pipeline, ref, attempt.still_leased)
             return records.gather(context, job, pipeline, ref, attempt.still_leased)
         path = ref.inbox_path(settings)
         data = read_version(path, job.idempotency_key, settings.max_input_bytes)
@@ -51,6 +54,11 @@ class DocumentFile:
         if isinstance(document, Records):
             records.expand(context, job, pipeline, document)
             return EXPANDED
+        if embeds(settings, pipeline):
+            output = embed.file_output(context, pipeline, ref.name)
+            return embed.embed_file(
+                context, pipeline, document.text, output, attempt.should_stop, attempt.still_leased
+            )
         run = context.pipeline_run(pipeline)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         output = ref.output_path(settings, pipeline.output_format)

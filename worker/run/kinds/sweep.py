@@ -8,9 +8,11 @@ from pathlib import Path
 from worker.errors import InputError
 from worker.io.naming import output_name
 from worker.io.readers import Records, limits_of, read_input, reader_for
+from worker.pipelines.models import embeds
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
+from worker.run.kinds import embed
 from worker.run.kinds.base import (
     Attempt,
     FinalOutcome,
@@ -54,6 +56,16 @@ class SweptFile:
         document = read_input(data, reader_for(path.name, pipeline.reader), limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
+        if embeds(settings, pipeline):
+            output = embed.file_output(self.context, pipeline, path.name)
+            return embed.embed_file(
+                self.context,
+                pipeline,
+                document.text,
+                output,
+                attempt.should_stop,
+                attempt.still_leased,
+            )
         run = self.context.pipeline_run(pipeline)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
