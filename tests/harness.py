@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from worker.config import Settings
+from worker.llm.embedders import Embedders
 from worker.llm.engine import Engine
 from worker.ops.services import ServiceGroup
 from worker.pipelines.spec import Pipeline
@@ -33,6 +34,7 @@ class Runner:
         worker_id: str,
         stop: StopFlags,
         wake: threading.Event,
+        embedders: Embedders | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -40,7 +42,7 @@ class Runner:
         self.wake = wake
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
         record = Recorder(stop, settings.shutdown_timeout)
-        context = JobContext(settings, store, engine, record)
+        context = JobContext(settings, store, engine, record, embedders)
         handlers = build_handlers(context)
         self.jobs = JobRunner(settings, store, handlers, pipelines, self.leases, record, stop)
         self.recovery = RecoverySweep(settings, store, wake)

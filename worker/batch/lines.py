@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batch.request import LineError, parse_request
+from worker.batch.request import LineError, parse_line
 from worker.errors import InputError
 from worker.io import jsontext
 from worker.io.decode import decode_text
@@ -51,7 +51,7 @@ def _check(value: Any, resolve_model: Callable[[str], str]) -> tuple[str, dict[s
         raise LineError(
             "invalid_method", f"method {method!r} is not supported (use POST)", "method"
         )
-    request = parse_request(str(value.get("url")), value.get("body"))
+    request = parse_line(str(value.get("url")), value.get("body"))
     try:
         resolve_model(request.model)
     except LookupError as exc:

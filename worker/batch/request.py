@@ -162,8 +162,15 @@ def _check_schema(schema: dict[str, Any], max_tokens: int | None) -> None:
         raise _invalid(str(exc), "response_format") from None
 
 
-def parse_request(url: str, body: Any) -> Request | EmbeddingRequest:
-    """Validate a request body for `url`; LineError names the bad field."""
+def parse_line(url: str, body: Any) -> Request | EmbeddingRequest:
+    """Validate a request body for any supported `url`; LineError names the bad field."""
+    if url == EMBEDDINGS:
+        _check_url_and_model(url, body)
+        return parse_embedding_request(body["model"], body)
+    return parse_request(url, body)
+
+
+def _check_url_and_model(url: str, body: Any) -> str:
     if url not in ENDPOINTS:
         supported = ", ".join(ENDPOINTS)
         raise LineError("invalid_url", f"url {url!r} is not supported (use {supported})", "url")
@@ -172,8 +179,15 @@ def parse_request(url: str, body: Any) -> Request | EmbeddingRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("body.model is required", "model")
+    return model
+
+
+def parse_request(url: str, body: Any) -> Request:
+    """Validate a chat or completions request body for `url`; LineError names the bad
+    field (`parse_line` takes embeddings too)."""
     if url == EMBEDDINGS:
-        return parse_embedding_request(model, body)
+        raise LineError("invalid_url", f"{EMBEDDINGS} is not a text generation request", "url")
+    model = _check_url_and_model(url, body)
     generation = _generation(body)
     return Request(
         endpoint=url,

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from worker.batch.embeddings import EmbeddingRequest
 from worker.batch.lines import read_batch
-from worker.batch.request import CHAT, parse_request, prompt_and_generation
+from worker.batch.request import CHAT, parse_line, prompt_and_generation
 from worker.cli import common
 from worker.config import Settings
 from worker.errors import InputError, ModelError
@@ -149,7 +149,7 @@ def _answer(
         line = next((x for x in read_batch(data, lambda n: n) if x.request), None)
         if line is None or line.request is None:
             raise InputError("no valid request line in the batch file")
-        request = parse_request(str(line.request["url"]), line.request["body"])
+        request = parse_line(str(line.request["url"]), line.request["body"])
         if isinstance(request, EmbeddingRequest):
             raise InputError("`pipelines try` runs chat and completion lines, not embeddings")
         prompt, generation = prompt_and_generation(request, pipeline.generation, chat)

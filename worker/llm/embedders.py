@@ -8,7 +8,7 @@ manager of issue #19 (memory budget, loading on demand) takes this over.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from worker.config import ModelSpec, Settings
 from worker.errors import InputError, ModelError
@@ -47,8 +47,8 @@ def open_embedder(settings: Settings, name: str) -> EmbeddingEngine:
 class Embedders:
     """The daemon's embedding engines by model name; `close()` frees them all."""
 
-    def __init__(self, engines: dict[str, EmbeddingEngine] | None = None) -> None:
-        self._engines = dict(engines or {})
+    def __init__(self, engines: Mapping[str, Embedder] | None = None) -> None:
+        self._engines: dict[str, Embedder] = dict(engines or {})
 
     @classmethod
     def open(cls, settings: Settings, names: Iterable[str]) -> Embedders:
@@ -65,7 +65,7 @@ class Embedders:
     def names(self) -> list[str]:
         return sorted(self._engines)
 
-    def engines(self) -> dict[str, EmbeddingEngine]:
+    def engines(self) -> dict[str, Embedder]:
         return dict(self._engines)
 
     def get(self, name: str) -> Embedder:

@@ -95,6 +95,7 @@ class Embedder(Protocol):
     dimensions: int
     pooling: Pooling
     normalize: bool
+    load_seconds: float
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as an input, specials included."""
@@ -110,6 +111,10 @@ class Embedder(Protocol):
         long_input: LongInput = "fail",
     ) -> Embeddings:
         """One vector per text; PromptTooLong for a text over n_ctx unless chunked."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (once no call runs)."""
         ...
 
 

@@ -40,7 +40,7 @@ from worker.batch.lines import read_batch
 from worker.batch.request import (
     CHAT,
     LineError,
-    parse_request,
+    parse_line,
     prompt_and_generation,
     response_body,
 )
@@ -212,7 +212,7 @@ class BatchLine(ChildOfFile):
     def _run(self, attempt: Attempt) -> JobResult:
         context, job, pipeline = self.context, attempt.job, attempt.pipeline
         payload = json.loads(attempt.input_text or "{}")
-        request = parse_request(str(payload.get("url")), payload.get("body"))
+        request = parse_line(str(payload.get("url")), payload.get("body"))
         try:
             model = _served_model(context, request.model)
             if isinstance(request, EmbeddingRequest):

@@ -52,13 +52,15 @@ class DocumentFile:
             return EXPANDED
         document = read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
+            if embeds(settings, pipeline):
+                reused = embed.reuse_records(context, attempt, ref)
+                if reused is not None:
+                    return reused
             records.expand(context, job, pipeline, document)
             return EXPANDED
         if embeds(settings, pipeline):
             output = embed.file_output(context, pipeline, ref.name)
-            return embed.embed_file(
-                context, pipeline, document.text, output, attempt.should_stop, attempt.still_leased
-            )
+            return embed.run_document(context, attempt, ref, document.text, output)
         run = context.pipeline_run(pipeline)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         output = ref.output_path(settings, pipeline.output_format)
