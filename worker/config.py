@@ -54,7 +54,8 @@ class ModelSpec(BaseModel):
     kind: Literal["generate", "embed"] = "generate"
     pooling: Literal["mean", "cls", "last"] | None = Field(
         default=None,
-        description="embed models: how token vectors become one; default: the GGUF's own",
+        description="embed models: how token vectors become one; default: the GGUF's own, "
+        "else mean",
     )
     normalize: bool = Field(default=True, description="embed models: L2-normalize the vectors")
 

@@ -63,7 +63,7 @@ class EmbeddingOptions:
     n_ctx: int = 512  # tokens of the longest input, specials included
     n_batch: int = 512  # tokens per llama_decode call (raised to n_ctx if smaller)
     max_sequences: int = 64  # sequences per llama_decode call
-    pooling: Pooling | None = None  # None: what the GGUF declares
+    pooling: Pooling | None = None  # None: what the GGUF declares, else mean
     normalize: bool = True
 
 
@@ -172,14 +172,9 @@ class EmbeddingEngine:
             raise ModelError(f"{self.model.path}: encoder-decoder models cannot embed here")
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.dimensions = int(ll.llama_model_n_embd_out(self._model))
-        declared = gguf_pooling(self.metadata)
-        pooling = embedding.pooling or declared
-        if pooling is None:
-            raise ModelError(
-                f"{self.model.path} declares no pooling (a text-generation model?): set "
-                'pooling = "mean" (or "cls", "last") in its [models.NAME] entry'
-            )
-        self.pooling: Pooling = pooling
+        # A GGUF made for embeddings declares its pooling; a text-generation model used
+        # as one (the default Gemma) declares none, and mean pooling is the usual choice.
+        self.pooling: Pooling = embedding.pooling or gguf_pooling(self.metadata) or "mean"
         self.normalize = embedding.normalize
         trained = int(ll.llama_model_n_ctx_train(self._model))
         self.n_ctx = min(embedding.n_ctx, trained) if trained > 0 else embedding.n_ctx
