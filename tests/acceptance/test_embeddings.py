@@ -212,5 +212,7 @@ def test_a_batch_file_mixing_chat_completion_and_embeddings_parses_as_openai_typ
     assert np.allclose(unit(raw), first, atol=1e-4)
     (errors,) = folder.glob("mixed.jsonl.*.errors.jsonl")
     (failed,) = [json.loads(x) for x in errors.read_text().splitlines()]
-    assert failed["custom_id"] == "d" and failed["error"]["code"] == "invalid_request"
-    assert "640-dimensional" in failed["error"]["message"]
+    assert failed["custom_id"] == "d" and failed["response"]["status_code"] == 400
+    error = failed["response"]["body"]["error"]
+    assert error["code"] == "invalid_request" and error["param"] == "dimensions"
+    assert "640-dimensional" in error["message"]

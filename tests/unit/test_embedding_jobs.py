@@ -268,7 +268,15 @@ def test_a_batch_file_mixes_chat_completion_and_embedding_lines(
     assert emb64["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
     second = decode_base64(emb64["data"][1]["embedding"])
     assert np.allclose(second, l2_normalize(embedder.vector("two three")))
-    failed = {x["custom_id"]: x["error"] for x in map(json.loads, errors.open())}
+    # Failed requests are HTTP-level errors, as OpenAI's error file has them.
+    failed = {
+        x["custom_id"]: x["response"]["body"]["error"] for x in map(json.loads, errors.open())
+    }
+    statuses = {
+        x["custom_id"]: x["response"]["status_code"] for x in map(json.loads, errors.open())
+    }
+    assert statuses == {"dims": 400, "gen-model": 400, "emb-model": 400, "tokens": 400, "long": 400}
+    assert failed["dims"]["param"] == "dimensions"
     assert failed["dims"]["code"] == "invalid_request"
     assert "dimensions 256 is not supported" in failed["dims"]["message"]
     assert failed["gen-model"]["code"] == "invalid_request"

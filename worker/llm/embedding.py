@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from worker.errors import GenerationInterrupted, InputError, ModelError, PromptTooLong
+from worker.liveness import LIVENESS, beat
 from worker.llm.engine import EngineOptions
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
@@ -51,6 +52,8 @@ from worker.llm.pooling import (
 log = logging.getLogger(__name__)
 
 CLOSE_JOIN_SECONDS = 30.0
+# A single llama_decode call running longer than this is a hung decode (the watchdog).
+DECODE_STALL_SECONDS = 120.0
 # How often a waiting caller looks at its stop flag and at the engine's state.
 WAIT_STEP_SECONDS = 0.25
 LongInput = Literal["fail", "chunk"]
@@ -163,6 +166,8 @@ class EmbeddingEngine:
         self._incoming: queue.Queue[list[_Sequence]] = queue.Queue()
         self._waiting: deque[_Sequence] = deque()
         self._closed = threading.Event()
+        # Busy while a call decodes: a llama_decode call that never returns stops the pings.
+        self._heartbeat = LIVENESS.register("embed-decode", DECODE_STALL_SECONDS)
         self._thread = threading.Thread(target=self._loop, name="embed-decode", daemon=True)
         self._thread.start()
 
@@ -263,6 +268,7 @@ class EmbeddingEngine:
         decode call may still be running)."""
         self._closed.set()
         self._thread.join(timeout=join_timeout)
+        LIVENESS.unregister(self._heartbeat)
         if self._thread.is_alive():
             log.error(
                 "the embedding decode thread is still running after %.1f s: llama.cpp's "
@@ -324,6 +330,7 @@ class EmbeddingEngine:
         try:
             for seq in sequences:
                 while not seq.done.wait(WAIT_STEP_SECONDS):
+                    beat()  # the caller's slot waits on the decode thread, which beats its own
                     if self._closed.is_set():
                         raise GenerationInterrupted("engine closed")
                     if should_stop():
@@ -344,7 +351,11 @@ class EmbeddingEngine:
                     with contextlib.suppress(queue.Empty):
                         self._waiting.extend(self._incoming.get(timeout=0.1))
                     continue
-                self._step()
+                self._heartbeat.busy()
+                try:
+                    self._step()
+                finally:
+                    self._heartbeat.idle()
             except Exception:  # pragma: no cover - _step fails its own sequences
                 log.exception("embedding decode loop failed")
         for seq in self._waiting:  # callers see the closed flag within a wait step
