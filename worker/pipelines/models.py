@@ -33,15 +33,16 @@ def model_kind(settings: Settings, name: str) -> Literal["generate", "embed"]:
     return spec.kind if spec is not None else "generate"
 
 
-def pipeline_model(settings: Settings, pipeline: Pipeline) -> str:
-    """The model-table name of `pipeline`'s model (UnknownModel if there is none)."""
+def pipeline_model(pipeline: Pipeline, settings: Settings) -> str:
+    """The model-table name `pipeline` runs on (its `model`, else the `model` setting).
+    Raises UnknownModel."""
     return resolve_model_name(settings, pipeline.model or settings.model)
 
 
 def embeds(settings: Settings, pipeline: Pipeline) -> bool:
     """Whether `pipeline` turns inputs into vectors (its model has kind = "embed")."""
     try:
-        name = pipeline_model(settings, pipeline)
+        name = pipeline_model(pipeline, settings)
     except UnknownModel:
         return False
     return pipeline.reader != "openai-batch" and model_kind(settings, name) == "embed"
@@ -56,7 +57,7 @@ def embed_models_needed(settings: Settings, pipelines: Mapping[str, Pipeline]) -
     needed = set()
     for pipeline in pipelines.values():
         try:
-            needed.add(pipeline_model(settings, pipeline))
+            needed.add(pipeline_model(pipeline, settings))
         except UnknownModel:
             continue
     return table & needed

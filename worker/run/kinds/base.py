@@ -128,9 +128,10 @@ class JobContext:
         """The engine that serves `pipeline`'s model."""
         return self.engine
 
-    def embedder_for(self, pipeline: Pipeline) -> Embedder:
-        """The embedding engine of `pipeline`'s model (a `kind = "embed"` entry)."""
-        return self.embedders.get(pipeline_model(self.settings, pipeline))
+    def embedder_for(self, pipeline: Pipeline, model: str | None = None) -> Embedder:
+        """The embedding engine of `pipeline`'s model, or of `model` (a `kind = "embed"`
+        entry's name)."""
+        return self.embedders.get(model or pipeline_model(pipeline, self.settings))
 
     def pipeline_run(self, pipeline: Pipeline) -> PipelineRun:
         """`pipeline` on the engine of its model."""

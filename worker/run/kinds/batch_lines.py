@@ -89,7 +89,7 @@ def _embed(
             '(kind = "embed" in the model table)',
             "model",
         )
-    embedder = context.embedders.get(model)
+    embedder = context.embedder_for(attempt.pipeline, model)
     check_dimensions(request, request.model, embedder.dimensions)
     result = embedder.embed(request.inputs, attempt.should_stop)
     body = embedding_response(request, result.vectors, result.total_tokens, model)

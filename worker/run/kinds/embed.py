@@ -87,7 +87,7 @@ def settings_fingerprint(context: JobContext, pipeline: Pipeline) -> str:
     pooling, normalization, prefix, long-input rule and context. Equal fingerprints and
     equal input bytes give the same vectors."""
     settings = context.settings
-    name = pipeline_model(settings, pipeline)
+    name = pipeline_model(pipeline, settings)
     model = resolve_model(settings, name)
     try:
         info = model.path.stat()
@@ -175,7 +175,7 @@ def embed_file(
     vector, tokens = embed_one(embedder, pipeline, text, should_stop)
     extra = dict(extra or {})
     document: dict[str, Any] = {
-        "model": pipeline_model(context.settings, pipeline),
+        "model": pipeline_model(pipeline, context.settings),
         "dimensions": int(vector.shape[0]),
         "tokens": tokens,
     }
