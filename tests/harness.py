@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from worker.config import Settings
+from worker.llm.embedders import Embedders
 from worker.llm.engine import Engine
 from worker.ops.services import ServiceGroup
 from worker.pipelines.spec import Pipeline
@@ -47,6 +48,7 @@ class Runner:
         stop: StopFlags,
         wake: threading.Event,
         sandbox: Sandbox | None = None,
+        embedders: Embedders | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -54,7 +56,9 @@ class Runner:
         self.wake = wake
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
         record = Recorder(stop, settings.shutdown_timeout)
-        context = JobContext(settings, store, engine, record, sandbox or shared_sandbox())
+        context = JobContext(
+            settings, store, engine, record, sandbox or shared_sandbox(), embedders=embedders
+        )
         handlers = build_handlers(context)
         self.jobs = JobRunner(settings, store, handlers, pipelines, self.leases, record, stop)
         self.recovery = RecoverySweep(settings, store, wake)

@@ -101,7 +101,7 @@ def test_a_malformed_file_fails_at_validating_with_its_lines(
     lines = [request(f"r{i}") for i in range(6)]
     lines[1] = "{oops"
     lines[3] = request("r2")  # duplicate custom_id
-    lines[4] = request("r4", url="/v1/completions")  # a url unlike the others
+    lines[4] = request("r4", url="/v1/moderations")  # a url no model here serves
     parent = drop(settings, store, "batch", "bad.jsonl", jsonl(lines))
     engine = FakeEngine(echo_last_line)
     runner(settings, store, engine).run(once=True)
@@ -116,7 +116,7 @@ def test_a_malformed_file_fails_at_validating_with_its_lines(
     assert [(e.line, e.code) for e in batch.errors.data] == [
         (2, "invalid_json"),
         (4, "duplicate_custom_id"),
-        (5, "mismatched_endpoint"),
+        (5, "invalid_url"),
     ]
     assert not list(settings.folder("outbox", "batch").glob("*.output.jsonl"))
     assert (settings.folder("failed", "batch") / "bad.jsonl").exists()

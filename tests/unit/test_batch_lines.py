@@ -46,7 +46,7 @@ def test_valid_and_bad_lines_are_told_apart_line_by_line() -> None:
             line("a"),
             "{not json",
             line("a"),  # duplicate
-            line("b", url="/v1/embeddings"),
+            line("b", url="/v1/moderations"),
             json.dumps({"custom_id": "c", "method": "GET", "url": CHAT_URL, "body": {}}),
             line("d", model="gpt-9"),
             line("e", n=2),

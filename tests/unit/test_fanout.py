@@ -97,7 +97,7 @@ def malformed_lines() -> bytes:
     lines = batch_lines().decode().splitlines()
     lines[3] = "{oops"
     lines[7] = lines[6]  # duplicate custom_id r6
-    lines[11] = lines[11].replace("/v1/chat/completions", "/v1/completions")  # mixed urls
+    lines[11] = lines[11].replace("/v1/chat/completions", "/v1/moderations")  # unknown url
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,9 +33,7 @@ MAX_SIDECAR_BYTES = 64 * 1024
 MAX_METADATA_KEYS = 16
 TOP_LEVEL = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
 # Codes that make the whole file invalid (OpenAI checks these while `validating`).
-FILE_CODES = frozenset(
-    {"invalid_json", "duplicate_custom_id", "invalid_method", "invalid_url", "mismatched_endpoint"}
-)
+FILE_CODES = frozenset({"invalid_json", "duplicate_custom_id", "invalid_method", "invalid_url"})
 STATUS_OF = {"model_not_found": 404, "server_error": 500, "request_timeout": 408}
 _PARAM = re.compile(r"^(.*) \(param: ([^()]{1,200})\)$", re.DOTALL)
 _CODED = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
@@ -205,27 +203,14 @@ def summed_usage(children: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def validation_errors(
-    errors: Sequence[tuple[int, LineError]], endpoints: Mapping[int, str]
-) -> list[dict[str, Any]]:
-    """`errors.data` of a file that fails at `validating`: its file-level line errors, and
-    every line whose url differs from the first request's."""
+def validation_errors(errors: Sequence[tuple[int, LineError]]) -> list[dict[str, Any]]:
+    """`errors.data` of a file that fails at `validating`: its file-level line errors.
+
+    Unlike OpenAI's, a file may mix endpoints (chat, completions, embeddings): each line
+    runs on its own model, and the batch's `endpoint` is its first request's."""
     found = [
         {"code": e.code, "message": e.message, "param": e.param, "line": n}
         for n, e in errors
         if is_file_error(e)
     ]
-    if endpoints:
-        first_line = min(endpoints)
-        first = endpoints[first_line]
-        for number, url in sorted(endpoints.items()):
-            if url != first:
-                found.append(
-                    {
-                        "code": "mismatched_endpoint",
-                        "message": f"line {number} uses {url}; the file's requests use {first}",
-                        "param": "url",
-                        "line": number,
-                    }
-                )
     return sorted(found, key=lambda e: int(e["line"]))

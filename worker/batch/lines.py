@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batch.request import LineError, parse_request
+from worker.batch.request import LineError, parse_line
 from worker.errors import InputError
 from worker.io import jsontext
 from worker.io.decode import decode_text
@@ -53,7 +53,7 @@ def _check(value: Any) -> tuple[str, dict[str, Any]]:
         raise LineError(
             "invalid_method", f"method {method!r} is not supported (use POST)", "method"
         )
-    parse_request(str(value.get("url")), value.get("body"))
+    parse_line(str(value.get("url")), value.get("body"))
     return custom_id, {
         "custom_id": custom_id,
         "method": method,

@@ -12,8 +12,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from worker.batch.embeddings import EmbeddingRequest
 from worker.batch.lines import finish_lines
-from worker.batch.request import CHAT, parse_request, prompt_and_generation
+from worker.batch.request import CHAT, parse_line, prompt_and_generation
 from worker.cli import common
 from worker.config import Settings
 from worker.errors import InputError, ModelError
@@ -166,7 +167,9 @@ def _answer(
         line = next((x for x in lines if x.request), None)
         if line is None or line.request is None:
             raise InputError("no valid request line in the batch file")
-        request = parse_request(str(line.request["url"]), line.request["body"], check_schema=False)
+        request = parse_line(str(line.request["url"]), line.request["body"], check_schema=False)
+        if isinstance(request, EmbeddingRequest):
+            raise InputError("`pipelines try` runs chat and completion lines, not embeddings")
         if request.schema is not None:  # checked and compiled in the sandbox
             max_tokens = request.generation.get("max_tokens", pipeline.generation.max_tokens)
             parsing.grammar(dict(request.schema), max_tokens)

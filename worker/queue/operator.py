@@ -27,6 +27,23 @@ class OperatorStore(StoreBase):
         found = self._read(select(Job).where(Job.idempotency_key == key))
         return found[0] if found else None
 
+    def succeeded_version(self, pipeline: str, source_path: str, digest: str) -> Job | None:
+        """The newest succeeded file job of `pipeline` on `source_path` whose input had
+        sha256 `digest` (an earlier drop of the same bytes), or None."""
+        stmt = (
+            select(Job)
+            .where(
+                Job.pipeline == pipeline,
+                Job.source_path == source_path,
+                Job.status == JobStatus.SUCCEEDED,
+                Job.idempotency_key.endswith(f":{digest}", autoescape=True),
+            )
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+        found = self._read(stmt)
+        return found[0] if found else None
+
     def list_jobs(
         self,
         status: str | None = None,

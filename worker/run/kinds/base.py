@@ -21,6 +21,8 @@ from worker.io.atomic import write_atomic
 from worker.io.files import content_digest, digest_of_key
 from worker.io.safe_read import read_beneath, read_regular_file
 from worker.llm.chat import ChatTemplate, chat_template_for
+from worker.llm.embedders import Embedders
+from worker.llm.embedding import Embedder
 from worker.llm.engine import Engine
 from worker.logs import event
 from worker.pipelines.inference import PipelineRun
@@ -113,7 +115,7 @@ class JobContext:
     """What handlers share: settings, the store, the models' engines, the recorder, the
     chat templates, and the sandbox that parses untrusted input. With `models` (a
     daemon), each pipeline runs on the engine of its model; without (tests, one-off
-    tools), every pipeline runs on `engine`."""
+    tools), every pipeline runs on `engine`, and embedding pipelines on `embedders`."""
 
     def __init__(
         self,
@@ -123,6 +125,7 @@ class JobContext:
         record: Recorder,
         sandbox: Sandbox,
         models: Models | None = None,
+        embedders: Embedders | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -130,6 +133,7 @@ class JobContext:
         self.record = record
         self.sandbox = sandbox
         self.models = models
+        self.embedders = embedders or Embedders()
         self._chat: dict[str, ChatTemplate] = {}
 
     def model_for(self, pipeline: Pipeline, model: str | None = None) -> str:
@@ -139,7 +143,7 @@ class JobContext:
     def serves(self, model: str) -> bool:
         """Whether this daemon serves model `model` (a model-table name)."""
         if self.models is None:
-            return model == self.settings.model
+            return model == self.settings.model or model in self.embedders.names()
         return model in self.models.names
 
     def _engine(self, name: str) -> Any:
@@ -154,10 +158,14 @@ class JobContext:
         engine: Engine = self._engine(self.model_for(pipeline, model))
         return engine
 
-    def embedder_for(self, pipeline: Pipeline, model: str | None = None) -> Any:
-        """The embedding engine of `pipeline`'s model (a `kind = "embed"` entry), as the
-        model manager opened it (`worker.llm.embedding`)."""
-        return self._engine(self.model_for(pipeline, model))
+    def embedder_for(self, pipeline: Pipeline, model: str | None = None) -> Embedder:
+        """The embedding engine of `pipeline`'s model (a `kind = "embed"` entry): the model
+        manager's in a daemon, else one of `embedders` (`worker.llm.embedding`)."""
+        name = self.model_for(pipeline, model)
+        if self.models is None:
+            return self.embedders.get(name)
+        engine: Embedder = self._engine(name)
+        return engine
 
     def chat(self, pipeline: Pipeline | None = None, model: str | None = None) -> ChatTemplate:
         """The chat template of a pipeline's model (default: the `model` setting's), made

@@ -1,5 +1,6 @@
 """OpenAI Batch files as jobs: the file expands into one child per line (`BatchLine`),
-and gathers the output, error and batch files when the last line is final."""
+and gathers the output, error and batch files when the last line is final. A file may
+mix chat, completion and embedding lines: each goes to the engine of its own model."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from worker.batch.embeddings import (
+    EMBEDDINGS,
+    EmbeddingRequest,
+    check_dimensions,
+    embedding_response,
+)
 from worker.batch.fidelity import (
     DEFAULT_WINDOW,
     MAX_SIDECAR_BYTES,
@@ -33,7 +40,7 @@ from worker.batch.lines import finish_lines
 from worker.batch.request import (
     CHAT,
     LineError,
-    parse_request,
+    parse_line,
     prompt_and_generation,
     response_body,
 )
@@ -45,7 +52,7 @@ from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatError
 from worker.llm.grammar import UnsupportedSchema
 from worker.pipelines.inference import ResultInvalid, generate
-from worker.pipelines.models import UnknownModel, resolve_model_name
+from worker.pipelines.models import UnknownModel, model_kind, resolve_model_name
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, NewBatch, NewChild
 from worker.queue.models import Batch, Job, JobKind, JobStatus
@@ -75,6 +82,24 @@ def _line_model(context: JobContext, pipeline: Pipeline, request: dict[str, obje
         return None
     name = _served_model(context, requested)
     return None if name == context.model_for(pipeline) else name
+
+
+def _embed(
+    context: JobContext, request: EmbeddingRequest, model: str, attempt: Attempt
+) -> JobResult:
+    """A `/v1/embeddings` line: every input's vector, batched with other jobs' inputs."""
+    if model_kind(context.settings, model) != "embed":
+        raise LineError(
+            "invalid_request",
+            f"model {request.model!r} generates text; /v1/embeddings needs an embedding model "
+            '(kind = "embed" in the model table)',
+            "model",
+        )
+    embedder = context.embedder_for(attempt.pipeline, model)
+    check_dimensions(request, request.model, embedder.dimensions)
+    result = embedder.embed(request.inputs, attempt.should_stop)
+    body = embedding_response(request, result.vectors, result.total_tokens, model)
+    return JobResult(json.dumps(body), result.total_tokens, 0)
 
 
 def expand(
@@ -142,8 +167,7 @@ def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str]
 def file_problems(lines: list[CheckedLine]) -> list[dict[str, Any]]:
     """The `errors.data` that fail a file at `validating` (empty: the file is valid)."""
     bad = [(line.line, line.error) for line in lines if line.error is not None]
-    endpoints = {line.line: str(line.request["url"]) for line in lines if line.request is not None}
-    return validation_errors(bad, endpoints)
+    return validation_errors(bad)
 
 
 def fail_validation(
@@ -206,12 +230,21 @@ class BatchLine(ChildOfFile):
     def _run(self, attempt: Attempt) -> JobResult:
         context, job, pipeline = self.context, attempt.job, attempt.pipeline
         payload = json.loads(attempt.input_text or "{}")
-        # Checked in the sandbox when the file expanded; its schema's grammar is made there
+        # Checked in the sandbox when the file expanded; a schema's grammar is made there
         # again below (the daemon never converts an untrusted schema itself).
-        request = parse_request(str(payload.get("url")), payload.get("body"), check_schema=False)
+        request = parse_line(str(payload.get("url")), payload.get("body"), check_schema=False)
         parsing = context.parsing(attempt)
         try:
             model = _served_model(context, request.model)
+            if isinstance(request, EmbeddingRequest):
+                return _embed(context, request, model, attempt)
+            if model_kind(context.settings, model) == "embed":
+                raise LineError(
+                    "invalid_request",
+                    f"model {request.model!r} is an embedding model: send its requests to "
+                    f"{EMBEDDINGS}",
+                    "model",
+                )
             if request.schema is not None:  # its grammar is made in the sandbox, not here
                 max_tokens = request.generation.get("max_tokens", pipeline.generation.max_tokens)
                 parsing.grammar(dict(request.schema), max_tokens)

@@ -9,9 +9,11 @@ from worker.errors import InputError
 from worker.io.files import file_owner, output_folder
 from worker.io.naming import output_name
 from worker.io.readers import Records, limits_of, reader_for
+from worker.pipelines.models import embeds
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
+from worker.run.kinds import embed
 from worker.run.kinds.base import (
     Attempt,
     FinalOutcome,
@@ -58,6 +60,16 @@ class SweptFile:
         document = parsing.read_input(data, reader, limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
+        if embeds(settings, pipeline):
+            output = embed.file_output(self.context, pipeline, path.name)
+            return embed.embed_file(
+                self.context,
+                pipeline,
+                document.text,
+                output,
+                attempt.should_stop,
+                attempt.still_leased,
+            )
         run = self.context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
