@@ -304,8 +304,11 @@ def _serve(
     loops.append(reloader)
     loops.append(hooks)
     loops.append(Housekeeping(settings, HousekeepingStore(store.db, clock=store.clock)))
-    for loop in loops:
+    for loop in [*loops, *([scheduler] if scheduler is not None else [])]:
         loop.on_death = on_death
+        # Every loop is judged: a step silent for stall_seconds (or the loop's own longer
+        # bound, e.g. the hooks' timeout) stops the watchdog's pings.
+        loop.stall_after = max(loop.stall_after or 0.0, settings.stall_seconds)
     services: list[Service] = [
         *loops[:2],
         WorkerRegistration(store, worker_id, model_names, router.slots, router),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from worker import liveness
 from worker.background import BackgroundLoop
 from worker.config import Settings
 from worker.errors import InputError
@@ -148,6 +149,7 @@ def purge(
     report = PurgeReport()
     after = 0
     while batch := store.expired_jobs(cut.jobs, after_id=after):
+        liveness.beat()  # a long purge is many short steps, each bounded
         after = batch[-1].id
         for job in batch:
             for path in archived_files(settings, job):

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
+from worker import liveness
 from worker.queue.jobs import utcnow
 from worker.queue.models import FINAL_STATUSES, Base, Batch, Job, ScheduleFire, Worker
 from worker.queue.outage import translate_outages
@@ -141,6 +142,7 @@ class HousekeepingStore:
         """Delete the rows of `table` matching `condition`, CHUNK rows per transaction."""
         total = 0
         while True:
+            liveness.beat()  # a long purge is many short transactions, each bounded
             chunk = select(key).where(condition).limit(CHUNK).scalar_subquery()
             with self.db.begin() as conn:
                 deleted = conn.execute(delete(table).where(key.in_(chunk))).rowcount

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
+from worker import liveness
 from worker.background import BackgroundLoop
 from worker.logs import event
 
@@ -162,6 +163,7 @@ class PgListener(BackgroundLoop):
     def _relay(self, conn: psycopg.Connection[Any]) -> None:
         coalescer = self.coalescer
         while not self.stopping:
+            liveness.beat()  # one LISTEN session is one long step: alive while it waits
             # Returns after the timeout even when nothing arrived, to see the stop flag
             # and to deliver a held-back wake-up.
             wait = coalescer.wait_for(time.monotonic(), STOP_CHECK_SECONDS)
