@@ -1,5 +1,5 @@
 """`python -m worker` is the `edge-worker` command."""
 
-from worker.cli.app import main
+from worker.cli.launch import main
 
 main()

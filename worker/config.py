@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     sandbox_processes: int = Field(default=2, ge=1, le=64)
     sandbox_recycle_after: int = Field(default=500, ge=1)
     max_attempts: int = Field(default=3, ge=1)
+    # A job in flight when its worker died is a suspect and runs alone; a job that
+    # crashes the worker this many times while running alone is `dead` (the cause).
+    # Each one more lets an unrelated kill of a lone job (kill -9, a power cut) pass,
+    # and costs one more restart per poison input.
+    max_solo_crashes: int = Field(default=1, ge=1, le=1000)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
     # Wall-clock seconds one attempt at a job may take, all of it: reading and parsing the

@@ -183,17 +183,17 @@ def neighbours(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator
     daemon = Daemon(env, root / "daemon.log", program=WRAPPER)
     setup = Setup(root, data, victim, env, daemon)
     try:
-        # Case 8: a SIGHUP while the model loads. `run` blocks SIGHUP first thing; once
-        # it is blocked, send one: the daemon must come up and reload, not die.
+        # Case 8: a SIGHUP while the model loads. `run` catches SIGHUP first thing; once
+        # it is caught, send one: the daemon must come up and reload, not die.
         status = Path(f"/proc/{daemon.proc.pid}/status")
 
-        def hup_blocked() -> bool:
+        def hup_caught() -> bool:
             for line in status.read_text().splitlines():
-                if line.startswith("SigBlk:"):
+                if line.startswith("SigCgt:"):
                     return bool(int(line.split()[1], 16) & 1)
             return False
 
-        wait(hup_blocked, 60, "SIGHUP blocked at start")
+        wait(hup_caught, 60, "SIGHUP caught at start")
         daemon.proc.send_signal(signal.SIGHUP)
         setup.notes["hup_before_ready"] = not any(
             e.get("event") == "daemon.ready" for e in daemon.events()

@@ -131,6 +131,19 @@ def test_a_job_that_kills_its_worker_runs_alone_then_is_dead(job_store: JobStore
     assert not job_store.solo_waiting(1)
 
 
+def test_a_lone_crash_may_be_forgiven_up_to_max_solo(job_store: JobStore) -> None:
+    job_id = job_store.enqueue(NewJob("p", "x"))
+    assert job_store.claim("w", 1, lease_seconds=5, max_crashes=1)
+    expire_leases(job_store)
+    job_store.recover_expired(stale_after=5, max_solo=2)
+    for crash in (2, 3):  # alone each time: the first is forgiven, the second is not
+        (alone,) = job_store.claim("w", 5, lease_seconds=5, max_crashes=1, solo=True)
+        assert alone.id == job_id
+        expire_leases(job_store)
+        (recovered,) = job_store.recover_expired(stale_after=5, max_solo=2)
+        assert recovered.status == ("queued" if crash == 2 else "dead")
+
+
 def test_the_jobs_of_a_process_that_died_are_requeued_at_once(job_store: JobStore) -> None:
     job_store.register_worker("previous", "host", 1, "m", 1)
     job_store.enqueue(NewJob("p", "x"))

@@ -45,12 +45,12 @@ def run(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
-    import signal
+    from worker.ops import early_hup
 
-    # SIGHUP (`systemctl reload`) kills a process by default: held back until the daemon's
-    # handler exists (run_daemon unblocks it), so one sent during the model load is a
-    # reload once the daemon is up, not the end of it. Threads inherit the block.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # SIGHUP (`systemctl reload`) kills a process by default: recorded until the daemon's
+    # handler exists, so one sent during the model load is a reload once the daemon is up.
+    # (`edge-worker` itself installs this before its imports: worker.cli.launch.)
+    early_hup.install()
     from worker import logs
     from worker.config import load_settings
     from worker.io.instance import InstanceIdError

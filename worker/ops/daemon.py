@@ -24,6 +24,7 @@ from worker.io.instance import instance_id
 from worker.llm.manager import ModelManager
 from worker.llm.memory import Memory, gpu_figure
 from worker.logs import event
+from worker.ops import early_hup
 from worker.ops.health import Health
 from worker.ops.housekeeping import Housekeeping
 from worker.ops.metrics import DaemonMetrics, MetricsPublisher
@@ -336,9 +337,8 @@ def _serve(
 
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
-    # `edge-worker run` blocked SIGHUP at start (its default action kills the process);
-    # its handler exists now: a SIGHUP that came meanwhile is delivered as a reload.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    if early_hup.pending():  # a SIGHUP during start-up (`edge-worker run` recorded it)
+        reloader.requested.set()
     group = ServiceGroup()
     try:
         group.start_all(services)
@@ -372,7 +372,7 @@ def requeue_suspects(settings: Settings, store: JobStore) -> None:
     previous = previous_holder(settings.data_dir)
     if previous is None:
         return
-    recovered = store.requeue_suspects(previous)
+    recovered = store.requeue_suspects(previous, settings.max_solo_crashes)
     event(
         "daemon.unclean_restart",
         logging.WARNING,

@@ -143,7 +143,7 @@ class OutcomeStore(StoreBase):
         with self.db.begin() as conn:
             conn.execute(update(Job).where(Job.id == job_id).values(archived_path=archived_path))
 
-    def recover_expired(self, stale_after: float) -> list[RecoveredJob]:
+    def recover_expired(self, stale_after: float, max_solo: int = 1) -> list[RecoveredJob]:
         """Requeue jobs whose lease expired and whose worker is gone: no heartbeat in its
         `workers` row for `stale_after` seconds (or no row, or stopped). A worker that is
         alive keeps its jobs even past their lease (a database outage stopped it from
@@ -151,7 +151,7 @@ class OutcomeStore(StoreBase):
         publish it twice.
 
         Each such attempt counts as a crash (`crash_outcome`): the job runs alone next,
-        and a job that crashed its worker while alone is `dead`.
+        and a job that crashed its worker `max_solo` times while alone is `dead`.
         """
         now = self._db_now()
         alive = (
@@ -164,15 +164,15 @@ class OutcomeStore(StoreBase):
             .exists()
         )
         where = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now, ~alive)
-        return self._crashed(where, now)
+        return self._crashed(where, now, max_solo)
 
-    def requeue_suspects(self, owner: str) -> list[RecoveredJob]:
+    def requeue_suspects(self, owner: str, max_solo: int = 1) -> list[RecoveredJob]:
         """At start-up after an unclean exit: the jobs the previous process (`owner`) held
         crashed with it. They go back at once, as crashes (`crash_outcome`), without
         waiting for their leases to expire; the worker's row is marked `crashed`."""
         now = self._db_now()
         where = (Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-        recovered = self._crashed(where, now)
+        recovered = self._crashed(where, now, max_solo)
         with self.db.begin() as conn:
             conn.execute(
                 update(Worker)
@@ -181,23 +181,24 @@ class OutcomeStore(StoreBase):
             )
         return recovered
 
-    def _crashed(self, where: tuple[Any, ...], now: Any) -> list[RecoveredJob]:
-        values = crash_outcome(now)
+    def _crashed(self, where: tuple[Any, ...], now: Any, max_solo: int) -> list[RecoveredJob]:
+        values = crash_outcome(now, max_solo)
         stmt = update(Job).where(*where).values(**values).returning(Job.id, Job.status)
         with self.db.begin() as conn:
             return [RecoveredJob(r.id, r.status) for r in conn.execute(stmt)]
 
 
-def crash_outcome(now: Any) -> dict[str, Any]:
+def crash_outcome(now: Any, max_solo: int = 1) -> dict[str, Any]:
     """What a crash does to the job it caught (SQL expressions over the row).
 
-    A job that was running alone is the cause: `dead`. One that ran beside others is a
-    suspect: queued with a crash counted, and the claim runs a job with a crash alone,
-    so a poison input is isolated at its first crash and dead at its second, and a
-    neighbour is never blamed.
+    A job that ran beside others is a suspect: queued with a crash counted, and the
+    claim runs a job with a crash alone. A job that crashes its worker while alone is
+    the cause; at its `max_solo`-th such crash it is `dead`. So with the default (1) a
+    poison input is isolated at its first crash and dead at its second, and a neighbour
+    is never blamed. (Its first crash made it a suspect, so every later one was alone.)
     """
     crashes = Job.crashes + 1
-    dead = Job.claimed_alone
+    dead = Job.claimed_alone & (Job.crashes >= max_solo)
     count = cast(crashes, String)
     return {
         "crashes": crashes,

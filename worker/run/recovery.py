@@ -85,7 +85,9 @@ class RecoverySweep(BackgroundLoop):
     def _recover(self) -> list[RecoveredJob]:
         if self._outage or time.monotonic() < self._recover_after:
             return []
-        return self.store.recover_expired(stale_after=self.settings.lease_seconds)
+        return self.store.recover_expired(
+            stale_after=self.settings.lease_seconds, max_solo=self.settings.max_solo_crashes
+        )
 
     def _remove_stale_temps(self) -> None:
         # Temp files of a process killed mid-write (this one's previous life, or another's).
