@@ -24,13 +24,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-worker"
-TARGETS = ("llama-server", "llama-batched-bench")
+TARGETS = ("llama-server", "llama-batched-bench", "llama-bench")
 
 
 def llama_cpp_version() -> str:
@@ -46,10 +46,14 @@ def build_dir() -> Path:
 
 def server_binary() -> Path:
     """llama-server, built on first use (a few minutes on 2 cores)."""
-    binary = build_dir() / "bin" / "llama-server"
-    if not binary.is_file():
+    return tool_binary("llama-server")
+
+
+def tool_binary(name: str) -> Path:
+    """One of TARGETS, built (all of them at once) on first use (minutes on 2 cores)."""
+    if any(not (build_dir() / "bin" / target).is_file() for target in TARGETS):
         build(build_dir())
-    return binary
+    return build_dir() / "bin" / name
 
 
 def build(target: Path) -> None:
@@ -120,6 +124,9 @@ class ServerOptions:
     threads: int
     n_ctx: int  # per slot
     extra: Sequence[str] = ()
+    # llama-server's default: repacked weights (extra buffer types). `--no-repack` only
+    # where they crash (server_repack_works).
+    repack: bool = True
 
 
 @contextmanager
@@ -142,9 +149,7 @@ def running_server(model: Path, options: ServerOptions) -> Iterator[tuple[str, i
         str(options.threads),
         "-tb",
         str(options.threads),
-        # No repacked weights: AMX tiles (one of the extra buffer types) kill the process
-        # on the virtual machines this runs on; the engine turns them off too.
-        "--no-repack",
+        *([] if options.repack else ["--no-repack"]),
         "--no-webui",
         *options.extra,
     ]
@@ -232,3 +237,15 @@ def run_requests(
     if len(done) != len(bodies):
         raise RuntimeError(f"{len(bodies) - len(done)} requests got no answer")
     return seconds, done
+
+
+def server_repack_works(model: Path, options: ServerOptions) -> tuple[bool, str]:
+    """Can llama-server run with its defaults here? One start and one short request with
+    repacked weights; (False, why) if the server dies or fails (SIGILL on AMX)."""
+    try:
+        with running_server(model, replace(options, repack=True)) as (base, _pid):
+            complete(base, {"prompt": "The quick brown fox " * 20, "n_predict": 8})
+    except (RuntimeError, OSError, urllib.error.URLError) as exc:
+        last = str(exc).strip().splitlines()[-1:] or ["no message"]
+        return False, f"llama-server with repacked weights failed: {last[0][:200]}"
+    return True, "llama-server's defaults (repacked weights) work here"

@@ -42,7 +42,8 @@ from worker.llm.generation import Generation
 from worker.llm.grammar import compile_grammar
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
-from worker.llm.sampling import SamplerChain
+from worker.llm.sampling import GrammarStats, SamplerChain
+from worker.llm.speculation import NgramLookup
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,13 @@ class BatchOptions:
     n_threads_batch: int | None = None
     prefix_cache: bool = True
     batch_invariant: bool = False
-    # llama.cpp's extra weight buffers (repacked layouts, AMX tiles). Off by default: some
-    # virtual machines report AMX and then fault on it (SIGILL), and on the default model
-    # repacking bought nothing measurable (docs/performance.md).
+    # llama.cpp's extra weight buffers (repacked layouts, AMX tiles). Off here by default:
+    # some virtual machines report AMX and then fault on it (SIGILL); the daemon decides
+    # with a probe at start-up (worker.llm.repack_probe).
     repack_weights: bool = False
+    # Prompt-lookup speculation: at most this many draft tokens per greedy sequence and
+    # decode call, copied from where the sequence's last tokens occurred before (0: off).
+    speculate: int = 0
 
 
 @dataclass
@@ -77,6 +81,16 @@ class EngineStats:
     prompt_tokens_evaluated: int = 0
     prompt_tokens_reused: int = 0
     generated_tokens: int = 0
+    # The profile's counts (docs/performance.md): decode calls by what they carried, the
+    # seconds inside llama_decode, and greedy grammar sampling's paths.
+    calls_running_only: int = 0
+    calls_mixed: int = 0
+    calls_prompt_only: int = 0
+    running_tokens: int = 0  # tokens decoded for their logits (next tokens, drafts)
+    draft_tokens: int = 0
+    draft_tokens_accepted: int = 0
+    decode_seconds: float = 0.0
+    grammar: GrammarStats = field(default_factory=GrammarStats)
 
 
 @dataclass
@@ -101,6 +115,8 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
     logits_index: int = -1
+    drafts: list[int] = field(default_factory=list)  # fed after `pending` in this call
+    lookup: NgramLookup | None = None  # prompt-lookup drafts (greedy sequences only)
 
     @property
     def prefilling(self) -> bool:
@@ -329,6 +345,8 @@ class BatchedEngine:
             self._free_slots.append(seq_id)
             raise
         seq = _Sequence(request, seq_id, sampler)
+        if self.batch_options.speculate and request.generation.temperature <= 0:
+            seq.lookup = NgramLookup(request.tokens)
         try:
             seq.n_past = self._reuse_prefix(seq)
         except BaseException:
@@ -403,7 +421,9 @@ class BatchedEngine:
         return i
 
     def _decode(self) -> None:
+        started = time.perf_counter()
         code = self._ll.llama_decode(self._ctx, self._batch)
+        self.stats.decode_seconds += time.perf_counter() - started
         self.stats.decode_calls += 1
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
@@ -427,8 +447,10 @@ class BatchedEngine:
         else:
             self._add_next_tokens(running)
             self._prompt_turn = True
-        if self._batch.n_tokens == 0:
+        n_tokens = self._batch.n_tokens
+        if n_tokens == 0:
             return
+        self._count_call(n_tokens, sum(1 + len(s.drafts) for s in running if s.logits_index >= 0))
         self._decode()
         for seq in list(self._active):
             if seq.request.should_stop():
@@ -436,14 +458,38 @@ class BatchedEngine:
             elif seq.logits_index >= 0:
                 self._sample(seq)
                 seq.logits_index = -1
+                seq.drafts = []
+
+    def _count_call(self, n_tokens: int, running_tokens: int) -> None:
+        stats = self.stats
+        stats.running_tokens += running_tokens
+        if running_tokens == n_tokens:
+            stats.calls_running_only += 1
+        elif running_tokens == 0:
+            stats.calls_prompt_only += 1
+        else:
+            stats.calls_mixed += 1
 
     def _add_next_tokens(self, running: list[_Sequence]) -> int:
-        """Each running sequence's last sampled token, to get its next logits."""
+        """Each running sequence's last sampled token, to get its next logits, and its
+        draft tokens (speculation) after it, each with logits to check it by."""
+        added = 0
+        room = self.batch_options.n_batch - len(running)  # drafts must not crowd out tokens
         for seq in running:
             assert seq.pending is not None
             pos = len(seq.request.tokens) + len(seq.generated) - 1
             seq.logits_index = self._add(seq.pending, pos, seq.seq_id, logits=True)
-        return len(running)
+            added += 1
+            if seq.lookup is not None:
+                # No draft past max_tokens: the last one generated needs no check.
+                left = seq.request.generation.max_tokens - len(seq.generated) - 1
+                limit = min(self.batch_options.speculate, left, room)
+                seq.drafts = seq.lookup.draft(limit) if limit > 0 else []
+                for k, token in enumerate(seq.drafts):
+                    self._add(token, pos + 1 + k, seq.seq_id, logits=True)
+                added += len(seq.drafts)
+                room -= len(seq.drafts)
+        return added
 
     def _add_prompt_chunk(self, seq: _Sequence, budget: int) -> int:
         """Up to `budget` more prompt tokens of `seq`; logits for its last one."""
@@ -459,14 +505,39 @@ class BatchedEngine:
         return take
 
     def _sample(self, seq: _Sequence) -> None:
+        """Sample the next token; with drafts, go on while each sampled token is the
+        draft whose logits come next (so every token is the one sampling one at a time
+        would give), then drop the refused drafts from the cache."""
+        index = seq.logits_index
+        pos = len(seq.request.tokens) + len(seq.generated) - 1  # the pending token's
+        drafts = seq.drafts
+        accepted = 0
+        while True:
+            token = seq.sampler.sample(self._ctx, index)
+            if not self._take(seq, token):
+                return  # finished: its cache is gone with it
+            if accepted < len(drafts) and token == drafts[accepted]:
+                accepted += 1
+                index += 1  # the draft's own row: the logits after it
+                continue
+            break
+        if drafts:
+            self.stats.draft_tokens += len(drafts)
+            self.stats.draft_tokens_accepted += accepted
+            if accepted < len(drafts):
+                self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, pos + 1 + accepted, -1)
+
+    def _take(self, seq: _Sequence, token: int) -> bool:
+        """Append a sampled token; False when it finished the sequence."""
         ll = self._ll
-        token = seq.sampler.sample(self._ctx, seq.logits_index)
         self.stats.generated_tokens += 1
         generation = seq.request.generation
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, reason="stop")
-            return
+            return False
         seq.generated.append(token)
+        if seq.lookup is not None:
+            seq.lookup.append(token)
         seq.text += self._piece(token)
         if generation.stop:  # decoding the whole text each token only pays off for stops
             text = seq.text.decode("utf-8", errors="ignore")
@@ -474,11 +545,12 @@ class BatchedEngine:
                 at = text.find(stop)
                 if at >= 0:
                     self._finish(seq, reason="stop", text=text[:at])
-                    return
+                    return False
         if len(seq.generated) >= generation.max_tokens:
             self._finish(seq, reason="length")
-            return
+            return False
         seq.pending = token
+        return True
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -498,6 +570,7 @@ class BatchedEngine:
         self._active.remove(seq)
         self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         self._free_slots.append(seq.seq_id)
+        self.stats.grammar.add(seq.sampler.grammar_stats)
         seq.sampler.free()
         request = seq.request
         if error is not None:

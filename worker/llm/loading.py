@@ -8,6 +8,7 @@ from worker.llm.backends import build_info, offload_error
 from worker.llm.batched import BatchedEngine, BatchOptions
 from worker.llm.engine import EngineOptions
 from worker.llm.model_files import ModelFile
+from worker.llm.repack_probe import decide_repack
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -42,6 +43,6 @@ def open_engine(settings: Settings, model: ModelFile, parallel: int | None = Non
         n_ubatch=settings.n_ubatch,
         n_threads_batch=settings.n_threads_batch,
         batch_invariant=settings.batch_invariant,
-        repack_weights=settings.repack_weights,
+        repack_weights=decide_repack(settings.repack_weights, model.path, settings.batch_invariant),
     )
     return BatchedEngine(model, engine_options(settings), batch)

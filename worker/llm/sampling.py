@@ -7,13 +7,24 @@ sample is most of the cost of a JSON token. For greedy sampling without penaltie
 about that one token only; only when the grammar rejects it is the grammar applied to
 the whole vocabulary and the token picked again. The result is the same token: the
 best token the grammar allows.
+
+A refusal first asks the grammar about the best CANDIDATES tokens only (a few hundred
+microseconds against tens of milliseconds for 262,144): if one of them is allowed, the
+best allowed among them is the best allowed overall, since every other token scores at
+most the lowest candidate. Ties are broken as llama.cpp's greedy sampler does (the lowest
+token id), and a best allowed candidate that ties with the lowest candidate goes to the
+whole vocabulary, where a token outside the candidates could share its score.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import time
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from worker.llm.generation import Generation
 from worker.llm.grammar import UnsupportedSchema, compile_grammar
@@ -22,6 +33,28 @@ from worker.llm.grammar import UnsupportedSchema, compile_grammar
 PENALTY_LAST_N = 64
 # Greedy JSON output picks first and asks the grammar after (see above).
 LAZY_GRAMMAR = True
+# How many of the best tokens a refusal asks the grammar about before the whole
+# vocabulary (0: straight to the whole vocabulary, as before).
+CANDIDATES = 256
+# numpy's view of llama_token_data (id, logit, p): candidates are written into it.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+@dataclass
+class GrammarStats:
+    """How greedy grammar sampling went: each sample ends in one of the three paths."""
+
+    samples: int = 0
+    first_pick: int = 0  # the best token was allowed
+    candidates: int = 0  # refused; the best allowed was among the best CANDIDATES
+    whole_vocabulary: int = 0  # refused; the grammar judged all 262,144 tokens
+    seconds: float = 0.0  # CPU time in sample(), logits to accepted token
+    whole_vocabulary_seconds: float = 0.0
+
+    def add(self, other: GrammarStats) -> None:
+        """Add `other`'s counts to these."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class SamplerChain:
@@ -45,6 +78,7 @@ class SamplerChain:
         self._ll = ll
         self._fast: Any = None  # greedy alone: the first pick of the lazy grammar path
         self._grammar: Any = None  # the chain's own grammar sampler (owned by the chain)
+        self.grammar_stats = GrammarStats()
         params = ll.llama_sampler_chain_default_params()
         params.no_perf = True
         self._chain = ll.llama_sampler_chain_init(params)
@@ -80,6 +114,14 @@ class SamplerChain:
                 self._grammar = sampler
                 self._one = (ll.llama_token_data * 1)()
                 self._one_array = ll.llama_token_data_array(self._one, 1, -1, False)
+                self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
+                self._top = np.zeros(min(CANDIDATES, self._n_vocab), dtype=_TOKEN_DATA)
+                self._top_array = ll.llama_token_data_array(
+                    self._top.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)),
+                    len(self._top),
+                    -1,
+                    False,
+                )
         if generation.repeat_penalty != 1.0:
             # The first argument is penalty_last_n in llama.cpp's 4-argument signature; the
             # binding declares an older 5-argument one, so both ints carry the same value.
@@ -113,17 +155,57 @@ class SamplerChain:
             # llama_sampler_sample also accepts the token into the chain's state.
             token: int = ll.llama_sampler_sample(self._chain, ctx, index)
             return token
+        started = time.thread_time()
+        stats = self.grammar_stats
+        stats.samples += 1
         token = ll.llama_sampler_sample(self._fast, ctx, index)
         one = self._one[0]
         one.id, one.logit, one.p = token, 1.0, 0.0
         self._one_array.size, self._one_array.selected = 1, -1
         ll.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
         if math.isfinite(one.logit):  # the grammar allows the best token: take it
-            ll.llama_sampler_accept(self._chain, token)  # the grammar advances with it
-            return token
-        # Refused: the best token the grammar allows, over the whole vocabulary (accepted).
-        refused: int = ll.llama_sampler_sample(self._chain, ctx, index)
-        return refused
+            stats.first_pick += 1
+        else:
+            found = self._best_candidate(ctx, index) if len(self._top) else None
+            if found is not None:
+                stats.candidates += 1
+                token = found
+            else:
+                # The best token the grammar allows, over the whole vocabulary (accepted).
+                whole = time.thread_time()
+                token = ll.llama_sampler_sample(self._chain, ctx, index)
+                stats.whole_vocabulary += 1
+                stats.whole_vocabulary_seconds += time.thread_time() - whole
+                stats.seconds += time.thread_time() - started
+                return int(token)
+        ll.llama_sampler_accept(self._chain, token)  # the grammar advances with it
+        stats.seconds += time.thread_time() - started
+        return int(token)
+
+    def _best_candidate(self, ctx: Any, index: int) -> int | None:
+        """The best token the grammar allows if it is among the best CANDIDATES and scores
+        above the lowest of them (so no token outside them can tie), else None."""
+        ll = self._ll
+        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+        k = len(self._top)
+        ids = np.argpartition(logits, self._n_vocab - k)[self._n_vocab - k :]
+        top = self._top
+        top["id"] = ids
+        top["logit"] = logits[ids]
+        top["p"] = 0.0
+        floor = float(top["logit"].min())
+        self._top_array.size, self._top_array.selected = k, -1
+        self._top_array.sorted = False
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(self._top_array))
+        # The grammar sets refused tokens to -inf and may reorder nothing; read what it left.
+        allowed = top[: self._top_array.size]
+        allowed = allowed[np.isfinite(allowed["logit"])]
+        if len(allowed) == 0:
+            return None
+        best = float(allowed["logit"].max())
+        if best <= floor:  # a token outside the candidates may score the same
+            return None
+        return int(allowed["id"][allowed["logit"] == best].min())
 
     def free(self) -> None:
         self._grammar = None  # the chain frees it
