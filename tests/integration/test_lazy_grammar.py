@@ -33,7 +33,7 @@ PROMPTS = [
 
 
 def run(
-    gguf: Path, monkeypatch: pytest.MonkeyPatch, lazy: bool, candidates: int
+    gguf: Path, monkeypatch: pytest.MonkeyPatch, lazy: bool, candidates: tuple[int, ...]
 ) -> tuple[list[str], float, GrammarStats]:
     monkeypatch.setattr(sampling, "LAZY_GRAMMAR", lazy)
     monkeypatch.setattr(sampling, "CANDIDATES", candidates)
@@ -54,12 +54,12 @@ def run(
 def test_lazy_and_full_grammar_sampling_give_the_same_json(
     gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    full, full_seconds, _ = run(gguf, monkeypatch, lazy=False, candidates=0)
-    whole, whole_seconds, whole_stats = run(gguf, monkeypatch, lazy=True, candidates=0)
-    lazy, lazy_seconds, stats = run(gguf, monkeypatch, lazy=True, candidates=256)
+    full, full_seconds, _ = run(gguf, monkeypatch, lazy=False, candidates=())
+    whole, whole_seconds, whole_stats = run(gguf, monkeypatch, lazy=True, candidates=())
+    lazy, lazy_seconds, stats = run(gguf, monkeypatch, lazy=True, candidates=(256, 8192))
     # Two candidates: most refusals find no allowed one, or tie at the floor, and go on
     # to the whole vocabulary; the few settled among two must still be the same tokens.
-    few, _, few_stats = run(gguf, monkeypatch, lazy=True, candidates=2)
+    few, _, few_stats = run(gguf, monkeypatch, lazy=True, candidates=(2,))
     print(
         f"grammar on every token {full_seconds:.1f} s, lazy {whole_seconds:.1f} s, "
         f"lazy with candidates {lazy_seconds:.1f} s; {stats}"
@@ -74,3 +74,23 @@ def test_lazy_and_full_grammar_sampling_give_the_same_json(
     assert stats.candidates > 0
     assert stats.whole_vocabulary < whole_stats.whole_vocabulary
     assert few_stats.whole_vocabulary > stats.whole_vocabulary
+
+
+def test_numpy_argmax_picks_what_llamas_greedy_sampler_picks(
+    gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = Generation(max_tokens=32, temperature=0, repeat_penalty=1.0)
+    texts = []
+    for argmax in (False, True):
+        monkeypatch.setattr(sampling, "ARGMAX", argmax)
+        engine = BatchedEngine(
+            ModelFile("gemma", gguf, None),
+            EngineOptions(n_ctx=512, n_threads=2),
+            BatchOptions(parallel=1, batch_invariant=True),
+        )
+        try:
+            texts.append([engine.complete(p, plain, lambda: False).text for p in PROMPTS])
+        finally:
+            engine.close()
+    assert texts[0] == texts[1]
+    assert all(texts[1])

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # A cached prefix shorter than this is not worth a cache sequence.
 MIN_PREFIX_TOKENS = 16
 PREFIX_CACHE_SLOTS = 2
+DEFAULT_SPECULATE = 4
 # How long close() waits for the decode thread (it ends within one decode call).
 CLOSE_JOIN_SECONDS = 30.0
 
@@ -70,7 +71,17 @@ class BatchOptions:
     repack_weights: bool = False
     # Prompt-lookup speculation: at most this many draft tokens per greedy sequence and
     # decode call, copied from where the sequence's last tokens occurred before (0: off).
-    speculate: int = 0
+    # Greedy output is the same token for token; fewer decode calls (docs/performance.md).
+    # None: DEFAULT_SPECULATE, or 0 with batch_invariant (drafts add rows to a decode call,
+    # and near-ties then flip as they do with other neighbours: 27/32 for 29/32).
+    speculate: int | None = None
+
+    @property
+    def draft_tokens(self) -> int:
+        """The speculation in effect: at most this many draft tokens a call (0: none)."""
+        if self.speculate is not None:
+            return self.speculate
+        return 0 if self.batch_invariant else DEFAULT_SPECULATE
 
 
 @dataclass
@@ -90,6 +101,7 @@ class EngineStats:
     draft_tokens: int = 0
     draft_tokens_accepted: int = 0
     decode_seconds: float = 0.0
+    sample_seconds: float = 0.0  # the decode thread's CPU time in sampling and stop checks
     grammar: GrammarStats = field(default_factory=GrammarStats)
 
 
@@ -116,6 +128,7 @@ class _Sequence:
     text: bytearray = field(default_factory=bytearray)
     logits_index: int = -1
     drafts: list[int] = field(default_factory=list)  # fed after `pending` in this call
+    draft_limit: int = 0  # the next draft's length: shrinks after a miss, grows back
     lookup: NgramLookup | None = None  # prompt-lookup drafts (greedy sequences only)
 
     @property
@@ -345,8 +358,9 @@ class BatchedEngine:
             self._free_slots.append(seq_id)
             raise
         seq = _Sequence(request, seq_id, sampler)
-        if self.batch_options.speculate and request.generation.temperature <= 0:
+        if self.batch_options.draft_tokens and request.generation.temperature <= 0:
             seq.lookup = NgramLookup(request.tokens)
+            seq.draft_limit = self.batch_options.draft_tokens
         try:
             seq.n_past = self._reuse_prefix(seq)
         except BaseException:
@@ -483,7 +497,7 @@ class BatchedEngine:
             if seq.lookup is not None:
                 # No draft past max_tokens: the last one generated needs no check.
                 left = seq.request.generation.max_tokens - len(seq.generated) - 1
-                limit = min(self.batch_options.speculate, left, room)
+                limit = min(seq.draft_limit, left, room)
                 seq.drafts = seq.lookup.draft(limit) if limit > 0 else []
                 for k, token in enumerate(seq.drafts):
                     self._add(token, pos + 1 + k, seq.seq_id, logits=True)
@@ -508,6 +522,13 @@ class BatchedEngine:
         """Sample the next token; with drafts, go on while each sampled token is the
         draft whose logits come next (so every token is the one sampling one at a time
         would give), then drop the refused drafts from the cache."""
+        started = time.thread_time()
+        try:
+            self._sample_and_check(seq)
+        finally:
+            self.stats.sample_seconds += time.thread_time() - started
+
+    def _sample_and_check(self, seq: _Sequence) -> None:
         index = seq.logits_index
         pos = len(seq.request.tokens) + len(seq.generated) - 1  # the pending token's
         drafts = seq.drafts
@@ -524,6 +545,12 @@ class BatchedEngine:
         if drafts:
             self.stats.draft_tokens += len(drafts)
             self.stats.draft_tokens_accepted += accepted
+            # A draft token costs a row of the output layer whether it is kept or not:
+            # after a miss, draft no further than this one held; a full hit grows it back.
+            most = self.batch_options.draft_tokens
+            seq.draft_limit = min(
+                most, seq.draft_limit * 2 if accepted == len(drafts) else accepted + 1
+            )
             if accepted < len(drafts):
                 self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, pos + 1 + accepted, -1)
 

@@ -33,9 +33,12 @@ from worker.llm.grammar import UnsupportedSchema, compile_grammar
 PENALTY_LAST_N = 64
 # Greedy JSON output picks first and asks the grammar after (see above).
 LAZY_GRAMMAR = True
-# How many of the best tokens a refusal asks the grammar about before the whole
-# vocabulary (0: straight to the whole vocabulary, as before).
-CANDIDATES = 256
+# Stateless greedy sampling picks with numpy's argmax instead of llama.cpp's sampler chain
+# (the same token; about 1 ms less per token for a 262,144-token vocabulary).
+ARGMAX = True
+# How many of the best tokens a refusal asks the grammar about, in turn, before the whole
+# vocabulary (empty: straight to the whole vocabulary, as before).
+CANDIDATES: tuple[int, ...] = (256, 8192)
 # numpy's view of llama_token_data (id, logit, p): candidates are written into it.
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
@@ -76,7 +79,10 @@ class SamplerChain:
         """`grammar`: the GBNF of `generation.json_schema` when the caller compiled it
         already (off the decode thread); compiled here otherwise."""
         self._ll = ll
-        self._fast: Any = None  # greedy alone: the first pick of the lazy grammar path
+        # Stateless greedy (temperature 0, no penalty): picked with numpy, not the chain.
+        stateless = generation.temperature <= 0 and generation.repeat_penalty == 1.0
+        self._argmax = ARGMAX and stateless
+        self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
         self._grammar: Any = None  # the chain's own grammar sampler (owned by the chain)
         self.grammar_stats = GrammarStats()
         params = ll.llama_sampler_chain_default_params()
@@ -105,23 +111,17 @@ class SamplerChain:
                     "vocabulary: simplify the schema"
                 )
             self._add(sampler, "grammar")
-            stateless = generation.temperature <= 0 and generation.repeat_penalty == 1.0
-            if LAZY_GRAMMAR and stateless:
-                # Stateless greedy: a lone pick is the chain's pick whenever it is allowed.
-                self._fast = ll.llama_sampler_init_greedy()
-                if not self._fast:
-                    raise RuntimeError("llama.cpp could not create the greedy sampler")
+            if LAZY_GRAMMAR and self._argmax:
                 self._grammar = sampler
                 self._one = (ll.llama_token_data * 1)()
                 self._one_array = ll.llama_token_data_array(self._one, 1, -1, False)
-                self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
-                self._top = np.zeros(min(CANDIDATES, self._n_vocab), dtype=_TOKEN_DATA)
+                size = min(max(CANDIDATES, default=0), self._n_vocab)
+                self._top = np.zeros(size, dtype=_TOKEN_DATA)
                 self._top_array = ll.llama_token_data_array(
-                    self._top.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)),
-                    len(self._top),
-                    -1,
-                    False,
+                    self._top.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), size, -1, False
                 )
+            else:
+                self._argmax = False  # the grammar on every token: the chain samples
         if generation.repeat_penalty != 1.0:
             # The first argument is penalty_last_n in llama.cpp's 4-argument signature; the
             # binding declares an older 5-argument one, so both ints carry the same value.
@@ -151,14 +151,28 @@ class SamplerChain:
     def sample(self, ctx: Any, index: int) -> int:
         """Sample from the logits at batch position `index` and accept the token."""
         ll = self._ll
-        if self._fast is None:
+        if not self._argmax:
             # llama_sampler_sample also accepts the token into the chain's state.
             token: int = ll.llama_sampler_sample(self._chain, ctx, index)
             return token
+        # Stateless greedy: numpy's argmax is llama.cpp's greedy pick (the first of the
+        # highest logits) without copying 262,144 candidates into a C++ vector first.
+        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+        token = int(np.argmax(logits))
+        if math.isnan(logits[token]):  # llama.cpp's greedy never picks a NaN: let it pick
+            token = ll.llama_sampler_sample(self._chain, ctx, index)
+            return token
+        if self._grammar is None:
+            return token  # greedy keeps no state: nothing to accept
+        return self._lazy_grammar(ctx, index, logits, token)
+
+    def _lazy_grammar(self, ctx: Any, index: int, logits: Any, token: int) -> int:
+        """The best token the grammar allows, trying the best token, then the best
+        CANDIDATES, before the whole vocabulary; accepted into the chain."""
+        ll = self._ll
         started = time.thread_time()
         stats = self.grammar_stats
         stats.samples += 1
-        token = ll.llama_sampler_sample(self._fast, ctx, index)
         one = self._one[0]
         one.id, one.logit, one.p = token, 1.0, 0.0
         self._one_array.size, self._one_array.selected = 1, -1
@@ -166,7 +180,11 @@ class SamplerChain:
         if math.isfinite(one.logit):  # the grammar allows the best token: take it
             stats.first_pick += 1
         else:
-            found = self._best_candidate(ctx, index) if len(self._top) else None
+            found = None
+            for k in CANDIDATES:
+                found = self._best_candidate(logits, min(k, self._n_vocab))
+                if found is not None:
+                    break
             if found is not None:
                 stats.candidates += 1
                 token = found
@@ -182,14 +200,13 @@ class SamplerChain:
         stats.seconds += time.thread_time() - started
         return int(token)
 
-    def _best_candidate(self, ctx: Any, index: int) -> int | None:
-        """The best token the grammar allows if it is among the best CANDIDATES and scores
-        above the lowest of them (so no token outside them can tie), else None."""
+    def _best_candidate(self, logits: Any, k: int) -> int | None:
+        """The best token the grammar allows if it is among the best `k` and scores above
+        the lowest of them (so no token outside them can tie), else None."""
         ll = self._ll
-        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), (self._n_vocab,))
-        k = len(self._top)
-        ids = np.argpartition(logits, self._n_vocab - k)[self._n_vocab - k :]
-        top = self._top
+        n_vocab = self._n_vocab
+        ids = np.argpartition(logits, n_vocab - k)[n_vocab - k :]
+        top = self._top[:k]
         top["id"] = ids
         top["logit"] = logits[ids]
         top["p"] = 0.0
@@ -197,9 +214,8 @@ class SamplerChain:
         self._top_array.size, self._top_array.selected = k, -1
         self._top_array.sorted = False
         ll.llama_sampler_apply(self._grammar, ctypes.byref(self._top_array))
-        # The grammar sets refused tokens to -inf and may reorder nothing; read what it left.
-        allowed = top[: self._top_array.size]
-        allowed = allowed[np.isfinite(allowed["logit"])]
+        # The grammar sets refused tokens to -inf in place (it neither drops nor reorders).
+        allowed = top[np.isfinite(top["logit"])]
         if len(allowed) == 0:
             return None
         best = float(allowed["logit"].max())
@@ -209,8 +225,6 @@ class SamplerChain:
 
     def free(self) -> None:
         self._grammar = None  # the chain frees it
-        for name in ("_chain", "_fast"):
-            sampler = getattr(self, name, None)
-            if sampler is not None:
-                self._ll.llama_sampler_free(sampler)
-                setattr(self, name, None)
+        if self._chain is not None:
+            self._ll.llama_sampler_free(self._chain)
+            self._chain = None
