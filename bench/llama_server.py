@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -130,8 +131,11 @@ class ServerOptions:
 
 
 @contextmanager
-def running_server(model: Path, options: ServerOptions) -> Iterator[tuple[str, int]]:
-    """A llama-server on 127.0.0.1; yields (base URL, pid)."""
+def running_server(
+    model: Path, options: ServerOptions, exits: list[int | None] | None = None
+) -> Iterator[tuple[str, int]]:
+    """A llama-server on 127.0.0.1; yields (base URL, pid). `exits` gets its exit code
+    (negative: the signal that ended it) if it ended before it was stopped."""
     port = free_port()
     command = [
         str(server_binary()),
@@ -159,6 +163,11 @@ def running_server(model: Path, options: ServerOptions) -> Iterator[tuple[str, i
         try:
             _wait_healthy(base, proc, log)
             yield base, proc.pid
+        except BaseException:
+            time.sleep(0.5)  # a server that crashed mid-request: let it finish dying
+            if exits is not None:
+                exits.append(proc.poll())
+            raise
         finally:
             proc.terminate()
             try:
@@ -242,10 +251,15 @@ def run_requests(
 def server_repack_works(model: Path, options: ServerOptions) -> tuple[bool, str]:
     """Can llama-server run with its defaults here? One start and one short request with
     repacked weights; (False, why) if the server dies or fails (SIGILL on AMX)."""
+    exits: list[int | None] = []
     try:
-        with running_server(model, replace(options, repack=True)) as (base, _pid):
+        with running_server(model, replace(options, repack=True), exits) as (base, _pid):
             complete(base, {"prompt": "The quick brown fox " * 20, "n_predict": 8})
-    except (RuntimeError, OSError, urllib.error.URLError) as exc:
-        last = str(exc).strip().splitlines()[-1:] or ["no message"]
-        return False, f"llama-server with repacked weights failed: {last[0][:200]}"
+    except (RuntimeError, OSError, urllib.error.URLError):
+        code = exits[-1] if exits else None
+        if code is not None and code < 0:
+            why = f"died with {signal.Signals(-code).name}"
+        else:
+            why = f"failed (exit {code})"
+        return False, f"llama-server with repacked weights {why}"
     return True, "llama-server's defaults (repacked weights) work here"

@@ -165,18 +165,21 @@ assert SUFFIX  # the summary prompt's suffix comes with `prompt`
 
 def plain_loop(model: Path, docs: list[str], threads: int, n_ctx: int, repack: bool) -> Figures:
     """(a) What every user writes first: one Llama, a loop over create_completion."""
-    import llama_cpp
+    import llama_cpp.llama_cpp as bindings
     from llama_cpp import Llama
 
-    # Extra weight buffers as the probe decided for the others (they may SIGILL on AMX).
-    defaults = llama_cpp.llama_model_default_params
+    # Extra weight buffers as the probe decided for the others (they may crash on AMX).
+    # Llama reads its defaults from the bindings module, not the package's re-export:
+    # patching `llama_cpp.llama_model_default_params` changed nothing (the loop crashed
+    # with SIGSEGV on a machine reporting AMX).
+    defaults = bindings.llama_model_default_params
 
     def model_params() -> Any:
         params = defaults()
         params.use_extra_bufts = repack
         return params
 
-    llama_cpp.llama_model_default_params = model_params
+    bindings.llama_model_default_params = model_params
     llm = Llama(str(model), n_ctx=n_ctx, n_threads=threads, verbose=False)
     latencies, prompt_tokens, generated = [], 0, 0
     started = time.monotonic()
