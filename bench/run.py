@@ -209,6 +209,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
         return daemon_run(model, load, docs, args).__dict__
     changes = {"parallel": args.parallel, "repack_weights": args.engine_repack}
     changes.update(ENGINE_VARIANTS[method])
+    changes.update(json.loads(args.variant or "{}"))  # bench/ab.py's A or B
     batch = BatchOptions(**changes)
     lengths = json.loads(args.lengths) if method == "engine-json-nogrammar" else None
     options = EngineOptions(n_ctx=args.n_ctx, n_threads=args.threads)
@@ -278,6 +279,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engine-repack", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lengths", default="", help=argparse.SUPPRESS)
     parser.add_argument("--generated", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # `jobs` etc. stay as given; --count is what one subprocess measures
     args.count = args.count or args.jobs
