@@ -47,3 +47,23 @@ def test_decide_repack_follows_the_setting_and_batch_invariance(tmp_path: Path) 
     assert decide_repack(True, missing) is True
     assert decide_repack(False, missing) is False
     assert decide_repack(None, missing, batch_invariant=True) is False
+
+
+def test_weight_passes_follow_llamas_equal_split() -> None:
+    from worker.llm.ubatches import common_draft_length, weight_passes
+
+    assert weight_passes([0, 1, 2, 3, 4, 5, 6, 7], 512) == 1
+    # the order sequences started in: consecutive runs only
+    assert weight_passes([3, 0, 5, 1, 2, 4, 6, 7], 512) == 3
+    # a prompt chunk of sequence 3 in id order: one token beside the others, then the rest
+    assert weight_passes([0, 1, 2, 3, 3, 3, 3, 4, 5], 512) == 2
+    # a gap (sequence 2 idle) splits the running tokens
+    assert weight_passes([0, 1, 3, 4], 512) == 2
+    # drafts: equal lengths stay one pass, unequal ones add passes
+    assert weight_passes([0] * 5 + [1] * 5 + [2] * 5, 512) == 1
+    assert weight_passes([0] * 5 + [1] + [2] * 5, 512) >= 3
+    # n_ubatch bounds a pass
+    assert weight_passes([0] * 1000, 512) == 2
+    assert common_draft_length([4, 4, 0, 3]) == 3
+    assert common_draft_length([0, 0, 4]) == 0
+    assert common_draft_length([]) == 0

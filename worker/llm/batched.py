@@ -44,6 +44,7 @@ from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
 from worker.llm.sampling import GrammarStats, SamplerChain
 from worker.llm.speculation import NgramLookup
+from worker.llm.ubatches import common_draft_length, weight_passes
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 MIN_PREFIX_TOKENS = 16
 PREFIX_CACHE_SLOTS = 2
 DEFAULT_SPECULATE = 4
+# Lay out decode calls by sequence id and hand out the lowest free id (worker.llm.ubatches).
+SEQ_ORDER = True
 # How long close() waits for the decode thread (it ends within one decode call).
 CLOSE_JOIN_SECONDS = 30.0
 
@@ -75,6 +78,9 @@ class BatchOptions:
     # None: DEFAULT_SPECULATE, or 0 with batch_invariant (drafts add rows to a decode call,
     # and near-ties then flip as they do with other neighbours: 27/32 for 29/32).
     speculate: int | None = None
+    # One KV buffer for all sequences (llama-server's default with automatic slots): every
+    # call is one weight pass, but every token attends over every sequence's cells.
+    kv_unified: bool = False
 
     @property
     def draft_tokens(self) -> int:
@@ -98,6 +104,7 @@ class EngineStats:
     calls_mixed: int = 0
     calls_prompt_only: int = 0
     running_tokens: int = 0  # tokens decoded for their logits (next tokens, drafts)
+    weight_passes: int = 0  # llama.cpp's micro-batches (worker.llm.ubatches)
     draft_tokens: int = 0
     draft_tokens_accepted: int = 0
     decode_seconds: float = 0.0
@@ -189,7 +196,7 @@ class BatchedEngine:
         cparams.no_perf = True
         # One KV stream per sequence: in a unified buffer every token attends over all
         # sequences' cells (masked), measured 3% slower here (docs/performance.md).
-        cparams.kv_unified = False
+        cparams.kv_unified = batch.kv_unified
         if batch.batch_invariant:
             # The attention kernels of llama-cpp-python's Llama (flash attention off): a
             # row's arithmetic is the same as a lone sequence's.
@@ -349,7 +356,9 @@ class BatchedEngine:
         """Give `request` a slot, a sampler and its cached prefix; on failure, give them back."""
         if request.should_stop():
             raise GenerationInterrupted("stopped before it started")
-        seq_id = self._free_slots.pop(0)
+        # The lowest free id: running sequences' ids stay consecutive (one weight pass).
+        seq_id = min(self._free_slots) if SEQ_ORDER else self._free_slots[0]
+        self._free_slots.remove(seq_id)
         try:
             sampler = SamplerChain(
                 self._ll, self._vocab, request.generation, self.options.seed, request.grammar
@@ -448,23 +457,40 @@ class BatchedEngine:
         running = [s for s in self._active if not s.prefilling and s.pending is not None]
         prefilling = [s for s in self._active if s.prefilling]
         budget = self.batch_options.n_batch
+        if SEQ_ORDER:  # see worker.llm.ubatches: one weight pass where it can be
+            running.sort(key=lambda s: s.seq_id)
         if not self.batch_options.batch_invariant:
-            budget -= self._add_next_tokens(running)
-            for seq in prefilling:
+            self._plan_drafts(running, budget)
+            budget -= sum(1 + len(seq.drafts) for seq in running)
+            chunks: dict[int, int] = {}
+            for seq in prefilling:  # the budget goes to the oldest prompts first
                 if budget <= 0:
                     break
-                budget -= self._add_prompt_chunk(seq, budget)
+                chunks[seq.seq_id] = min(budget, len(seq.request.tokens) - seq.n_past)
+                budget -= chunks[seq.seq_id]
+            chunked = [seq for seq in prefilling if seq.seq_id in chunks]
+            members = running + chunked
+            if SEQ_ORDER:
+                members.sort(key=lambda s: s.seq_id)
+            for seq in members:
+                if seq.prefilling:
+                    self._add_prompt_chunk(seq, chunks[seq.seq_id])
+                else:
+                    self._add_next_tokens([seq])
         elif prefilling and (self._prompt_turn or not running):
             # One sequence's chunk alone: the same ubatch shape as a sequence on its own.
             self._add_prompt_chunk(prefilling[0], budget)
             self._prompt_turn = False
         else:
+            self._plan_drafts(running, budget)
             self._add_next_tokens(running)
             self._prompt_turn = True
         n_tokens = self._batch.n_tokens
         if n_tokens == 0:
             return
         self._count_call(n_tokens, sum(1 + len(s.drafts) for s in running if s.logits_index >= 0))
+        seq_ids = [self._batch.seq_id[i][0] for i in range(n_tokens)]
+        self.stats.weight_passes += weight_passes(seq_ids, self.batch_options.n_ubatch)
         self._decode()
         for seq in list(self._active):
             if seq.request.should_stop():
@@ -484,25 +510,46 @@ class BatchedEngine:
         else:
             stats.calls_mixed += 1
 
+    def _plan_drafts(self, running: list[_Sequence], budget: int) -> None:
+        """Each running sequence's draft tokens for this call (speculation): what its
+        lookup found, cut or padded to one common length, so that the call stays one
+        weight pass (worker.llm.ubatches)."""
+        found: list[list[int]] = []
+        for seq in running:
+            seq.drafts = []
+            if seq.lookup is None:
+                continue
+            # No draft past max_tokens: the last one generated needs no check.
+            left = seq.request.generation.max_tokens - len(seq.generated) - 1
+            limit = min(seq.draft_limit, left)
+            found.append(seq.lookup.draft(limit) if limit > 0 else [])
+        if not found:
+            return
+        # The median of what was found (drafts must not crowd out the next tokens).
+        length = min(common_draft_length([len(f) for f in found]), (budget // len(running)) - 1)
+        if length <= 0:
+            return
+        drafting = [seq for seq in running if seq.lookup is not None]
+        for seq, draft in zip(drafting, found, strict=True):
+            left = seq.request.generation.max_tokens - len(seq.generated) - 1
+            want = min(length, max(left, 0))
+            # A short draft is padded with its last token (or the pending one): a guess that
+            # costs its row either way, and keeps every sequence's share of the call equal.
+            filler = draft[-1] if draft else seq.pending
+            assert filler is not None
+            seq.drafts = (draft + [filler] * want)[:want]
+
     def _add_next_tokens(self, running: list[_Sequence]) -> int:
         """Each running sequence's last sampled token, to get its next logits, and its
-        draft tokens (speculation) after it, each with logits to check it by."""
+        planned draft tokens after it, each with logits to check it by."""
         added = 0
-        room = self.batch_options.n_batch - len(running)  # drafts must not crowd out tokens
         for seq in running:
             assert seq.pending is not None
             pos = len(seq.request.tokens) + len(seq.generated) - 1
             seq.logits_index = self._add(seq.pending, pos, seq.seq_id, logits=True)
-            added += 1
-            if seq.lookup is not None:
-                # No draft past max_tokens: the last one generated needs no check.
-                left = seq.request.generation.max_tokens - len(seq.generated) - 1
-                limit = min(seq.draft_limit, left, room)
-                seq.drafts = seq.lookup.draft(limit) if limit > 0 else []
-                for k, token in enumerate(seq.drafts):
-                    self._add(token, pos + 1 + k, seq.seq_id, logits=True)
-                added += len(seq.drafts)
-                room -= len(seq.drafts)
+            for k, token in enumerate(seq.drafts):
+                self._add(token, pos + 1 + k, seq.seq_id, logits=True)
+            added += 1 + len(seq.drafts)
         return added
 
     def _add_prompt_chunk(self, seq: _Sequence, budget: int) -> int:
