@@ -489,8 +489,12 @@ class BatchedEngine:
         if n_tokens == 0:
             return
         self._count_call(n_tokens, sum(1 + len(s.drafts) for s in running if s.logits_index >= 0))
-        seq_ids = [self._batch.seq_id[i][0] for i in range(n_tokens)]
-        self.stats.weight_passes += weight_passes(seq_ids, self.batch_options.n_ubatch)
+        n_ubatch = self.batch_options.n_ubatch
+        if self.batch_options.kv_unified:  # llama.cpp's simple split: n_ubatch at a time
+            self.stats.weight_passes += -(-n_tokens // n_ubatch)
+        else:
+            seq_ids = [self._batch.seq_id[i][0] for i in range(n_tokens)]
+            self.stats.weight_passes += weight_passes(seq_ids, n_ubatch)
         self._decode()
         for seq in list(self._active):
             if seq.request.should_stop():
