@@ -82,7 +82,8 @@ class SamplerChain:
         # Stateless greedy (temperature 0, no penalty): picked with numpy, not the chain.
         stateless = generation.temperature <= 0 and generation.repeat_penalty == 1.0
         self._argmax = ARGMAX and stateless
-        self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
+        self._vocab = vocab
+        self._n_vocab = 0  # read when first needed
         self._grammar: Any = None  # the chain's own grammar sampler (owned by the chain)
         self.grammar_stats = GrammarStats()
         params = ll.llama_sampler_chain_default_params()
@@ -112,6 +113,7 @@ class SamplerChain:
                 )
             self._add(sampler, "grammar")
             if LAZY_GRAMMAR and self._argmax:
+                self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
                 self._grammar = sampler
                 self._one = (ll.llama_token_data * 1)()
                 self._one_array = ll.llama_token_data_array(self._one, 1, -1, False)
@@ -157,6 +159,8 @@ class SamplerChain:
             return token
         # Stateless greedy: numpy's argmax is llama.cpp's greedy pick (the first of the
         # highest logits) without copying 262,144 candidates into a C++ vector first.
+        if not self._n_vocab:
+            self._n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
         logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), (self._n_vocab,))
         token = int(np.argmax(logits))
         if math.isnan(logits[token]):  # llama.cpp's greedy never picks a NaN: let it pick
