@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 # The PostgreSQL server for the latency bench (it makes and drops its own database).
 BENCH_PG_URL ?= $(or $(EDGE_WORKER_TEST_PG_URL),postgresql+psycopg://postgres@127.0.0.1:5432/test)
 
-.PHONY: run test test-offline lint format install llama-rebuild model dist wheelhouse bench bench-latency soak clean help
+.PHONY: run test test-offline lint format install browser llama-rebuild model dist wheelhouse bench bench-latency soak clean help
 SOAK_ARGS ?=
 
 help:
@@ -111,7 +111,18 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint model
+# The console's browser test drives Debian's chromium through chromium-driver: installed
+# here when missing and possible (root with apt-get); elsewhere that test skips, saying why.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q chromium chromium-driver >/dev/null; } \
+		|| echo "chromium not installed: tests/acceptance/test_console.py will skip its browser cases"; \
+	fi
+
+test: lint model browser
 	EDGE_WORKER_TEST_MODEL=$(abspath $(MODEL)) $(BIN)/pytest $(PYTEST_ARGS)
 
 # Throughput: plain llama-cpp-python loop vs edge-worker (medians of 3 runs; ~37 min on 2 cores).

@@ -21,6 +21,7 @@ EXTRAS = {
     "mixed_models": "two models through one daemon (#19)",
     "embeddings": "embeddings jobs/s (#19)",
     "watcher_rescan": "CPU of the inbox watcher's rescans (#20)",
+    "decode_threads": "two models on one CPU: split cores or a shared lock (#19)",
 }
 
 

@@ -194,7 +194,8 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     if method == "repack-probe":
         return {"repack": probe_repack(model).repack, "reason": probe_repack(model).reason}
     if method.startswith("extra:"):
-        known = {"model": model, "threads": args.threads, "parallel": args.parallel}
+        # model and threads only: each module keeps its own sizes (parallel, jobs)
+        known = {"model": model, "threads": args.threads}
         return run_extra(method.split(":", 1)[1], known)
     if method.startswith("ceiling:"):
         return ceiling(model, workload(method.split(":", 1)[1]), args)

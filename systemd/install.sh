@@ -10,17 +10,24 @@
 # copy of this folder and pipelines/; unpack its tarball anywhere and run this script
 # from it. What it does (never overwriting a file an administrator may have edited,
 # except the units themselves):
-#   - checks SHA256SUMS, then makes $PREFIX/venvs/<version>-<hash>/ with
-#     `pip install --no-index --find-links wheels/ --only-binary :all:` and points the
-#     symlink $PREFIX/.venv at it (the previous venv is kept for a rollback);
+#   - checks the kit before it trusts it: no symbolic link in it, its files exactly the
+#     ones SHA256SUMS lists, every sum right; then makes $PREFIX/venvs/<version>-<hash>/
+#     with `pip install --require-hashes --no-index --only-binary :all:` from a
+#     requirements file it generates (the resolved wheels, each with its sha256 from
+#     SHA256SUMS) and points the symlink $PREFIX/.venv at it (the previous venv is kept
+#     for a rollback);
 #   - creates the system user `edge-worker` and group `edge-worker-submit` (under
 #     DESTDIR it only prints what it would do);
 #   - copies edge-worker.service and edge-worker@.service into $UNITDIR,
 #     with /opt/edge-worker replaced by $PREFIX if you changed it;
 #   - creates $SYSCONFDIR/edge-worker/config.toml from config.example.toml if absent;
-#   - copies pipelines/ (with schemas/) into $SYSCONFDIR/edge-worker/pipelines if absent;
+#   - copies pipelines/ (with schemas/) into $SYSCONFDIR/edge-worker/pipelines if absent
+#     (regular files only: a symbolic link in it is refused, never followed);
 #   - creates the data folders: inbox/<pipeline>/ group-writable by edge-worker-submit
-#     (2770), outbox/, done/ and failed/ group-readable (2750);
+#     and sticky (3770), outbox/, done/ and failed/ group-readable (2750). The daemon's
+#     user can write the data folder, so nothing below it is trusted: every folder is
+#     opened without following links and changed through its descriptor; a link where a
+#     folder should be stops the script;
 #   - runs `systemctl daemon-reload` (not when DESTDIR is set).
 # An upgrade is the same command with the new wheelhouse, then
 # `systemctl restart edge-worker` (the daemon migrates the database at start).
@@ -94,8 +101,12 @@ fi
 
 for file in edge-worker.service edge-worker@.service edge-worker.sysusers config.example.toml; do
     [ -f "$here/$file" ] || die "missing $here/$file"
+    [ ! -L "$here/$file" ] || die "$here/$file is a symbolic link; the kit holds regular files only"
 done
 [ -d "$root/pipelines" ] || die "missing $root/pipelines"
+# Pipelines are copied as they are: a link in them (to /etc/shadow, say) is refused.
+odd=$(find "$root/pipelines/" ! -type f ! -type d | head -n 1)
+[ -z "$odd" ] || die "$odd is not a regular file (a symbolic link?): the pipelines must be plain files"
 
 if [ -z "${WHEELHOUSE:-}" ] && [ -d "$root/wheels" ]; then
     WHEELHOUSE=$root
@@ -103,18 +114,40 @@ fi
 WHEELHOUSE=${WHEELHOUSE:-}
 
 umask 022
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+kit_files=$work/kit-files
+kit_sums=$work/kit-sums
 
 # Code ---------------------------------------------------------------------------
+check_kit() {
+    # Nothing in the kit may be a link, a FIFO or a device; its files must be exactly the
+    # ones SHA256SUMS lists (an added pip-*.whl or a second wheel of a dependency is what
+    # pip would run as root), and every sum must match.
+    kit=$1
+    [ -f "$kit/SHA256SUMS" ] && [ ! -L "$kit/SHA256SUMS" ] ||
+        die "no $kit/SHA256SUMS: install only from a wheelhouse made by make wheelhouse (its files and their sha256)"
+    # One "<sha256>  <plain relative name>" per line: nothing sha256sum would escape.
+    ! grep -q -v -E '^[0-9a-f]{64}  [A-Za-z0-9._+@=-][A-Za-z0-9._+@=/-]*$' "$kit/SHA256SUMS" ||
+        die "$kit/SHA256SUMS has a line that is not '<sha256>  <plain file name>'"
+    odd=$(cd "$kit" && find . ! -type f ! -type d | head -n 1)
+    [ -z "$odd" ] || die "$kit/${odd#./} is not a regular file (a symbolic link?): the wheelhouse was changed"
+    unlisted=$(cd "$kit" && { find . -type f ! -path ./SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort >"$kit_files"
+        sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | LC_ALL=C sort >"$kit_sums"
+        comm -3 "$kit_files" "$kit_sums" | head -n 3; })
+    [ -z "$unlisted" ] ||
+        die "$kit/SHA256SUMS does not match: the wheelhouse's files are not exactly the ones it lists (it was changed): $(echo $unlisted)"
+    (cd "$kit" && sha256sum --check --quiet --strict SHA256SUMS) ||
+        die "$kit/SHA256SUMS does not match: the wheelhouse is damaged or was changed"
+    say checked "$kit/SHA256SUMS (every file, nothing else)"
+}
+
 install_code() {
     # A wheelhouse from `make wheelhouse` has wheels/; a plain folder of wheels works too.
     house=$1
     wheels=$house
     [ -d "$house/wheels" ] && wheels=$house/wheels
-    if [ -f "$house/SHA256SUMS" ]; then
-        (cd "$house" && sha256sum --check --quiet --strict SHA256SUMS) ||
-            die "$house/SHA256SUMS does not match: the wheelhouse is damaged or was changed"
-        say checked "$house/SHA256SUMS"
-    fi
+    check_kit "$house"
     set -- "$wheels"/edge_worker-*.whl
     [ $# -eq 1 ] && [ -f "$1" ] || die "want exactly one edge_worker-*.whl in $wheels"
     own_wheel=${1##*/}
@@ -155,17 +188,44 @@ install_code() {
         # wheelhouse and runs from its own wheel.
         "$PYTHON" -m venv --without-pip "$venv"
         set -- "$wheels"/pip-*.whl
-        [ -f "$1" ] || die "no pip wheel in $wheels (make wheelhouse puts one there)"
+        [ $# -eq 1 ] && [ -f "$1" ] || die "want exactly one pip wheel in $wheels (make wheelhouse puts one there)"
+        pip_wheel=$1
         requirement="edge-worker${EXTRAS:+[$EXTRAS]}==$version"
         # The wheelhouse and nothing else: no pip.conf (PIP_CONFIG_FILE=/dev/null), no
         # PIP_* settings (an extra find-links or index) from the environment.
         for variable in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do
             unset "$variable"
         done
-        PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$1/pip" install --quiet \
-            --disable-pip-version-check --no-cache-dir --no-index --only-binary :all: \
-            --find-links "$wheels" pip "$requirement" ||
-            die "pip could not install $requirement from $wheels"
+        pip() {
+            PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" "$@" --quiet \
+                --disable-pip-version-check --no-cache-dir --no-index --only-binary :all: \
+                --find-links "$wheels"
+        }
+        # What pip would install (a dry run resolves; nothing runs from the wheels), then
+        # exactly that, each wheel pinned to its version and its sha256 from SHA256SUMS.
+        pip install --dry-run --ignore-installed --report "$venv/.resolved.json" \
+            pip "$requirement" || die "pip could not resolve $requirement from $wheels"
+        "$PYTHON" - "$venv/.resolved.json" "$house/SHA256SUMS" "$house" "$wheels" \
+            >"$venv/.requirements.txt" <<'EOF_PY' || die "the wheels pip chose are not the kit's checked wheels"
+import json, os, sys
+from urllib.parse import unquote, urlparse
+report, sums, house, wheels = sys.argv[1:]
+checked = {}
+with open(sums, encoding="utf-8") as handle:
+    for line in handle:
+        digest, name = line.rstrip("\n").split("  ", 1)
+        checked[os.path.realpath(os.path.join(house, name))] = digest
+with open(report, encoding="utf-8") as handle:
+    items = json.load(handle)["install"]
+for item in items:
+    path = os.path.realpath(unquote(urlparse(item["download_info"]["url"]).path))
+    if os.path.dirname(path) != os.path.realpath(wheels) or path not in checked:
+        sys.exit(f"{path} is not a checked wheel of the kit")
+    meta = item["metadata"]
+    print(f"{meta['name']}=={meta['version']} --hash=sha256:{checked[path]}")
+EOF_PY
+        pip install --require-hashes -r "$venv/.requirements.txt" ||
+            die "pip could not install $requirement from $wheels with --require-hashes"
         "$venv/bin/edge-worker" --help >/dev/null || die "$venv/bin/edge-worker does not run"
         : >"$venv/.complete"
         say installed "$venv ($requirement)"
@@ -258,7 +318,8 @@ if [ -e "$conf_dest/pipelines" ]; then
 else
     rm -rf "$conf_dest/.pipelines.tmp"
     mkdir "$conf_dest/.pipelines.tmp"
-    cp -RL "$root/pipelines/." "$conf_dest/.pipelines.tmp/"
+    # -P: never follow a link (there is none: checked above; this is the second lock).
+    cp -RP "$root/pipelines/." "$conf_dest/.pipelines.tmp/"
     find "$conf_dest/.pipelines.tmp" -type d -exec chmod 0755 {} +
     find "$conf_dest/.pipelines.tmp" -type f -exec chmod 0644 {} +
     mv "$conf_dest/.pipelines.tmp" "$conf_dest/pipelines"
@@ -267,18 +328,76 @@ fi
 
 # Data folders -----------------------------------------------------------------------
 # owner:group mode: root of the data folder 0711 (submitters may pass, not list; the unit's
-# StateDirectoryMode matches), models/ 0750, inbox/<pipeline>/ 2770 (submitters drop
-# files; setgid keeps the group on what they create), outbox/, done/, failed/ 2750.
+# StateDirectoryMode matches), models/ 0750, inbox/<pipeline>/ 3770 (submitters drop
+# files; setgid keeps the group on what they create; sticky: nobody but its owner and
+# the daemon can delete or replace a pending file), outbox/, done/, failed/ 2750.
 # Re-running this script after adding a pipeline creates its folders.
+#
+# The daemon's user owns the data folder, so it can put a link where a folder should be
+# (outbox -> /etc): below $STATEDIR no link is followed. make_folders opens each folder
+# from its parent with O_NOFOLLOW and changes it through that descriptor, so a folder
+# swapped for a link meanwhile is refused, never followed; a link stops the script.
+folders=$work/folders
+: >"$folders"
 folder() {
-    path=$DESTDIR$1
-    mkdir -p "$path"
-    if [ -n "$DESTDIR" ]; then
-        say would "chown $USER_NAME:$2 $1"
-    else
-        chown "$USER_NAME:$2" "$path"
-    fi
-    chmod "$3" "$path"
+    printf '%s %s %s\n' "$1" "$2" "$3" >>"$folders"
+}
+
+make_folders() {
+    command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON here: it makes the data folders"
+    "$PYTHON" - "$DESTDIR" "$STATEDIR" "$USER_NAME" "$folders" <<'EOF_PY' || exit 1
+import os, sys
+destdir, statedir, user, specs = sys.argv[1:]
+staged = bool(destdir)
+# Only what lies above the data folder (root's: /var/lib) may be reached through links.
+trusted = os.path.realpath(destdir + os.path.dirname(statedir))
+below = os.path.relpath(statedir, os.path.dirname(statedir))
+flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+def fail(message):
+    print(f"install.sh: {message}", file=sys.stderr)
+    sys.exit(1)
+
+def ids(group):
+    if staged:
+        return None
+    import grp, pwd
+    return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+
+os.makedirs(trusted, mode=0o755, exist_ok=True)
+with open(specs, encoding="utf-8") as handle:
+    lines = handle.read().splitlines()
+for line in lines:
+    path, group, mode = line.split()
+    relative = os.path.relpath(path, os.path.dirname(statedir))
+    if relative != below and not relative.startswith(below + "/"):
+        fail(f"{path} is not inside {statedir}")
+    fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walked = os.path.dirname(statedir)
+        for part in relative.split("/"):
+            walked = os.path.join(walked, part)
+            try:
+                os.mkdir(part, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError:
+                fail(f"{walked} is a symbolic link or not a folder; the data folder was "
+                     "changed by someone: remove it (look where it points first) and run "
+                     "install.sh again")
+            os.close(fd)
+            fd = child
+        if group != "-":
+            if staged:
+                print(f"{'would':<9} chown {user}:{group} {path}")
+            else:
+                os.fchown(fd, *ids(group))
+        os.fchmod(fd, int(mode, 8))
+    finally:
+        os.close(fd)
+EOF_PY
 }
 
 pipelines=$(cd "$conf_dest/pipelines" && for spec in *.toml; do
@@ -286,8 +405,7 @@ pipelines=$(cd "$conf_dest/pipelines" && for spec in *.toml; do
 done)
 
 if [ -n "$INSTANCES" ]; then
-    mkdir -p "$DESTDIR$STATEDIR"
-    chmod 0755 "$DESTDIR$STATEDIR"
+    folder "$STATEDIR" - 0755
     data_dirs=$(for name in $INSTANCES; do printf '%s\n' "$STATEDIR/$name"; done)
 else
     data_dirs=$STATEDIR
@@ -299,12 +417,15 @@ for data in $data_dirs; do
         folder "$data/$kind" "$SUBMIT_GROUP" 2750
         for pipeline in $pipelines; do
             if [ "$kind" = inbox ]; then
-                folder "$data/$kind/$pipeline" "$SUBMIT_GROUP" 2770
+                folder "$data/$kind/$pipeline" "$SUBMIT_GROUP" 3770
             else
                 folder "$data/$kind/$pipeline" "$SUBMIT_GROUP" 2750
             fi
         done
     done
+done
+make_folders
+for data in $data_dirs; do
     say created "$DESTDIR$data (inbox/, outbox/, done/, failed/ for: $(echo $pipelines))"
 done
 

@@ -2,7 +2,7 @@
 # Finish a wheelhouse that `make wheelhouse` filled with wheels: add what
 # install.sh needs next to them (this folder, the pipelines, the operator guide),
 # then manifest.txt (every wheel's name, version and sha256, and how it was built)
-# and SHA256SUMS (every file; install.sh checks it with `sha256sum -c`).
+# and SHA256SUMS (every file, and install.sh accepts no file it does not list).
 #
 #   sh systemd/wheelhouse.sh WHEELHOUSE PYTHON CMAKE_ARGS EXTRAS
 set -eu
@@ -28,8 +28,15 @@ for file in install.sh edge-worker.service edge-worker@.service edge-worker.sysu
     cp "$here/$file" "$house/systemd/$file"
 done
 cp "$here"/examples/*.conf "$house/systemd/examples/"
-cp -RL "$repo/pipelines" "$house/pipelines"
+# The repository's pipelines/ may itself be a link (to the package data); nothing in it
+# may be: install.sh refuses a kit with links, and copies pipelines as they are.
+odd=$(find "$repo/pipelines/" ! -type f ! -type d | head -n 1)
+[ -z "$odd" ] || { echo "wheelhouse.sh: $odd is not a regular file" >&2; exit 1; }
+mkdir "$house/pipelines"
+cp -RP "$repo/pipelines/." "$house/pipelines/"
 cp "$repo/docs/systemd.md" "$house/docs/systemd.md"
+odd=$(find "$house" ! -type f ! -type d | head -n 1)
+[ -z "$odd" ] || { echo "wheelhouse.sh: $odd is not a regular file" >&2; exit 1; }
 
 py_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 {

@@ -3,10 +3,12 @@ a fake engine: lease keeper, recovery sweep, job runner and dispatcher."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable, Mapping
 
 from worker.config import Settings
+from worker.llm.embedders import Embedders
 from worker.llm.engine import Engine
 from worker.ops.services import ServiceGroup
 from worker.pipelines.spec import Pipeline
@@ -19,6 +21,18 @@ from worker.run.recorder import Recorder
 from worker.run.recovery import RecoverySweep
 from worker.run.runner import JobRunner
 from worker.run.stop import StopFlags
+from worker.sandbox import Sandbox
+
+_shared: list[Sandbox] = []
+
+
+def shared_sandbox() -> Sandbox:
+    """One parsing sandbox for every test runner of the session (children start on first
+    use), closed when the tests end."""
+    if not _shared:
+        _shared.append(Sandbox(start=False))
+        atexit.register(_shared[0].close)
+    return _shared[0]
 
 
 class Runner:
@@ -33,6 +47,8 @@ class Runner:
         worker_id: str,
         stop: StopFlags,
         wake: threading.Event,
+        sandbox: Sandbox | None = None,
+        embedders: Embedders | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -40,7 +56,9 @@ class Runner:
         self.wake = wake
         self.leases = LeaseKeeper(store, worker_id, settings.lease_seconds)
         record = Recorder(stop, settings.shutdown_timeout)
-        context = JobContext(settings, store, engine, record)
+        context = JobContext(
+            settings, store, engine, record, sandbox or shared_sandbox(), embedders=embedders
+        )
         handlers = build_handlers(context)
         self.jobs = JobRunner(settings, store, handlers, pipelines, self.leases, record, stop)
         self.recovery = RecoverySweep(settings, store, wake)

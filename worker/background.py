@@ -1,37 +1,26 @@
 """Background loops: one small base for every thread of the daemon that repeats a step.
 
-A loop's thread calls `step()` every `interval` seconds until `stop()`. It records when
-each step began and ended, so a step that hangs (a blocked read, a stuck database call)
-shows as `stalled()` and the systemd watchdog stops being fed. A step that raises
-`DatabaseUnavailable` waits out the outage with backoff; any other exception escaping a
-step ends the loop and is reported through `on_death`, which stops the daemon with a
-non-zero exit (systemd restarts it) instead of running on without the loop.
+A loop's thread calls `step()` every `interval` seconds until `stop()`. Its heartbeat
+(`worker.liveness`) is busy while a step runs, so a step that hangs (a blocked read, a
+stuck database call) shows as `stalled()` and the systemd watchdog stops being fed; a
+step that waits on something bounded may `liveness.beat()` to say it is still alive. A
+step that raises `DatabaseUnavailable` waits out the outage with backoff; any other
+exception escaping a step ends the loop and is reported through `on_death`, which
+stops the daemon with a non-zero exit (systemd restarts it) instead of running on
+without the loop.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
+from worker import liveness
 from worker.logs import event
 from worker.queue.outage import DatabaseUnavailable, Outage
 
 log = logging.getLogger(__name__)
-
-
-class Progress:
-    """A timestamp that work touches and the watchdog reads."""
-
-    def __init__(self) -> None:
-        self.at = time.monotonic()
-
-    def touch(self) -> None:
-        self.at = time.monotonic()
-
-    def age(self) -> float:
-        return time.monotonic() - self.at
 
 
 class BackgroundLoop:
@@ -47,7 +36,8 @@ class BackgroundLoop:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._step_started: float | None = None
+        self.heartbeat: liveness.Heartbeat | None = None
+        self.liveness = liveness.LIVENESS
         self.error: BaseException | None = None
         self.on_death: Callable[[BackgroundLoop, BaseException], None] = _log_death
 
@@ -67,6 +57,9 @@ class BackgroundLoop:
         """Run `before_start`, then the loop in its own thread."""
         self._stop.clear()
         self.before_start()
+        if self.heartbeat is None:
+            limit = float("inf") if self.stall_after is None else self.stall_after
+            self.heartbeat = self.liveness.register(self.name, limit)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -75,6 +68,9 @@ class BackgroundLoop:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self.heartbeat is not None:
+            self.liveness.unregister(self.heartbeat)
+            self.heartbeat = None
         self.after_stop()
 
     @property
@@ -86,18 +82,20 @@ class BackgroundLoop:
         return self._stop.wait(seconds)
 
     def stalled(self) -> bool:
-        """Whether the current step has run longer than `stall_after`."""
-        started = self._step_started
-        limit = self.stall_after
-        return limit is not None and started is not None and time.monotonic() - started > limit
+        """Whether the current step has gone without a beat for longer than `stall_after`."""
+        heartbeat = self.heartbeat
+        return heartbeat is not None and heartbeat.stalled()
 
     def _run(self) -> None:
         prefix = self.event_prefix or self.name
         outage = Outage(f"{prefix}.db_unavailable", f"{prefix}.db_recovered")
         delay: float | None = 0.0
+        heartbeat = self.heartbeat
+        liveness.bind(heartbeat)
         try:
             while not self._stop.wait(self.interval if delay is None else delay):
-                self._step_started = time.monotonic()
+                if heartbeat is not None:
+                    heartbeat.busy()
                 try:
                     delay = self.step()
                 except DatabaseUnavailable as exc:
@@ -105,7 +103,8 @@ class BackgroundLoop:
                 else:
                     outage.ok()
                 finally:
-                    self._step_started = None
+                    if heartbeat is not None:
+                        heartbeat.idle()
         except BaseException as exc:
             self.error = exc
             self.on_death(self, exc)

@@ -10,7 +10,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +36,9 @@ class ConfigError(Exception):
 
 
 class ModelSpec(BaseModel):
-    """One entry of the model table: a GGUF file and, optionally, its expected sha256."""
+    """One entry of the model table: a GGUF file, its expected sha256, what it serves
+    (generation or embeddings), and llama.cpp settings of its own. An unset setting is
+    the global one (`n_ctx`, `parallel`, `n_gpu_layers`, `n_threads`)."""
 
     model_config = {"extra": "forbid"}
 
@@ -42,6 +51,23 @@ class ModelSpec(BaseModel):
         description="Jinja chat template for chat mode; default: the GGUF's own, else a plain "
         "transcript (User:/Assistant:) that base models continue",
     )
+    kind: Literal["generate", "embed"] = Field(
+        default="generate", description="generate: text and JSON; embed: pooled embeddings"
+    )
+    n_ctx: int | None = Field(default=None, ge=64, le=1_048_576)
+    parallel: int | None = Field(default=None, ge=1, le=256, description="sequences at once")
+    n_gpu_layers: int | None = Field(default=None, ge=-1)
+    n_threads: int | None = Field(default=None, ge=1, le=1024)
+    # Embedding models only: the pooling (default: the one the GGUF declares, else mean)
+    # and whether vectors are scaled to unit length.
+    pooling: Literal["mean", "cls", "last"] | None = None
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _embed_fields(self) -> ModelSpec:
+        if self.kind != "embed" and self.pooling is not None:
+            raise ValueError('pooling needs kind = "embed"')
+        return self
 
 
 class Settings(BaseSettings):
@@ -63,6 +89,14 @@ class Settings(BaseSettings):
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     # Names that batch requests may use for a model in the table, e.g. gpt-4o-mini.
     model_aliases: dict[str, str] = Field(default_factory=dict)
+
+    # What the models may take together: bytes ("6GiB", "512M", a number) or a share of
+    # the memory this daemon may use (RAM, or the cgroup's limit under systemd's
+    # MemoryMax=; on GPUs a share is of each GPU's memory, bytes mean 90% of it).
+    memory_budget: str = Field(default="75%", description='bytes or a share, e.g. "70%"')
+    # The longest a model's ready jobs wait for memory held by other models that still
+    # have work, before those are drained and unloaded for it (a swap).
+    model_max_wait: float = Field(default=120.0, ge=0, description="seconds")
 
     n_ctx: int = Field(default=2048, ge=64, le=1_048_576)
     n_threads: int | None = Field(default=None, ge=1, le=1024)
@@ -96,22 +130,81 @@ class Settings(BaseSettings):
     # set (0640 gives 0750). Octal, as a string ("0640") or a TOML octal (0o640).
     output_mode: int = Field(default=0o640, ge=0o600, le=0o777)
     # Mode of the inbox folders the daemon creates: setgid and group-writable, so members
-    # of the data folder's group (edge-worker-submit under systemd) can drop files.
-    inbox_mode: int = Field(default=0o2770, ge=0o700, le=0o7777)
+    # of the data folder's group (edge-worker-submit under systemd) can drop files; sticky,
+    # so a submitter cannot delete or replace another's pending file.
+    inbox_mode: int = Field(default=0o3770, ge=0o700, le=0o7777)
+    # Outputs of inbox files in outbox/<pipeline>/<uid>/ (the uid owning the input), so
+    # two submitters' `report.txt` never overwrite each other's result. Off: one flat
+    # outbox/<pipeline>/ (the shipped systemd config turns it on).
+    outputs_per_submitter: bool = False
+    # What one schedule fire may walk of its sweep globs (links are never followed):
+    # entries seen, and seconds. A fire that runs out logs sweep.truncated.
+    sweep_max_entries: int = Field(default=100_000, ge=1)
+    sweep_max_seconds: float = Field(default=60.0, gt=0)
+    # The parsing sandbox (worker/sandbox/): untrusted bytes become text, records,
+    # requests or validated JSON in warm child processes under these limits. A task over
+    # one kills its child and fails the job with "input too costly to parse: ...".
+    parse_cpu_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    parse_memory_bytes: int = Field(default=1 << 30, ge=256 << 20)
+    parse_timeout: float = Field(default=60.0, gt=0, le=86_400)
+    sandbox_processes: int = Field(default=2, ge=1, le=64)
+    sandbox_recycle_after: int = Field(default=500, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
-    # Wall-clock seconds one attempt at a job may take, map-reduce included (0: no limit).
+    # Wall-clock seconds one attempt at a job may take, all of it: reading and parsing the
+    # input, expanding, generating, map-reduce, writing (0: no limit).
     job_timeout: float = Field(default=3600.0, ge=0)
+    # A thread at work (a slot's job, a service loop's step, a llama.cpp decode call)
+    # that gives no sign of life for this long is stuck: the systemd watchdog stops
+    # being fed (every bounded wait beats, see worker/liveness.py).
+    stall_seconds: float = Field(default=120.0, gt=0)
     # A job naming a pipeline this daemon does not know waits this long (a pipeline file
     # may be on its way, then `systemctl reload`) before it fails for good.
     unknown_pipeline_grace: float = Field(default=600.0, ge=0)
+
+    # Bounds on every wait for PostgreSQL (SQLite: its busy timeout). A connection that
+    # cannot be made, a statement that runs or waits for a lock too long, or a server
+    # that stops answering (keepalives) fails that call: the caller retries with backoff.
+    db_connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect")
+    db_statement_timeout: float = Field(
+        default=60.0, ge=0, description="seconds a statement may run (0: no limit)"
+    )
+    db_lock_timeout: float = Field(
+        default=15.0, ge=0, description="seconds a statement may wait for a lock (0: no limit)"
+    )
+    # How long start-up retries the database (migrations) before giving up, within
+    # systemd's TimeoutStartSec.
+    db_start_timeout: float = Field(default=120.0, ge=0)
 
     metrics_file: Path | None = Field(
         default=None, description="Prometheus text file; default <data_dir>/metrics.prom"
     )
     metrics_interval: float = Field(default=5.0, gt=0, description="seconds between rewrites")
-    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="127.0.0.1 only")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the HTTP port: /metrics, /healthz, console"
+    )
+    # The HTTP port's address: loopback unless the operator binds elsewhere on purpose.
+    http_bind: str = Field(default="127.0.0.1", min_length=1, description="address of the port")
+    http_max_connections: int = Field(
+        default=64, ge=4, le=4096, description="open connections on the port at once"
+    )
+    http_timeout: float = Field(
+        default=5.0, gt=0, le=120, description="seconds a client has to send its request"
+    )
+    # The port's job-table numbers (healthz, metrics, console) come from one snapshot,
+    # read this often by one loop; no request queries the database.
+    snapshot_interval: float = Field(default=3.0, ge=0.2, le=300)
+    console: bool = Field(default=False, description="serve the web console on the port")
+    console_actions: bool = Field(
+        default=False, description="allow retry, cancel, pause from the console (needs a token)"
+    )
+    console_token_file: Path | None = Field(
+        default=None, description="file holding the console's action token"
+    )
+    console_retry_limit: int = Field(
+        default=100, ge=1, le=10_000, description="most jobs one 'retry all matching' queues"
+    )
 
     retention_days: int = Field(
         default=30,
@@ -136,7 +229,31 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least parallel ({parallel})")
         return value
 
-    @field_validator("output_mode", mode="before")
+    @model_validator(mode="after")
+    def _console_needs(self) -> Settings:
+        if self.console and self.metrics_port is None:
+            raise ValueError("console needs metrics_port (the port it is served on)")
+        if self.console_actions and not self.console:
+            raise ValueError("console_actions needs console = true")
+        if self.console_actions and self.console_token_file is None:
+            raise ValueError("console_actions needs console_token_file (the action token)")
+        return self
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        from worker.llm.memory import BudgetError, parse_budget
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            try:
+                parse_budget(value)
+            except BudgetError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("output_mode", "inbox_mode", mode="before")
     @classmethod
     def _octal(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -198,6 +315,8 @@ def systemd_notify_socket() -> tuple[str | None, float | None]:
 
 
 def _describe(error: dict[str, Any]) -> str:
+    if not error["loc"]:  # a rule across settings (model validator)
+        return f"settings: {str(error['msg']).removeprefix('Value error, ')}"
     loc = ".".join(str(part) for part in error["loc"])
     env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
     got = error.get("input")

@@ -33,10 +33,10 @@ def _enqueue(self: InboxWatcher, path: Path, info: os.stat_result) -> int | None
     return _real_enqueue(self, path, info)
 
 
-def _read_version(path: Path, key: str | None, max_bytes: int) -> bytes:
+def _read_version(path: Path, key: str | None, max_bytes: int, root: Path | None = None) -> bytes:
     if path.name.startswith("swaprun-"):
         swap_in_fifo(path)
-    return _real_read_version(path, key, max_bytes)
+    return _real_read_version(path, key, max_bytes, root)
 
 
 if __name__ == "__main__":

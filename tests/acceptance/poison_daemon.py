@@ -1,6 +1,7 @@
-"""`edge-worker` with one fault injected, for tests only: a prompt containing POISON_MARKER
-aborts the process (SIGABRT), as a crash inside llama.cpp would. Not part of the product;
-the product has no test-only code paths.
+"""`edge-worker` with faults injected, for tests only: a prompt containing POISON_MARKER
+aborts the process (SIGABRT), as a crash inside llama.cpp would; one containing
+STUCK_MARKER hangs its slot without a sign of life, as a stuck call would. Not part of
+the product; the product has no test-only code paths.
 
     python tests/acceptance/poison_daemon.py run
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from worker.cli import app as cli
@@ -17,6 +19,7 @@ from worker.llm.engine import Completion
 from worker.llm.generation import Generation
 
 POISON_MARKER = "POISON-PILL-7f3a"
+STUCK_MARKER = "STUCK-CALL-5c1e"
 
 _real_complete = BatchedEngine.complete
 
@@ -30,6 +33,8 @@ def _complete(
 ) -> Completion:
     if POISON_MARKER in prompt:
         os.abort()
+    if STUCK_MARKER in prompt:
+        time.sleep(3600)  # no beat, no should_stop: a call that never returns
     return _real_complete(self, prompt, generation, should_stop, shared_prefix)
 
 

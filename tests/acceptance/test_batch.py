@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
+from openai.types.shared import ErrorObject
 
 from tests.acceptance.conftest import StartDaemon
 from tests.acceptance.daemon import db_rows, run_cli
@@ -36,10 +37,11 @@ def request(custom_id: str, question: str, **body: Any) -> str:
 
 
 def twenty_lines() -> str:
+    """Good lines, and three that fail as an HTTP request would (OpenAI's error file)."""
     lines = [request(f"q{i}", f"What is {i} plus {i}?") for i in range(20)]
-    lines[4] = '{"custom_id": "q4", "method": "POST", "url": '  # malformed JSON
-    lines[9] = request("q8", "A second q8?")  # duplicate custom_id
-    lines[14] = lines[14].replace("/v1/chat/completions", "/v1/embeddings")  # unsupported url
+    lines[4] = request("q4", "Hi", model="gpt-unknown")  # unknown model: 404
+    lines[9] = request("q9", "Hi", max_tokens="many")  # malformed request: 400
+    lines[14] = request("q14", "word " * 2000)  # over n_ctx (512): context_length_exceeded
     return "\n".join(lines) + "\n"
 
 
@@ -109,23 +111,35 @@ def test_twenty_lines_three_bad_with_a_crash_in_the_middle(
     assert len(outputs) == 17 and len(errors) == 3
     custom_ids = [o["custom_id"] for o in outputs]
     assert len(set(custom_ids)) == 17  # each line exactly once
-    assert "q4" not in custom_ids and "q14" not in custom_ids
+    assert not {"q4", "q9", "q14"} & set(custom_ids)
     for line in outputs:
         assert line["id"].startswith("batch_req_") and line["error"] is None
         assert line["response"]["status_code"] == 200
         completion = ChatCompletion.model_validate(line["response"]["body"])
         assert completion.usage is not None and completion.usage.completion_tokens <= 4
         assert completion.model == "gemma-3-270m"
-    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
-        (None, "invalid_json"),
-        ("q8", "duplicate_custom_id"),
-        ("q14", "invalid_url"),
+    # OpenAI's shape: error null, the failure as the HTTP response it would have been.
+    assert [e["error"] for e in errors] == [None, None, None]
+    assert [
+        (e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["code"])
+        for e in errors
+    ] == [
+        ("q4", 404, "model_not_found"),
+        ("q9", 400, "invalid_request"),
+        ("q14", 400, "context_length_exceeded"),
     ]
+    for e in errors:
+        ErrorObject.model_validate(e["response"]["body"]["error"])
     on_disk = json.loads((outbox / f"questions.jsonl.{batch_id}.batch.json").read_text())
     batch = Batch.model_validate(on_disk)
     assert batch.id == batch_id and batch.status == "completed"
     assert batch.request_counts is not None and batch.request_counts.total == 20
-    assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [5, 10, 15]
+    assert batch.errors is None  # no line broke the file format
+    assert batch.model == "gemma-3-270m" and batch.usage is not None
+    assert batch.usage.output_tokens == sum(
+        o["response"]["body"]["usage"]["completion_tokens"] for o in outputs
+    )
+    assert batch.completed_at is not None and batch.finalizing_at is not None
     assert on_disk["output_file_id"] == f"questions.jsonl.{batch_id}.output.jsonl"
     assert on_disk["error_file_id"] == f"questions.jsonl.{batch_id}.errors.jsonl"
     assert (data_dir / "done" / "batch" / "questions.jsonl").exists()
@@ -159,14 +173,7 @@ def test_submit_wait_json_output_and_cancel(
             response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
         ),
         request("m", "Hi", model="gpt-unknown"),
-        json.dumps(
-            {
-                "custom_id": "c",
-                "method": "POST",
-                "url": "/v1/completions",
-                "body": {"model": "gemma-3-270m", "prompt": "The sky is", "max_tokens": 3},
-            }
-        ),
+        request("c", "The sky is", model="gemma-3-270m", max_tokens=3),
     ]
     source = tmp_path / "mixed.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -184,8 +191,86 @@ def test_submit_wait_json_output_and_cancel(
     }
     answer = json.loads(outputs["j"]["choices"][0]["message"]["content"])
     assert set(answer) == {"answer"} and len(answer["answer"]) <= 8
-    assert outputs["c"]["object"] == "text_completion"
+    assert outputs["c"]["object"] == "chat.completion"
     (error,) = map(json.loads, (outbox / final["error_file_id"]).read_text().splitlines())
-    assert (error["custom_id"], error["error"]["code"]) == ("m", "model_not_found")
+    assert error["error"] is None and error["response"]["status_code"] == 404
+    assert (error["custom_id"], error["response"]["body"]["error"]["code"]) == (
+        "m",
+        "model_not_found",
+    )
     assert batch_status(env, early_id)["status"] == "cancelled"
+    assert daemon.stop() == 0
+
+
+STOP_LINES = 80
+
+
+def results(outbox: Path, final: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    def read(name: str | None) -> list[Any]:
+        return [json.loads(x) for x in (outbox / name).read_text().splitlines()] if name else []
+
+    return read(final["output_file_id"]), read(final["error_file_id"])
+
+
+def test_expired_cancelled_and_malformed_batches_as_openai_ends_them(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    env = {**env, "EDGE_WORKER_MODEL_ALIASES": ALIASES, "EDGE_WORKER_N_CTX": "512"}
+    inbox = data_dir / "inbox" / "batch"
+    inbox.mkdir(parents=True)
+    # Expiring: a one-second window (sidecar) for thirty lines.
+    (inbox / "late.jsonl.meta.json").write_text(
+        json.dumps({"completion_window": "1s", "metadata": {"team": "ops"}})
+    )
+    lines = [request(f"e{i}", f"Count to {i}.", max_tokens=8) for i in range(30)]
+    (tmp_path / "late.jsonl").write_text("\n".join(lines) + "\n")
+    # Cancelled: cancelled once a few of its lines are done.
+    lines = [request(f"c{i}", f"Name {i} fruits.", max_tokens=16) for i in range(STOP_LINES)]
+    (tmp_path / "stop.jsonl").write_text("\n".join(lines) + "\n")
+    # Malformed: fails at validating, nothing runs.
+    lines = [request("m0", "Hi"), "{not json", request("m0", "Again?")]
+    (tmp_path / "broken.jsonl").write_text("\n".join(lines) + "\n")
+    ids = {}
+    for name in ("late", "stop", "broken"):
+        submitted = run_cli(env, "batch", "submit", str(tmp_path / f"{name}.jsonl"))
+        assert submitted.returncode == 0, submitted.stderr
+        ids[name] = submitted.stdout.strip()
+    daemon = start_daemon(env)
+    wait_batch(env, ids["stop"], lambda b: b.get("request_counts", {}).get("completed", 0) >= 1)
+    cancelled = run_cli(env, "batch", "cancel", ids["stop"])
+    assert cancelled.returncode == 0, cancelled.stderr
+    outbox = data_dir / "outbox" / "batch"
+    for name, status, code in (
+        ("late", "expired", "batch_expired"),
+        ("stop", "cancelled", "batch_cancelled"),
+    ):
+        final = wait_batch(env, ids[name], lambda b, s=status: b["status"] in ("completed", s))
+        batch = Batch.model_validate(final)
+        assert batch.status == status, final
+        outputs, errors = results(outbox, final)
+        done = {o["custom_id"] for o in outputs}
+        total, prefix = (30, "e") if name == "late" else (STOP_LINES, "c")
+        assert len(done) < total and len(errors) > 0
+        # Exactly the leftovers, each with the top-level error and no response.
+        assert {e["custom_id"] for e in errors} == {f"{prefix}{i}" for i in range(total)} - done
+        assert {e["error"]["code"] for e in errors} == {code}
+        assert all(e["response"] is None for e in errors)
+        for o in outputs:
+            ChatCompletion.model_validate(o["response"]["body"])
+        assert batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (
+            len(done),
+            len(errors),
+        )
+    late = Batch.model_validate(batch_status(env, ids["late"]))
+    assert late.expired_at is not None and late.metadata == {"team": "ops"}
+    assert late.completion_window == "1s" and late.expires_at == late.created_at + 1
+    broken = wait_batch(env, ids["broken"], lambda b: b["status"] == "failed")
+    parsed = Batch.model_validate(broken)
+    assert parsed.errors is not None and parsed.errors.data is not None
+    assert [(e.line, e.code) for e in parsed.errors.data] == [
+        (2, "invalid_json"),
+        (3, "duplicate_custom_id"),
+    ]
+    assert (data_dir / "failed" / "batch" / "broken.jsonl").exists()
     assert daemon.stop() == 0

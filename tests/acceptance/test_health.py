@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -79,9 +80,16 @@ def test_healthz_of_a_running_daemon(
     assert after["queue_depth"] == 0 and after["busy_slots"] == 0
     assert after["last_finished_at"] is not None
 
+    # The port answers from a snapshot refreshed when a job ends (and every
+    # snapshot_interval): the table's numbers follow within a moment, not per request.
+    succeeded = b'edge_worker_jobs{pipeline="tiny",status="succeeded"} 2.0'
+    deadline = time.monotonic() + 10
     code, body = get(port, "/metrics")
+    while succeeded not in body and time.monotonic() < deadline:
+        time.sleep(0.2)
+        code, body = get(port, "/metrics")
     assert code == 200
-    assert b'edge_worker_jobs{pipeline="tiny",status="succeeded"} 2.0' in body
+    assert succeeded in body
     assert get(port, "/")[0] == 404
     assert get(port, "/admin")[0] == 404
 

@@ -239,9 +239,12 @@ python3 -c 'import socket, sys; sys.exit([n for _, n in socket.if_nameindex()] !
 export CC=/bin/false CXX=/bin/false CMAKE=/bin/false
 sh "$KIT/systemd/install.sh"
 echo "--- upgrade"
-# Another wheelhouse (one more wheel): a new venv beside the first, which is kept.
-mkdir "$NEXT" && cp -Rs "$KIT/." "$NEXT/"
+# Another wheelhouse (one more wheel, listed in its SHA256SUMS): a new venv beside the
+# first, which is kept. The wheel is not one pip resolves to, so it is never installed.
+mkdir "$NEXT" && cp -R "$KIT/." "$NEXT/"
 printf 'not installed' >"$NEXT/wheels/zz_marker-1.0-py3-none-any.whl"
+(cd "$NEXT" && find . -type f ! -name SHA256SUMS | sed 's|^\\./||' | LC_ALL=C sort |
+    while IFS= read -r f; do sha256sum -- "$f"; done >SHA256SUMS)
 sh "$NEXT/systemd/install.sh"
 echo "--- rollback"
 sh "$KIT/systemd/install.sh"
@@ -324,7 +327,7 @@ def test_offline_install_from_the_wheelhouse_runs_a_job(
     assert mode(state / "models") == 0o750
     assert mode(state / "inbox") == 0o2750
     for pipeline in ("classify", "extract", "summarize"):
-        assert mode(state / "inbox" / pipeline) == 0o2770
+        assert mode(state / "inbox" / pipeline) == 0o3770
         assert mode(state / "outbox" / pipeline) == 0o2750
         assert mode(state / "failed" / pipeline) == 0o2750
     assert "would chown edge-worker:edge-worker-submit /var/lib/edge-worker/inbox/classify" in flat
@@ -333,8 +336,46 @@ def test_offline_install_from_the_wheelhouse_runs_a_job(
     validated = log.split("--- validate")[1].split("--- run")[0]
     assert "are valid" in validated and "extract" in validated
     assert (state / "done/classify/notice.txt").is_file()
-    (output,) = (state / "outbox/classify").iterdir()
+    # The shipped config keeps outputs per submitter: outbox/<pipeline>/<uid>/.
+    (output,) = (state / "outbox/classify" / str(os.getuid())).iterdir()
     assert output.read_text().strip().startswith("{")
+    # pip installed exactly what it resolved, each wheel pinned to its checked sha256.
+    requirements = (link / ".requirements.txt").read_text().splitlines()
+    assert requirements and all("==" in r and " --hash=sha256:" in r for r in requirements)
+    assert not [r for r in requirements if r.startswith("zz_marker")]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["an added pip wheel", "a second version of a dependency", "a link in the kit"],
+)
+def test_install_refuses_a_kit_whose_files_are_not_exactly_its_sums(
+    built: Built, tmp_path: Path, change: str
+) -> None:
+    kit = tmp_path / "kit"
+    shutil.copytree(built.wheelhouse, kit, copy_function=os.link)  # hard links: cheap
+    wheels = kit / "wheels"
+    if change == "an added pip wheel":
+        (wheels / "pip-99.0-py3-none-any.whl").write_bytes(b"run me as root")
+    elif change == "a second version of a dependency":
+        (pydantic,) = wheels.glob("pydantic-*.whl")
+        parts = pydantic.name.split("-")
+        parts[1] = parts[1] + ".post9"
+        shutil.copyfile(pydantic, wheels / "-".join(parts))
+    else:
+        (wheels / "extra.whl").symlink_to("/etc/shadow")
+    stage = tmp_path / "stage"
+    result = subprocess.run(
+        ["sh", str(kit / "systemd/install.sh")],
+        env={**os.environ, "DESTDIR": str(stage), "WHEELHOUSE": str(kit)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "the wheelhouse was changed" in result.stderr or "was changed" in result.stderr
+    assert not (stage / "opt/edge-worker").exists()
 
 
 def test_install_refuses_a_damaged_wheelhouse(built: Built, tmp_path: Path) -> None:

@@ -19,8 +19,17 @@ ADDED_TABLES = {
     "0002": set(),  # PostgreSQL NOTIFY triggers only
     "0003": {"schedule_fires", "schedule_fire_jobs"},
     "0005": {"batches"},
+    "0006": set(),  # a column and SQLite triggers (the size ceiling)
+    "0007": set(),  # a column, triggers, and PostgreSQL row security
+    "0008": {"swept_files"},
+    "0009": set(),  # columns only
 }
-ADDED_JOB_COLUMNS = {"0005": {"parent_id", "item_index"}}
+ADDED_JOB_COLUMNS = {
+    "0005": {"parent_id", "item_index"},
+    "0006": {"claimed_alone"},
+    "0007": {"submitted_by"},
+    "0009": {"origin", "model"},
+}
 
 
 def _tables(url: str) -> set[str]:

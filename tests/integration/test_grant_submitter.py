@@ -1,5 +1,6 @@
 """`edge-worker db grant-submitter` on a real PostgreSQL: the role can submit and read
-outcomes, and nothing else."""
+the outcomes of its own jobs, and nothing else: not the daemon's keys, not a priority
+above 0, not another role's rows."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from typer.testing import CliRunner
 
 from tests.conftest import run_sql
@@ -49,7 +50,7 @@ def test_a_submitter_inserts_and_reads_outcomes_but_cannot_touch_paths_or_states
         pg_url,
         role,
         "INSERT INTO jobs (pipeline, input_text, priority, idempotency_key) "
-        "VALUES ('summarize', 'hello', 5, 'k1') RETURNING id",
+        "VALUES ('summarize', 'hello', -5, 'k1') RETURNING id",
     )
     assert as_role(pg_url, role, f"SELECT status, result_text FROM jobs WHERE id = {job_id}") == [
         ("queued", None)
@@ -67,8 +68,68 @@ def test_a_submitter_inserts_and_reads_outcomes_but_cannot_touch_paths_or_states
     for sql in denied:
         with pytest.raises(ProgrammingError, match="permission denied"):
             as_role(pg_url, role, sql)
-    rows = run_sql(pg_url, f"SELECT source, source_path, status FROM jobs WHERE id = {job_id}")
-    assert [tuple(r) for r in rows] == [("table", None, "queued")]
+    rows = run_sql(
+        pg_url, f"SELECT source, source_path, status, submitted_by FROM jobs WHERE id = {job_id}"
+    )
+    assert [tuple(r) for r in rows] == [("table", None, "queued", role)]
+
+
+@pytest.fixture
+def second_role(pg_url: str) -> Iterator[str]:
+    name = f"ew_other_{uuid.uuid4().hex[:8]}"
+    yield name
+    run_sql(pg_url, f'DROP OWNED BY "{name}"; DROP ROLE IF EXISTS "{name}"')
+
+
+def _insert(url: str, role: str, key: str, priority: int = 0) -> list[tuple[object, ...]]:
+    return as_role(
+        url,
+        role,
+        "INSERT INTO jobs (pipeline, input_text, priority, idempotency_key) "
+        f"VALUES ('summarize', 'x', {priority}, '{key}') RETURNING id",
+    )
+
+
+def test_a_submitter_sees_only_its_own_rows_and_cannot_forge_keys_or_jump_the_queue(
+    pg_url: str, role: str, second_role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_WORKER_DATABASE_URL", pg_url)
+    for name in (role, second_role):
+        assert CliRunner().invoke(app, ["db", "grant-submitter", name]).exit_code == 0
+    # The daemon's rows (a file job, a child line) and the other role's row.
+    run_sql(
+        pg_url,
+        "INSERT INTO jobs (pipeline, source, source_path, idempotency_key) "
+        "VALUES ('summarize', 'file', 'summarize/victim.txt', 'file:summarize/victim.txt:1:2:ab')",
+    )
+    ((theirs,),) = _insert(pg_url, second_role, "theirs")
+    ((mine,),) = _insert(pg_url, role, "mine", priority=-1)
+
+    assert as_role(pg_url, role, "SELECT id, idempotency_key FROM jobs") == [(mine, "mine")]
+    assert as_role(pg_url, second_role, "SELECT id FROM jobs") == [(theirs,)]
+    assert as_role(pg_url, role, f"SELECT status FROM jobs WHERE id = {theirs}") == []
+
+    for key in ("file:summarize/victim.txt:1:2:ab", "sweep:s:/x:ab", f"child:{theirs}:1"):
+        with pytest.raises(IntegrityError, match="reserved for the daemon"):
+            _insert(pg_url, role, key)
+    with pytest.raises(ProgrammingError, match="a submitter may set 0 or lower"):
+        _insert(pg_url, role, "urgent", priority=1)
+    # Keys that merely look alike are the submitter's own.
+    _insert(pg_url, role, "File:summarize/x")
+    _insert(pg_url, role, " file:x")
+    # The table's owner (the daemon) still sees and may prioritise everything.
+    assert len(run_sql(pg_url, "SELECT id FROM jobs")) == 5
+    run_sql(pg_url, f"UPDATE jobs SET priority = 9 WHERE id = {mine}")
+
+
+def test_grant_submitter_refuses_a_role_that_bypasses_row_security(
+    pg_url: str, role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_WORKER_DATABASE_URL", pg_url)
+    run_sql(pg_url, f'CREATE ROLE "{role}" NOLOGIN BYPASSRLS')
+    result = CliRunner().invoke(app, ["db", "grant-submitter", role])
+    assert result.exit_code == 2
+    assert "would read every job" in result.output
 
 
 def test_grant_submitter_on_sqlite_says_it_needs_postgresql(

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 def triggers(url: str) -> list[str]:
     sql = (
         "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
-        "AND tgrelid = 'jobs'::regclass ORDER BY tgname"
+        "AND tgrelid = 'jobs'::regclass AND tgname LIKE 'jobs_notify%' ORDER BY tgname"
     )
     return [r[0] for r in run_sql(url, sql)]
 
@@ -56,12 +56,19 @@ def test_sqlite_gets_no_listener(tmp_path: Path) -> None:
     assert listener_for(f"sqlite:///{tmp_path / 'jobs.db'}", threading.Event()) is None
 
 
-def test_sqlite_migrates_without_triggers(tmp_path: Path) -> None:
+def test_sqlite_migrates_without_notify_triggers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     assert run_sql(url, "SELECT version_num FROM alembic_version") == [(head,)]
-    assert run_sql(url, "SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
+    # Only the size ceiling (0006) and the reserved-key guards (0007): nothing notifies.
+    names = run_sql(url, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+    assert [n for (n,) in names] == [
+        "jobs_input_text_size_insert",
+        "jobs_input_text_size_update",
+        "jobs_reserved_keys_insert",
+        "jobs_reserved_keys_update",
+    ]
 
 
 def test_inserts_and_requeues_notify_and_downgrade_removes_the_triggers(pg_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
 from sqlalchemy import inspect, text
 
 from tests.clock import expire_leases
@@ -63,12 +64,20 @@ def test_only_the_lease_holder_can_finish_a_job(job_store: JobStore) -> None:
     assert done.finished_at is not None and done.lease_token is None
 
 
+def test_the_database_refuses_a_row_text_over_its_ceiling(job_store: JobStore) -> None:
+    huge = "x" * (64 * 1024 * 1024 + 1)
+    with pytest.raises(Exception, match="input_text"), job_store.db.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (pipeline, input_text) VALUES ('p', :t)"), {"t": huge})
+    assert job_store.list_jobs() == []
+    job_store.enqueue(NewJob("p", "x" * 1000))  # anything below it goes in
+
+
 def test_expired_lease_returns_the_job_to_the_queue(job_store: JobStore) -> None:
     job_id = job_store.enqueue(NewJob("p", "x"))
     (job,) = job_store.claim("dead-worker", 1, lease_seconds=30)
-    assert job_store.recover_expired(max_crashes=3) == []  # lease still valid
+    assert job_store.recover_expired(stale_after=30) == []  # lease still valid
     expire_leases(job_store)
-    recovered = job_store.recover_expired(max_crashes=3)
+    recovered = job_store.recover_expired(stale_after=30)
     assert [(r.id, r.status) for r in recovered] == [(job_id, "queued")]
     # the dead worker's token is useless now; a new claim gets the job
     assert not job_store.complete(job.id, job.lease_token, "late", 1, 1)
@@ -76,28 +85,61 @@ def test_expired_lease_returns_the_job_to_the_queue(job_store: JobStore) -> None
     assert again.id == job_id and again.attempts == 2
 
 
-def test_a_job_that_keeps_killing_its_worker_runs_alone_then_is_quarantined(
-    job_store: JobStore,
-) -> None:
-    job_id = job_store.enqueue(NewJob("p", "x"))
-    for _ in range(3):
-        assert job_store.claim("w", 1, lease_seconds=5, max_crashes=3)
-        expire_leases(job_store)
-        job_store.recover_expired(max_crashes=3)
-    job = job_store.get(job_id)  # type: ignore[arg-type]
-    assert job is not None and (job.status, job.crashes) == ("queued", 3)
-    assert job.error == "crashed the worker 3 times; it runs once more, alone"
-    # Only a claim for a job to run alone takes it now.
-    assert job_store.claim("w", 5, lease_seconds=5, max_crashes=3) == []
-    assert job_store.solo_waiting(3)
-    (alone,) = job_store.claim("w", 5, lease_seconds=5, max_crashes=3, solo=True)
-    assert alone.id == job_id
+def test_a_live_worker_keeps_its_jobs_past_their_lease(job_store: JobStore) -> None:
+    # After a database outage every lease has expired, but a worker whose heartbeat is
+    # fresh is alive: its jobs are not run again (their outcome may be on its way).
+    job_store.register_worker("alive", "host", 1, "m", 1)
+    job_store.enqueue(NewJob("p", "x"))
+    (job,) = job_store.claim("alive", 1, lease_seconds=30)
     expire_leases(job_store)
-    job_store.recover_expired(max_crashes=3)
-    job = job_store.get(alone.id)
+    assert job_store.recover_expired(stale_after=30) == []
+    assert job_store.heartbeat(job.id, job.lease_token, 30)  # renewed once it is back
+    assert job_store.complete(job.id, job.lease_token, "once", 1, 1)
+    # A stopped worker's jobs (or a silent one's) are recovered.
+    job_store.enqueue(NewJob("p", "y"))
+    (other,) = job_store.claim("alive", 1, lease_seconds=30)
+    job_store.worker_heartbeat("alive", state="stopped")
+    expire_leases(job_store)
+    assert [r.id for r in job_store.recover_expired(stale_after=30)] == [other.id]
+
+
+def test_a_job_that_kills_its_worker_runs_alone_then_is_dead(job_store: JobStore) -> None:
+    poison = job_store.enqueue(NewJob("p", "poison"))
+    neighbour = job_store.enqueue(NewJob("p", "neighbour"))
+    assert len(job_store.claim("w", 5, lease_seconds=5, max_crashes=1)) == 2
+    expire_leases(job_store)
+    assert {r.status for r in job_store.recover_expired(stale_after=5)} == {"queued"}
+    job = job_store.get(poison)  # type: ignore[arg-type]
+    assert job is not None and (job.status, job.crashes) == ("queued", 1)
+    assert job.error == (
+        "the worker died with this job in flight (crash 1); it runs alone next, to find the cause"
+    )
+    # Suspects are taken only by a claim for a job to run alone, one at a time.
+    assert job_store.claim("w", 5, lease_seconds=5, max_crashes=1) == []
+    assert job_store.solo_waiting(1)
+    (alone,) = job_store.claim("w", 5, lease_seconds=5, max_crashes=1, solo=True)
+    assert alone.id == poison
+    expire_leases(job_store)
+    job_store.recover_expired(stale_after=5)
+    job = job_store.get(poison)
     assert job is not None and job.status == "dead"
-    assert job.error == "crashed the worker 4 times, the last time running alone"
-    assert not job_store.solo_waiting(3)
+    assert job.error == "crashed the worker while running alone (crash 2): this input is the cause"
+    # The neighbour, alone, finishes: it is never blamed.
+    (cleared,) = job_store.claim("w", 5, lease_seconds=5, max_crashes=1, solo=True)
+    assert cleared.id == neighbour
+    assert job_store.complete(cleared.id, cleared.lease_token, "fine", 1, 1)
+    assert not job_store.solo_waiting(1)
+
+
+def test_the_jobs_of_a_process_that_died_are_requeued_at_once(job_store: JobStore) -> None:
+    job_store.register_worker("previous", "host", 1, "m", 1)
+    job_store.enqueue(NewJob("p", "x"))
+    (job,) = job_store.claim("previous", 1, lease_seconds=600)  # its lease is far from over
+    (recovered,) = job_store.requeue_suspects("previous")
+    assert (recovered.id, recovered.status) == (job.id, "queued")
+    row = job_store.get(job.id)
+    assert row is not None and row.crashes == 1
+    assert [w.state for w in job_store.list_workers()] == ["crashed"]
 
 
 def test_release_does_not_count_the_attempt(job_store: JobStore) -> None:

@@ -165,6 +165,8 @@ def test_unit_contract(unit: str) -> None:
     # Submitters pass through the data folder to inbox/ and outbox/; they cannot list it.
     assert _values(path, "StateDirectoryMode") == ["0711"]
     assert _values(path, "ExecStart") == [f"{INSTALLED_BINARY} run"]
+    # `systemctl reload` (documented) needs it: SIGHUP reloads the pipelines.
+    assert _values(path, "ExecReload") == ["/bin/kill -HUP $MAINPID"]
     assert _values(path, "WorkingDirectory") == ["/opt/edge-worker"]
     environment = _values(path, "Environment")
     assert f"EDGE_WORKER_DATA_DIR=/var/lib/edge-worker{instance}" in environment
@@ -226,7 +228,26 @@ def test_security_exposure_with_example_drop_in(tmp_path: Path, unit: str, drop_
 
 def test_every_shipped_unit_and_drop_in_is_checked() -> None:
     assert set(UNITS) == {"edge-worker.service", "edge-worker@.service"}
-    assert {"postgresql.conf", "nvidia-gpu.conf"} <= set(DROP_INS)
+    assert {"postgresql.conf", "nvidia-gpu.conf", "metrics-port.conf"} <= set(DROP_INS)
+
+
+def test_the_metrics_port_drop_in_opens_loopback_ipv4_only() -> None:
+    path = EXAMPLES_DIR / "metrics-port.conf"
+    assert _values(path, "PrivateNetwork") == ["no"]  # the host's loopback, reachable
+    assert _values(path, "RestrictAddressFamilies") == ["AF_UNIX AF_INET"]
+    assert _values(path, "IPAddressDeny") == ["any"]
+    assert _values(path, "IPAddressAllow") == ["localhost"]
+    assert _values(path, "Environment") == ["EDGE_WORKER_METRICS_PORT=9464"]
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_metrics_port_and_postgresql_drop_ins_verify_together(
+    tmp_path: Path, unit: str
+) -> None:
+    _stage_unit(tmp_path, unit, ["metrics-port.conf", "postgresql.conf"])
+    _verify(tmp_path, unit)
+    assert _exposure(tmp_path, unit) <= MAX_EXPOSURE
 
 
 # install.sh --------------------------------------------------------------------------
@@ -315,7 +336,7 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     for kind in ("inbox", "outbox", "done", "failed"):
         assert _mode(data / kind) == 0o2750
         for name in expected_pipelines:
-            want = 0o2770 if kind == "inbox" else 0o2750
+            want = 0o3770 if kind == "inbox" else 0o2750
             assert _mode(data / kind / name.removesuffix(".toml")) == want, (kind, name)
     assert "would chown edge-worker:edge-worker-submit /var/lib/edge-worker/inbox/summarize" in flat
     assert "would chown edge-worker:edge-worker /var/lib/edge-worker/models" in flat
@@ -329,7 +350,7 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert config.read_text(encoding="utf-8") == 'model = "mine"\n'
     assert expected_pipelines[0] not in {p.name for p in (conf / "pipelines").iterdir()}
-    assert _mode(data / "inbox/digest") == 0o2770
+    assert _mode(data / "inbox/digest") == 0o3770
 
 
 def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
@@ -339,7 +360,7 @@ def test_install_instances_get_their_own_data_folders(tmp_path: Path) -> None:
     for name in ("gemma", "big"):
         data = stage / "var/lib/edge-worker" / name
         assert _mode(data) == 0o711
-        assert _mode(data / "inbox/summarize") == 0o2770
+        assert _mode(data / "inbox/summarize") == 0o3770
     assert not (stage / "var/lib/edge-worker/inbox").exists()
 
 
@@ -371,3 +392,52 @@ def test_install_rejects_bad_variables(
     assert result.returncode != 0
     assert message in result.stderr
     assert not (stage / "etc/systemd/system/edge-worker.service").exists()
+
+
+# The parsing sandbox under the system call filter -----------------------------------
+
+
+def _syscalls(item: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls `item` names: itself, or every call of a `@group` (nested groups
+    expanded), as this systemd's `syscall-filter` lists them."""
+    if not item.startswith("@"):
+        return {item}
+    seen = set() if seen is None else seen
+    if item in seen:
+        return set()
+    seen.add(item)
+    result = _analyze(["syscall-filter", item], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    calls: set[str] = set()
+    for line in result.stdout.splitlines()[1:]:
+        name = line.strip()
+        if name and not name.startswith("#"):
+            calls |= _syscalls(name, seen)
+    return calls
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_parsing_sandbox_may_lower_its_own_limits(unit: str) -> None:
+    # worker/sandbox/child.py sets RLIMIT_AS and RLIMIT_CPU with resource.setrlimit, which
+    # glibc makes with prlimit64 (`strace -e prlimit64` shows it). The unit's filter must
+    # let that call through, and a denied call must fail with EPERM rather than kill the
+    # child, so that the parent's own checks (CPU time and address space from /proc)
+    # take over where a filter denies it.
+    filters = _values(SYSTEMD_DIR / unit, "SystemCallFilter")
+    assert filters and not filters[0].startswith("~"), "the first filter is an allow-list"
+    allowed: set[str] = set()
+    for number, value in enumerate(filters):
+        denied = value.startswith("~")
+        items: set[str] = set()
+        for item in value.removeprefix("~").split():
+            items |= _syscalls(item)
+        if number == 0:
+            allowed = items
+        elif denied:
+            allowed -= items
+        else:
+            allowed |= items
+    assert "prlimit64" in allowed
+    assert "setrlimit" not in allowed  # the premise: @resources is denied
+    assert _values(SYSTEMD_DIR / unit, "SystemCallErrorNumber") == ["EPERM"]

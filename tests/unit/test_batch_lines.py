@@ -9,7 +9,7 @@ import pytest
 from openai.types import Completion as OpenAICompletion
 from openai.types.chat import ChatCompletion
 
-from worker.batch.lines import read_batch
+from worker.batch.lines import check_lines, finish_lines, read_batch
 from worker.batch.request import (
     LineError,
     parse_request,
@@ -46,7 +46,7 @@ def test_valid_and_bad_lines_are_told_apart_line_by_line() -> None:
             line("a"),
             "{not json",
             line("a"),  # duplicate
-            line("b", url="/v1/embeddings"),
+            line("b", url="/v1/moderations"),
             json.dumps({"custom_id": "c", "method": "GET", "url": CHAT_URL, "body": {}}),
             line("d", model="gpt-9"),
             line("e", n=2),
@@ -162,3 +162,30 @@ def test_response_bodies_validate_as_openai_sdk_models() -> None:
     completion = parse_request("/v1/completions", {"model": "m", "prompt": "Once"})
     body = response_body(completion, answer, "gemma-3-270m", 1_700_000_000, 8)
     assert OpenAICompletion.model_validate(body).choices[0].text == "Hello there."
+
+
+def test_the_sandboxed_checks_and_the_daemons_finish_give_what_one_pass_did() -> None:
+    # check_lines (in the sandbox) leaves models and duplicates to finish_lines (in the
+    # daemon): a line refused for its model does not take its custom_id.
+    data = "\n".join([line("a", model="gpt-5"), line("a"), line("a"), "{bad", line("b")]).encode()
+    checked = check_lines(data, 10)
+    assert [x.error.code if x.error else None for x in checked] == [
+        None,
+        None,
+        None,
+        "invalid_json",
+        None,
+    ]
+    finished = finish_lines(checked, resolve)
+    assert [x.error.code if x.error else None for x in finished] == [
+        "model_not_found",
+        None,
+        "duplicate_custom_id",
+        "invalid_json",
+        None,
+    ]
+
+    def shown(lines: list[Any]) -> list[tuple[Any, ...]]:
+        return [(x.line, x.custom_id, x.request, str(x.error)) for x in lines]
+
+    assert shown(finished) == shown(read_batch(data, resolve, 10))

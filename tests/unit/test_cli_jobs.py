@@ -134,7 +134,8 @@ def test_list_and_show_json_have_stable_keys(cli_env: Settings, db: JobStore) ->
     shown = cli("jobs", "show", str(first), "--json")
     assert shown.exit_code == 0, shown.output
     job = json.loads(shown.stdout)
-    assert tuple(job) == SHOW_KEYS
+    assert tuple(job) == (*SHOW_KEYS, "waiting_reason")
+    assert job["waiting_reason"] is None  # not queued
     assert "lease_token" not in job
     assert (job["result_text"], job["completion_tokens"]) == ("result of one", 4)
     assert job["finished_at"].endswith("+00:00")
@@ -219,6 +220,9 @@ def test_retry_of_a_succeeded_file_job_leaves_its_original_in_done(
     assert forced.exit_code == 0, forced.output
     assert "moved back" in forced.stdout
     assert (cli_env.folder("inbox", "echo") / "a.txt").read_text() == "hello"
+    # The row no longer names done/a.txt: retention must not delete what lands there next.
+    moved = db.get(job_id)
+    assert moved is not None and moved.archived_path is None
 
 
 # export ---------------------------------------------------------------------------

@@ -85,9 +85,19 @@ def batch_lines() -> bytes:
                 }
             )
         )
+    # Requests that fail as an HTTP call would: each goes to the error file on its own.
+    lines[3] = lines[3].replace('"gemma-3-270m"', '"gpt-9"')  # unknown model: 404
+    lines[7] = lines[7].replace('"body": {', '"body": {"max_tokens": "x", ')  # bad request
+    lines[11] = lines[11].replace('"messages": [', '"messages": "nope", "x": [')  # bad request
+    return ("\n".join(lines) + "\n").encode()
+
+
+def malformed_lines() -> bytes:
+    """A file that breaks the format: it fails at validating, no line runs."""
+    lines = batch_lines().decode().splitlines()
     lines[3] = "{oops"
     lines[7] = lines[6]  # duplicate custom_id r6
-    lines[11] = lines[11].replace("/v1/chat/completions", "/v1/embeddings")
+    lines[11] = lines[11].replace("/v1/chat/completions", "/v1/moderations")  # unknown url
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -112,12 +122,22 @@ def test_batch_with_bad_lines_gives_outputs_errors_and_counts(
     assert batch["status"] == "completed" and batch["id"] == f"batch_{parent}"
     assert batch["output_file_id"] == f"req.jsonl.batch_{parent}.output.jsonl"
     assert batch["error_file_id"] == f"req.jsonl.batch_{parent}.errors.jsonl"
-    assert [e["line"] for e in batch["errors"]["data"]] == [4, 8, 12]
-    assert [e["error"]["code"] for e in errors] == [
-        "invalid_json",
-        "duplicate_custom_id",
-        "invalid_url",
+    assert batch["errors"] is None
+    assert [e["error"] for e in errors] == [None, None, None]
+    assert [
+        (e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["code"])
+        for e in errors
+    ] == [
+        ("r3", 404, "model_not_found"),
+        ("r7", 400, "invalid_request"),
+        ("r11", 400, "invalid_request"),
     ]
+    assert [e["response"]["body"]["error"]["param"] for e in errors] == [
+        "model",
+        "max_tokens",
+        "messages",
+    ]
+    assert batch["usage"]["output_tokens"] > 0 and batch["model"] == "gemma-3-270m"
     for out in outputs:
         ChatCompletion.model_validate(out["response"]["body"])
     ids = [o["custom_id"] for o in outputs]

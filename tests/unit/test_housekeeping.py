@@ -4,6 +4,8 @@ its own pipeline never gets that file deleted."""
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from tests.clock import frozen
 from worker.cli.app import app
 from worker.config import Settings
+from worker.io.files import FileRef, content_digest, file_key
 from worker.ops.housekeeping import Cutoffs, Housekeeping, cutoffs, purge
 from worker.queue.fires import FireStore
 from worker.queue.housekeeping import HousekeepingStore
@@ -47,10 +50,28 @@ def finish(
 
 
 def archive(store: JobStore, job_id: int, path: Path, text: str = "x") -> Path:
+    """The job becomes the file job of `path`'s version (its `file:` key, as the watcher
+    makes it), archived at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    info = path.stat()
+    ref = FileRef(path.parent.name, path.name)
+    key = file_key(ref, info.st_size, info.st_mtime_ns, content_digest(path.read_bytes()))
+    with store.db.begin() as conn:
+        conn.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(source="file", source_path=ref.source_path, idempotency_key=key)
+        )
     store.set_archived_path(job_id, str(path))
     return path
+
+
+def error_file(path: Path, job_id: int) -> Path:
+    """The `.error.json` the daemon writes beside a failed original."""
+    reason = path.with_name(path.name + ".error.json")
+    reason.write_text(json.dumps({"job_id": job_id, "error": "x"}))
+    return reason
 
 
 class World:
@@ -63,8 +84,7 @@ class World:
         self.done_file = archive(store, self.old_done, done / "a.txt")
         self.old_failed = finish(store, "old failed", OLD, status="failed")
         self.failed_file = archive(store, self.old_failed, failed / "b.txt")
-        self.error_file = failed / "b.txt.error.json"
-        self.error_file.write_text("{}")
+        self.error_file = error_file(self.failed_file, self.old_failed)
         # Rows pointing outside done/ and failed/ of their own pipeline.
         self.victim = outside / "victim.txt"
         self.victim.parent.mkdir(parents=True, exist_ok=True)
@@ -249,3 +269,30 @@ def test_jobs_purge_command(
     assert "deleted 1 job(s), 1 archived file(s)" in real.stdout
     assert not file_path.exists()
     assert [j.id for j in store.list_jobs()] == [young]
+
+
+def test_purge_leaves_a_file_that_is_not_the_jobs_own_version(
+    settings: Settings, store: JobStore
+) -> None:
+    """A retried job's original went back to the inbox; the new version failed and was
+    archived under the same name. The old row (had it kept its path) must not cost the
+    new job its original or its error file."""
+    failed = settings.folder("failed", "p")
+    old = finish(store, "old", OLD, status="failed")
+    path = archive(store, old, failed / "r.txt", "version one")
+    # The new version's original and reason now lie at the same path.
+    path.write_text("version two, same name")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    newer = finish(store, "new", NOW, status="failed")
+    reason = error_file(path, newer)
+    report = purge(settings, HousekeepingStore(store.db), 30, now=NOW)
+    assert (report.jobs, report.files) == (1, 0)
+    assert path.read_text() == "version two, same name" and reason.exists()
+
+
+def test_a_retry_forgets_the_archived_path(store: JobStore, tmp_path: Path) -> None:
+    job_id = finish(store, "x", OLD, status="failed")
+    store.set_archived_path(job_id, str(tmp_path / "failed" / "x.txt"))
+    assert store.retry(job_id)
+    job = store.get(job_id)
+    assert job is not None and job.archived_path is None

@@ -97,9 +97,11 @@ def test_inconsistent_pipelines_are_refused(tmp_path: Path, body: str, message: 
     assert str(path) in str(info.value)
 
 
-def test_pipeline_models_must_be_the_loaded_one(tmp_path: Path) -> None:
+def test_pipeline_models_must_be_in_the_table_and_the_daemon_serves_all_of_them(
+    tmp_path: Path,
+) -> None:
     from worker.config import load_settings
-    from worker.pipelines.models import resolve_model_name, startup_model_errors
+    from worker.pipelines.models import resolve_model_name, served_models, startup_model_errors
     from worker.pipelines.spec import Pipeline
 
     settings = load_settings(
@@ -115,7 +117,9 @@ def test_pipeline_models_must_be_the_loaded_one(tmp_path: Path) -> None:
     }
     errors = startup_model_errors(pipelines, settings)
     assert errors[0] == "model_aliases.bad: 'missing' is not in the model table"
-    assert errors[1].startswith("pipeline c: field model: 'other' is not the loaded model")
-    assert errors[2].startswith("pipeline d: field model: model 'nope' is not in the model table")
-    assert len(errors) == 3
+    assert errors[1].startswith("pipeline d: field model: model 'nope' is not in the model table")
+    assert len(errors) == 2
     assert resolve_model_name(settings, "gpt-4o-mini") == "gemma-3-270m"
+    # One daemon serves every model its pipelines name, the `model` setting's first.
+    del pipelines["d"]
+    assert served_models(pipelines, settings) == ["gemma-3-270m", "other"]

@@ -129,6 +129,29 @@ def test_table_job_with_null_input(settings: Settings, store: JobStore) -> None:
     assert job.error == "input_text is NULL: nothing to process"
 
 
+def test_a_row_over_max_input_bytes_fails_unread(settings: Settings, store: JobStore) -> None:
+    settings = settings.model_copy(update={"max_input_bytes": 100})
+    big = store.enqueue(NewJob("echo", "é" * 60))  # 120 bytes, 60 characters
+    small = store.enqueue(NewJob("echo", "x" * 100))
+    read: list[int] = []
+    real = store.claimed_input
+
+    def counted(job_id: int) -> str | None:
+        read.append(job_id)
+        return real(job_id)
+
+    store.claimed_input = counted  # type: ignore[method-assign]
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(big)  # type: ignore[arg-type]
+    assert job is not None and job.status == "failed" and job.attempts == 1
+    assert (
+        job.error == "input_text is 120 bytes; the limit is 100 (max_input_bytes): split the input"
+    )
+    assert read == [small]  # the big text was never loaded
+    done = store.get(small)  # type: ignore[arg-type]
+    assert done is not None and done.status == "succeeded"
+
+
 def test_removed_and_changed_inputs_are_skipped(settings: Settings, store: JobStore) -> None:
     gone = drop(settings, store, "gone.txt", b"one")
     changed = drop(settings, store, "changed.txt", b"two")

@@ -85,7 +85,9 @@ class TakeoverEngine(FakeEngine):
     ) -> Completion:
         later = self.store.clock() + timedelta(seconds=self.settings.lease_seconds + 1)
         thief = JobStore(self.store.db, clock=frozen(later))
-        assert [r.status for r in thief.recover_expired(max_crashes=3)] == ["queued"]
+        assert [
+            r.status for r in thief.recover_expired(stale_after=self.settings.lease_seconds)
+        ] == ["queued"]
         (claimed,) = thief.claim("w2", 1, self.settings.lease_seconds)
         self.thief_token = claimed.lease_token
         return super().complete(prompt, generation, should_stop)

@@ -83,6 +83,21 @@ def test_remove_stale_temps_only_removes_old_temps(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path / "missing", max_age=60, now=now) == []
 
 
+def test_a_temp_file_being_written_is_never_stale(tmp_path: Path) -> None:
+    # Its writer waits (for the database, through an outage) before the rename: the
+    # recovery sweep must not take the temp file from under it, however old it is.
+    seen: list[Path] = []
+
+    def wait_long() -> None:
+        (temp,) = tmp_path.glob(".out.txt.*.tmp")
+        os.utime(temp, (1000, 1000))
+        seen.extend(remove_stale_temps(tmp_path, max_age=60, now=10_000))
+
+    write_atomic(tmp_path / "out.txt", b"published", before_replace=wait_long)
+    assert seen == []
+    assert (tmp_path / "out.txt").read_bytes() == b"published"
+
+
 def test_submitting_a_file_with_a_255_byte_name_works(tmp_path: Path) -> None:
     from worker.config import load_settings
     from worker.io.submit import copy_into_inbox

@@ -45,11 +45,13 @@ def test_json_has_stable_keys_and_totals() -> None:
     assert sorted(data) == [
         "database",
         "generated_at",
+        "models",
         "pipelines",
         "queue_depth",
         "running",
         "throughput",
         "totals",
+        "waiting",
         "workers",
     ]
     assert data["queue_depth"] == 3

@@ -7,34 +7,19 @@ crash writes the same files: each line is in exactly one of them, exactly once.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from worker.batch.fidelity import decode_meta, error_line, parse_error
 from worker.batch.request import stable_id
 from worker.config import Settings
 from worker.io.naming import fit_name
 from worker.queue.models import Batch, Job, JobStatus
 
-COMPLETION_WINDOW = timedelta(hours=24)
-CODES = frozenset(
-    {
-        "invalid_json",
-        "invalid_request",
-        "invalid_url",
-        "invalid_method",
-        "duplicate_custom_id",
-        "model_not_found",
-        "context_length_exceeded",
-        "invalid_response",
-        "batch_cancelled",
-    }
-)
 BATCH_SUFFIXES = (".output.jsonl", ".errors.jsonl", ".batch.json")
-_CODED = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -60,15 +45,12 @@ def batch_files(settings: Settings, pipeline: str, input_name: str, batch_id: st
     return BatchFiles(output, errors, batch)
 
 
-def error_of(child: Job) -> tuple[str, str]:
-    """(code, message) of a child that did not succeed."""
-    if child.status == JobStatus.CANCELLED:
-        return "batch_cancelled", "the batch was cancelled before this request finished"
-    text = child.error or "unknown error"
-    match = _CODED.match(text)
-    if match and match.group(1) in CODES:
-        return match.group(1), match.group(2)
-    return "server_error", text
+def error_of(child: Job) -> tuple[str, str, str | None]:
+    """(code, message, param) of a child that did not succeed."""
+    code, message, param = parse_error(child.error)
+    if child.status == JobStatus.CANCELLED and code != "batch_expired":
+        return "batch_cancelled", "the batch was cancelled before this request finished", None
+    return code, message, param
 
 
 def _custom_id(child: Job) -> str | None:
@@ -97,9 +79,8 @@ def result_lines(batch_id: str, children: Sequence[Job]) -> tuple[list[str], lis
             line["error"] = None
             outputs.append(json.dumps(line, ensure_ascii=False))
         else:
-            code, message = error_of(child)
-            line["response"] = None
-            line["error"] = {"code": code, "message": message}
+            code, message, param = error_of(child)
+            error_line(line, code, message, param, stable_id("req_", batch_id, child.item_index))
             errors.append(json.dumps(line, ensure_ascii=False))
     return outputs, errors
 
@@ -117,29 +98,31 @@ def _epoch(value: datetime | None) -> int | None:
 
 
 def batch_object(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
-    """The batch shaped like OpenAI's Batch object."""
-    errors = json.loads(batch.errors_json) if batch.errors_json else []
+    """The batch shaped like OpenAI's Batch object (`openai.types.Batch`)."""
+    meta = decode_meta(batch.errors_json)
     return {
         "id": batch.id,
         "object": "batch",
         "endpoint": batch.endpoint,
-        "errors": {"object": "list", "data": errors} if errors else None,
+        "model": meta.model,
+        "errors": {"object": "list", "data": meta.errors} if meta.errors else None,
         "input_file_id": batch.input_name,
-        "completion_window": "24h",
+        "completion_window": meta.completion_window,
         "status": batch.status,
         "output_file_id": batch.output_file,
         "error_file_id": batch.error_file,
         "created_at": _epoch(batch.created_at),
         "in_progress_at": _epoch(batch.in_progress_at),
-        "expires_at": _epoch(batch.created_at + COMPLETION_WINDOW),
+        "expires_at": _epoch(meta.expires_at(batch.created_at)),
         "finalizing_at": _epoch(batch.finalizing_at),
         "completed_at": _epoch(batch.completed_at),
         "failed_at": _epoch(batch.failed_at),
-        "expired_at": None,
+        "expired_at": meta.expired_at,
         "cancelling_at": _epoch(batch.cancelling_at),
         "cancelled_at": _epoch(batch.cancelled_at),
         "request_counts": counts,
-        "metadata": None,
+        "usage": meta.usage,
+        "metadata": meta.metadata,
     }
 
 

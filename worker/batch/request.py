@@ -3,7 +3,7 @@
 Honoured body fields: model, messages (chat) or prompt (completions), max_tokens,
 max_completion_tokens, temperature, top_p, seed, stop, n (must be 1), response_format
 (text, json_object, json_schema). Other fields are ignored, as a local model cannot
-honour them (logprobs, tools, ...).
+honour them (logprobs, tools, ...). Embedding requests: `batch.embeddings`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.errors import InputError
+from worker.batch.embeddings import EMBEDDINGS, EmbeddingRequest, parse_embedding_request
+from worker.batch.errors import LineError as LineError  # re-exported: its home until now
 from worker.llm.chat import ChatTemplate
 from worker.llm.generation import Generation
 from worker.llm.grammar import ANY_OBJECT, UnsupportedSchema, check_schema
@@ -21,17 +22,7 @@ from worker.pipelines.inference import Answer
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
-ENDPOINTS = (CHAT, COMPLETIONS)
-
-
-class LineError(InputError):
-    """A request that cannot be run; `code` is what the errors file reports."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.param = param
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
 
 
 def _invalid(message: str, param: str) -> LineError:
@@ -141,7 +132,9 @@ def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def _schema(body: Mapping[str, Any], max_tokens: int | None) -> Mapping[str, Any] | None:
+def _schema(
+    body: Mapping[str, Any], max_tokens: int | None, check: bool = True
+) -> Mapping[str, Any] | None:
     """The response_format's JSON Schema, bounded and compiled to a grammar llama.cpp takes
     (`max_tokens`: the body's own; the pipeline's is checked in `prompt_and_generation`)."""
     response_format = body.get("response_format")
@@ -157,7 +150,8 @@ def _schema(body: Mapping[str, Any], max_tokens: int | None) -> Mapping[str, Any
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise _invalid("json_schema.schema must be an object", "response_format")
-        _check_schema(schema, max_tokens)
+        if check:
+            _check_schema(schema, max_tokens)
         return schema
     raise _invalid(
         "response_format.type must be text, json_object or json_schema", "response_format"
@@ -171,16 +165,35 @@ def _check_schema(schema: dict[str, Any], max_tokens: int | None) -> None:
         raise _invalid(str(exc), "response_format") from None
 
 
-def parse_request(url: str, body: Any) -> Request:
-    """Validate a request body for `url`; LineError names the bad field."""
+def parse_line(url: str, body: Any, check_schema: bool = True) -> Request | EmbeddingRequest:
+    """Validate a request body for any supported `url`; LineError names the bad field.
+
+    `check_schema=False` leaves a JSON Schema's check (and grammar) to the caller, which
+    makes it in the parsing sandbox (a line that already passed the sandbox's checks)."""
+    if url == EMBEDDINGS:
+        _check_url_and_model(url, body)
+        return parse_embedding_request(body["model"], body)
+    return parse_request(url, body, check_schema)
+
+
+def _check_url_and_model(url: str, body: Any) -> str:
     if url not in ENDPOINTS:
-        supported = " or ".join(ENDPOINTS)
+        supported = ", ".join(ENDPOINTS)
         raise LineError("invalid_url", f"url {url!r} is not supported (use {supported})", "url")
     if not isinstance(body, dict):
         raise _invalid("body must be an object", "body")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("body.model is required", "model")
+    return model
+
+
+def parse_request(url: str, body: Any, check_schema: bool = True) -> Request:
+    """Validate a chat or completions request body for `url`; LineError names the bad
+    field (`parse_line` takes embeddings too). `check_schema=False`: see `parse_line`."""
+    if url == EMBEDDINGS:
+        raise LineError("invalid_url", f"{EMBEDDINGS} is not a text generation request", "url")
+    model = _check_url_and_model(url, body)
     generation = _generation(body)
     return Request(
         endpoint=url,
@@ -188,7 +201,7 @@ def parse_request(url: str, body: Any) -> Request:
         messages=_messages(body) if url == CHAT else (),
         prompt=_prompt(body) if url == COMPLETIONS else None,
         generation=generation,
-        schema=_schema(body, generation.get("max_tokens")),
+        schema=_schema(body, generation.get("max_tokens"), check_schema),
     )
 
 

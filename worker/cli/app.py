@@ -45,8 +45,15 @@ def run(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
+    import signal
+
+    # SIGHUP (`systemctl reload`) kills a process by default: held back until the daemon's
+    # handler exists (run_daemon unblocks it), so one sent during the model load is a
+    # reload once the daemon is up, not the end of it. Threads inherit the block.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     from worker import logs
     from worker.config import load_settings
+    from worker.io.instance import InstanceIdError
     from worker.ops.daemon import run_daemon
     from worker.ops.metrics import MetricsError
     from worker.ops.services import ServiceDied
@@ -61,6 +68,8 @@ def run(
         raise common.fatal(f"invalid pipeline:\n{exc}", 2) from None
     except ModelError as exc:
         raise common.fatal(str(exc), 3) from None
+    except InstanceIdError as exc:
+        raise common.fatal(str(exc), 2) from None
     except MetricsError as exc:
         raise common.fatal(str(exc), 2) from None
     except ServiceDied as exc:
@@ -79,6 +88,7 @@ def submit(
 ) -> None:
     """Copy files into a pipeline's inbox and queue them; with --wait, show progress until
     they are done."""
+    from worker.io.instance import instance_id
     from worker.io.submit import copy_into_inbox, wait_keys
 
     settings = common.settings()
@@ -87,7 +97,7 @@ def submit(
     keys = []
     for path in files:
         submitted = copy_into_inbox(settings, pipeline, path)
-        common.enqueue_submitted(store, submitted, priority)
+        common.enqueue_submitted(store, submitted, priority, instance_id(settings.data_dir))
         keys.append(submitted)
     for path, key in zip(files, keys, strict=True):
         common.console.print(f"queued {path.name} -> inbox/{pipeline}/{key.ref.name}", markup=False)

@@ -57,6 +57,7 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 86400,
 ) -> None:
     """Queue an OpenAI Batch input file; prints its batch id (with --wait, the result)."""
+    from worker.io.instance import instance_id
     from worker.io.submit import copy_into_inbox
     from worker.queue.jobs import NewJob
 
@@ -71,6 +72,7 @@ def submit(
             source="file",
             source_path=submitted.ref.source_path,
             idempotency_key=submitted.key,
+            origin=instance_id(settings.data_dir),
         )
     )
     if job_id is None:

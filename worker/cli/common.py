@@ -102,9 +102,12 @@ def parse_time(text: str, option: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def enqueue_submitted(store: JobStore, submitted: SubmittedFile, priority: int) -> int:
+def enqueue_submitted(
+    store: JobStore, submitted: SubmittedFile, priority: int, origin: str | None = None
+) -> int:
     """Queue a file just copied into an inbox, under the key the watcher uses for it (so
-    the watcher finds it queued and leaves it), with `priority`; returns the job id."""
+    the watcher finds it queued and leaves it), with `priority`, tagged with the `origin`
+    instance of that inbox; returns the job id."""
     from worker.queue.jobs import NewJob
     from worker.queue.models import JobKind
 
@@ -115,6 +118,7 @@ def enqueue_submitted(store: JobStore, submitted: SubmittedFile, priority: int) 
         source_path=ref.source_path,
         idempotency_key=submitted.key,
         priority=priority,
+        origin=origin,
     )
     job_id = store.enqueue(job)
     if job_id is not None:

@@ -3,9 +3,15 @@
 Rows in the job table are untrusted input; a program that only needs to submit work
 should not be able to write `source`, `source_path`, `status` or leases at all. The
 role may INSERT `pipeline`, `input_text`, `priority` and `idempotency_key` (every other
-column takes its default: a `table` job, queued), and SELECT the columns that say how
-a job went. It cannot UPDATE or DELETE. Column privileges cannot tell rows apart: every
-member of the role can read every job's status, result and error.
+column takes its default: a `table` job, queued, `submitted_by` = the role), and SELECT
+the columns that say how a job went. It cannot UPDATE or DELETE.
+
+What the database adds (migration 0006), so that a submitter cannot reach its
+neighbours: row-level security shows it only the rows it inserted (not other
+submitters' jobs, not the inbox's file names and hashes); the daemon's own key prefixes
+(`file:`, `sweep:`, `child:`) are refused, so it cannot squat a file's or a child
+line's job; a priority above 0 is refused (it may defer its own work, not jump the
+queue). NOTIFY cannot be restricted by privileges: the daemon coalesces wake-ups.
 """
 
 from __future__ import annotations
@@ -77,13 +83,29 @@ def grant_submitter(engine: Engine, role: str, create: bool) -> tuple[bool, list
         ).scalar()
         if schema is None:
             raise GrantError("no jobs table: run `edge-worker db upgrade` first")
-        exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
+        guarded = conn.execute(
+            text("SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('jobs')")
+        ).scalar()
+        if not guarded:
+            raise GrantError("the jobs table has no row security: run `edge-worker db upgrade`")
+        found = conn.execute(
+            text(
+                "SELECT rolsuper, rolbypassrls, pg_has_role(r.oid, c.relowner, 'USAGE') AS owner "
+                "FROM pg_roles r, pg_class c WHERE r.rolname = :r AND c.oid = to_regclass('jobs')"
+            ),
+            {"r": role},
+        ).first()
         created = False
-        if exists.first() is None:
+        if found is None:
             if not create:
                 raise GrantError(f"role {role!r} does not exist (leave out --no-create)")
             conn.execute(text(f"CREATE ROLE {who} NOLOGIN"))
             created = True
+        elif found.rolsuper or found.rolbypassrls or found.owner:
+            raise GrantError(
+                f"role {role!r} is a superuser, has BYPASSRLS or owns the jobs table: it "
+                "would read every job; use a role of its own for submitters"
+            )
         sequence = conn.execute(
             text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": f"{schema}.jobs"}
         ).scalar()

@@ -70,6 +70,8 @@ SHOW_KEYS = (
     "updated_at",
     "started_at",
     "finished_at",
+    "origin",
+    "model",
 )
 # Stable keys of one `jobs export` line: a finished job and its result.
 EXPORT_KEYS = (
@@ -149,17 +151,26 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, as_json: JsonOption = False) -> None:
-    """Every column of one job."""
-    store = common.open_store(common.settings())
+    """Every column of one job, and for a queued job what it waits for."""
+    from worker.ops.fleet import daemon_of, waiting_reason
+    from worker.queue.jobs import utcnow
+
+    settings = common.settings()
+    store = common.open_store(settings)
     job = store.get(job_id)
     if job is None:
         raise common.fatal(f"no job {job_id}", 1)
+    now = utcnow()
+    daemons = [daemon_of(w, now, settings.lease_seconds) for w in store.list_workers()]
+    reason = waiting_reason(job, daemons, settings.unknown_pipeline_grace)
     if as_json:
-        common.write_json(job_data(job, SHOW_KEYS))
+        common.write_json({**job_data(job, SHOW_KEYS), "waiting_reason": reason})
         return
     table = Table("column", "value", show_header=False)
     for column in job.__table__.columns:
         table.add_row(column.name, Text(str(getattr(job, column.key))))
+    if reason is not None:
+        table.add_row("waiting", Text(reason))
     common.console.print(table)
 
 
@@ -218,7 +229,7 @@ def jobs_retry(
     queue: list[int] = []
     moved = 0
     for job in sorted(jobs, key=lambda j: j.id):
-        restored = restore_original(settings, job)
+        restored = restore_original(settings, job, store)
         if restored is None:
             queue.append(job.id)
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -11,7 +12,7 @@ from rich.text import Text
 from worker.cli import common
 from worker.errors import ModelError
 
-model_app = typer.Typer(help="The model file.", no_args_is_help=True)
+model_app = typer.Typer(help="The model table and its files.", no_args_is_help=True)
 
 
 @model_app.command("prepare")
@@ -83,3 +84,89 @@ def model_info() -> None:
     }
     engine.close()
     _print_rows(rows)
+
+
+@model_app.command("list")
+def model_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document with stable keys.")
+    ] = False,
+) -> None:
+    """The model table: what each model is, what it is estimated to take (from its GGUF
+    header, nothing loaded), and, from the daemons of this data folder, its state, the
+    memory it really took, its loads and its queue."""
+    from worker.io.instance import instance_id
+    from worker.llm.memory import gpu_figure, human
+    from worker.llm.serving import memory_budget, model_rows
+    from worker.ops.fleet import daemon_of
+    from worker.pipelines.models import pipeline_models
+    from worker.pipelines.spec import PipelineError, load_pipelines
+    from worker.queue.jobs import utcnow
+    from worker.queue.outage import DatabaseUnavailable
+
+    settings = common.settings()
+    try:
+        pipelines = load_pipelines(settings.pipelines_dir)
+    except PipelineError as exc:
+        raise common.fatal(f"invalid pipeline:\n{exc}", 2) from None
+    by_pipeline = pipeline_models(pipelines, settings)
+    budget = memory_budget(settings)
+    rows = model_rows(settings, set(by_pipeline.values()), budget)
+    live: dict[str, dict[str, object]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    try:
+        store = common.open_store(settings)
+        me = instance_id(settings.data_dir)
+        now = utcnow()
+        counts = store.counts()
+        for worker in store.list_workers():
+            daemon = daemon_of(worker, now, settings.lease_seconds)
+            if daemon.live and daemon.instance == me:
+                live.update({str(m.get("name")): m for m in daemon.models})
+    except DatabaseUnavailable as exc:
+        common.err.print(f"the job table cannot be read: {exc}", markup=False)
+    for row in rows:
+        state = live.get(str(row["name"]), {})
+        served = sorted(p for p, m in by_pipeline.items() if m == row["name"])
+        row.update(
+            pipelines=served,
+            state=state.get("state", "not running" if row["served"] else "not served"),
+            measured=state.get("measured"),
+            loads=state.get("loads", 0),
+            in_hand=state.get("in_hand", 0),
+            queued=sum(counts.get((p, "queued"), 0) for p in served),
+        )
+    if as_json:
+        gpu = gpu_figure(budget.gpu)
+        common.write_json({"budget": budget.host, "budget_gpu": gpu, "models": rows})
+        return
+    table = Table(
+        "model",
+        "kind",
+        "n_ctx",
+        "parallel",
+        "state",
+        "estimated",
+        "measured",
+        "loads",
+        "queued",
+        "pipelines",
+        title=f"memory budget {budget.describe()}",
+    )
+    for row in rows:
+        measured = row["measured"]
+        table.add_row(
+            Text(str(row["name"])),
+            str(row["kind"]),
+            str(row["n_ctx"]),
+            str(row["parallel"]),
+            Text(str(row["state"])),
+            human(int(str(row["estimate"])))
+            if row["estimate"] is not None
+            else Text(str(row["error"])),
+            human(int(str(measured))) if measured is not None else "",
+            str(row["loads"]),
+            str(row["queued"]),
+            Text(", ".join(row["pipelines"])),  # type: ignore[arg-type]
+        )
+    common.console.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from worker.batch.lines import read_batch
-from worker.batch.request import CHAT, parse_request, prompt_and_generation
+from worker.batch.embeddings import EmbeddingRequest
+from worker.batch.lines import finish_lines
+from worker.batch.request import CHAT, parse_line, prompt_and_generation
 from worker.cli import common
 from worker.config import Settings
 from worker.errors import InputError, ModelError
@@ -20,7 +22,6 @@ from worker.io.readers import (
     ReaderName,
     Records,
     limits_of,
-    read_input,
     reader_for,
     template_variables,
 )
@@ -28,6 +29,8 @@ from worker.llm.chat import chat_template_for
 from worker.llm.engine import Engine
 from worker.pipelines.inference import Answer, PipelineRun, generate
 from worker.pipelines.spec import Pipeline, PipelineError
+from worker.sandbox import Sandbox, SandboxLimits
+from worker.sandbox.parsing import Parsing
 
 pipelines_app = typer.Typer(help="Pipelines from the pipelines folder.", no_args_is_help=True)
 
@@ -119,12 +122,22 @@ def _try(
     file: Path,
     open_engine: Callable[[Settings], Engine] = _open_engine,
 ) -> None:
-    """One inference on FILE's first input with `pipeline`, as the daemon would run it."""
+    """One inference on FILE's first input with `pipeline`, as the daemon would run it (on
+    the pipeline's model)."""
+    from worker.pipelines.models import UnknownModel, pipeline_model
+
+    try:
+        settings = settings.model_copy(update={"model": pipeline_model(pipeline, settings)})
+    except UnknownModel as exc:
+        raise InputError(f"pipeline {pipeline.name}: {exc}") from None
     data = file.read_bytes()
     kind = reader_for(file.name, pipeline.reader)
     engine = open_engine(settings)
+    # The input is parsed as the daemon parses it: in a sandbox child, under its limits.
+    limits = replace(SandboxLimits.from_settings(settings), processes=1)
     try:
-        answer = _answer(settings, pipeline, engine, data, kind)
+        with Sandbox(limits) as sandbox:
+            answer = _answer(settings, pipeline, engine, data, kind, Parsing(sandbox))
     finally:
         close = getattr(engine, "close", None)
         if close is not None:
@@ -140,22 +153,35 @@ def _try(
 
 
 def _answer(
-    settings: Settings, pipeline: Pipeline, engine: Engine, data: bytes, kind: ReaderName
+    settings: Settings,
+    pipeline: Pipeline,
+    engine: Engine,
+    data: bytes,
+    kind: ReaderName,
+    parsing: Parsing,
 ) -> Answer:
     spec = settings.models.get(settings.model)
     chat = chat_template_for(engine, spec.chat_template if spec else None)
     if kind == "openai-batch":
-        line = next((x for x in read_batch(data, lambda n: n) if x.request), None)
+        lines = finish_lines(parsing.check_lines(data, None), lambda n: n)
+        line = next((x for x in lines if x.request), None)
         if line is None or line.request is None:
             raise InputError("no valid request line in the batch file")
-        request = parse_request(str(line.request["url"]), line.request["body"])
+        request = parse_line(str(line.request["url"]), line.request["body"], check_schema=False)
+        if isinstance(request, EmbeddingRequest):
+            raise InputError("`pipelines try` runs chat and completion lines, not embeddings")
+        if request.schema is not None:  # checked and compiled in the sandbox
+            max_tokens = request.generation.get("max_tokens", pipeline.generation.max_tokens)
+            parsing.grammar(dict(request.schema), max_tokens)
         prompt, generation = prompt_and_generation(request, pipeline.generation, chat)
         common.err.rule(f"prompt (line {line.line}, {engine.count_tokens(prompt)} tokens)")
         common.err.print(prompt, markup=False, highlight=False)
         # As the daemon answers it: only chat completions are stripped.
         strip = request.endpoint == CHAT
-        return generate(engine, prompt, generation, lambda: False, strip=strip)
-    document = read_input(data, kind, limits_of(settings))
+        return generate(
+            engine, prompt, generation, lambda: False, strip=strip, validate=parsing.validate
+        )
+    document = parsing.read_input(data, kind, limits_of(settings))
     if isinstance(document, Records):
         first = next((r for r in document.records if r.fields is not None), None)
         if first is None:
@@ -164,7 +190,7 @@ def _answer(
         text, variables = template_variables(first.fields or {})
     else:
         text, variables = document.text, dict(document.variables)
-    run = PipelineRun(engine, pipeline, lambda: chat)
+    run = PipelineRun(engine, pipeline, lambda: chat, parsing.validate)
     prompt = run.prompt(text, variables)
     common.err.rule(f"prompt ({engine.count_tokens(prompt)} tokens)")
     common.err.print(prompt, markup=False, highlight=False)

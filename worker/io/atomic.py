@@ -7,6 +7,8 @@ import errno
 import os
 import re
 import secrets
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,8 +43,10 @@ def name_errors_are_input_errors(path: Path) -> Iterator[None]:
 
 
 def make_folder(folder: Path, mode: int) -> None:
-    """Create `folder` and any missing parents with exactly `mode` (not the umask's);
-    existing folders are left as they are."""
+    """Create `folder` and any missing parents with exactly `mode` (not the umask's), plus
+    setgid where the parent has it (a shared folder's group, e.g. the submitters', then
+    reaches everything created below it, also folders made after a reload); existing
+    folders are left as they are."""
     missing: list[Path] = []
     current = folder
     while not current.is_dir():
@@ -53,7 +57,10 @@ def make_folder(folder: Path, mode: int) -> None:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode)
-            os.chmod(path, mode)  # mkdir's mode is masked by the umask
+            # mkdir's mode is masked by the umask, and a plain chmod would drop the setgid
+            # bit the kernel copied from the parent: set both explicitly.
+            inherited = os.stat(path.parent).st_mode & stat.S_ISGID
+            os.chmod(path, mode | inherited)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -63,6 +70,11 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Names of the temp files this process is writing now (random, so unique): not stale.
+_writing: set[str] = set()
+_writing_lock = threading.Lock()
 
 
 def temp_name(name: str) -> str:
@@ -90,6 +102,8 @@ def write_atomic(
     """
     make_folder(path.parent, folder_mode(mode))
     tmp = path.parent / temp_name(path.name)
+    with _writing_lock:
+        _writing.add(tmp.name)
     try:
         with name_errors_are_input_errors(path):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -105,6 +119,9 @@ def write_atomic(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        with _writing_lock:
+            _writing.discard(tmp.name)
     fsync_dir(path.parent)
 
 
@@ -115,8 +132,9 @@ def is_stale_temp(name: str, mtime: float, now: float, max_age: float) -> bool:
 
 def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     """Delete write_atomic temp files in `folder` older than `max_age` (left by a killed
-    process); returns what was removed. A live writer finishes in far less than `max_age`;
-    if it ever did not, its rename fails and the job is retried, so nothing is lost."""
+    process); returns what was removed. A temp file this process is still writing is
+    never stale, however long its writer waits (e.g. for the database, through an
+    outage, to confirm its lease before the rename)."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -125,6 +143,9 @@ def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     for entry in entries:
         if _TEMP_NAME.fullmatch(entry.name) is None:  # cheap: failed/ may hold many files
             continue
+        with _writing_lock:
+            if entry.name in _writing:
+                continue
         try:
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:

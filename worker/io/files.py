@@ -19,7 +19,7 @@ from pathlib import Path
 from worker.config import Settings
 from worker.errors import InputError
 from worker.io.atomic import move_durably, write_atomic
-from worker.io.naming import archive_name, error_name, output_name
+from worker.io.naming import error_name, free_archive_name, output_name
 from worker.io.safe_read import read_regular_file
 
 # The runner (after an outcome) and the watcher (finishing a move a crash interrupted) may
@@ -57,8 +57,32 @@ class FileRef:
     def inbox_path(self, settings: Settings) -> Path:
         return settings.folder("inbox", self.pipeline) / self.name
 
-    def output_path(self, settings: Settings, output_format: str) -> Path:
-        return settings.folder("outbox", self.pipeline) / output_name(self.name, output_format)
+    def output_path(self, settings: Settings, output_format: str, owner: int | None = None) -> Path:
+        """Where this input's output goes (in `owner`'s folder with outputs_per_submitter)."""
+        folder = output_folder(settings, self.pipeline, owner)
+        return folder / output_name(self.name, output_format)
+
+    def owner(self, settings: Settings) -> int | None:
+        """The uid owning the input in the inbox (None if it is gone). With the inbox's
+        sticky bit, only its owner (or the daemon) can replace it."""
+        return file_owner(self.inbox_path(settings))
+
+
+def file_owner(path: Path) -> int | None:
+    """The uid owning `path` itself (a link is not followed); None if it is gone."""
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
+
+
+def output_folder(settings: Settings, pipeline: str, owner: int | None) -> Path:
+    """`outbox/<pipeline>/`, or with outputs_per_submitter `outbox/<pipeline>/<uid>/` of the
+    input's owner, so two submitters' inputs of the same name never share an output."""
+    folder = settings.folder("outbox", pipeline)
+    if settings.outputs_per_submitter and owner is not None:
+        return folder / str(owner)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -151,7 +175,7 @@ def _archive(
     if not source.is_file() or source.is_symlink():
         return None
     folder = settings.folder("done" if succeeded else "failed", ref.pipeline)
-    name = archive_name(ref.name, job_id, taken=(folder / ref.name).exists())
+    name = free_archive_name(ref.name, job_id, lambda n: os.path.lexists(folder / n))
     if not succeeded:
         reason = {
             "job_id": job_id,

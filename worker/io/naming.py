@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 # Suffixes of files that are still being written by common tools.
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp", "~")
+# `<name>.meta.json` beside an OpenAI Batch file holds its completion window and metadata
+# (worker.batch.fidelity); it is read with the batch, never run as an input of its own.
+SIDECAR_SUFFIX = ".meta.json"
 NAME_MAX_BYTES = 255
 OUTPUT_EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "jsonl": ".jsonl"}
 
 
 def is_ignored_name(name: str) -> bool:
-    """Dot-files and partial downloads are never read."""
-    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+    """Dot-files, partial downloads and batch sidecars are never read as inputs."""
+    lower = name.lower()
+    return (
+        name.startswith(".") or lower.endswith(PARTIAL_SUFFIXES) or lower.endswith(SIDECAR_SUFFIX)
+    )
 
 
 def name_problem(name: str) -> str | None:
@@ -79,3 +86,19 @@ def archive_name(input_name: str, job_id: int, taken: bool) -> str:
         return input_name
     path = Path(input_name)
     return fit_name(f"{path.stem}.job{job_id}", path.suffix)
+
+
+def free_archive_name(input_name: str, job_id: int, taken: Callable[[str], bool]) -> str:
+    """The name under done/ or failed/ for a job's original: the input's own, else with
+    the job id (and a counter), the first for which neither the name nor its
+    `.error.json` is `taken`. An original and an error file never overwrite each other:
+    `report.txt.error.json` (an input) and the reason file of `report.txt` are different
+    files, whichever came first."""
+    candidates = [input_name]
+    path = Path(input_name)
+    candidates.append(fit_name(f"{path.stem}.job{job_id}", path.suffix))
+    candidates.extend(fit_name(f"{path.stem}.job{job_id}.{n}", path.suffix) for n in range(1, 100))
+    for name in candidates:
+        if not taken(name) and not taken(error_name(name)):
+            return name
+    raise FileExistsError(f"no free name under which to archive {input_name!r}")

@@ -60,7 +60,9 @@ def wait_keys(
     while True:
         for item in files:
             job = store.get_by_key(item.key)
-            if job is not None:
+            # Only the file job of this very input: a row that merely carries the key (the
+            # database refuses such keys on other rows, migration 0006) is not its result.
+            if job is not None and job.source_path == item.ref.source_path:
                 found[item.key] = job
         done = sum(1 for job in found.values() if job.status in FINAL_STATUSES)
         on_progress(done)
@@ -69,10 +71,13 @@ def wait_keys(
         time.sleep(poll)
 
 
-def restore_original(settings: Settings, job: Job) -> Path | None:
+def restore_original(settings: Settings, job: Job, store: JobStore) -> Path | None:
     """Put a failed file job's original back into its inbox as a new version.
 
-    Returns the inbox path, or None if the job is not a file job with an archived original.
+    The row forgets its `archived_path` first (guarded by the path it names), then the file
+    moves: a crash in between leaves a file no row names (kept by retention), never a row
+    naming the path that the new version's original may take later. Returns the inbox
+    path, or None if the job is not a file job with an archived original.
     """
     if job.source != JobKind.FILE or not job.source_path or not job.archived_path:
         return None
@@ -83,11 +88,17 @@ def restore_original(settings: Settings, job: Job) -> Path | None:
     homes = {settings.folder(kind, ref.pipeline).resolve() for kind in ("done", "failed")}
     if archived.parent.resolve() not in homes or archived.is_symlink() or not archived.is_file():
         return None
+    if not store.clear_archived_path(job.id, job.archived_path):
+        return None  # changed meanwhile (another retry): leave it
     folder = settings.folder("inbox", ref.pipeline)
     target = folder / _free_name(folder, ref.name)
-    # A fresh mtime makes it a new version, so it gets a new job. Set before the move:
-    # the watcher must never see it in the inbox with the old version's mtime (it would
-    # take it for the failed job's leftover and move it straight back).
-    os.utime(archived)
-    move_durably(archived, target)
+    try:
+        # A fresh mtime makes it a new version, so it gets a new job. Set before the move:
+        # the watcher must never see it in the inbox with the old version's mtime (it
+        # would take it for the failed job's leftover and move it straight back).
+        os.utime(archived)
+        move_durably(archived, target)
+    except BaseException:
+        store.set_archived_path(job.id, job.archived_path)  # still there: the row keeps it
+        raise
     return target

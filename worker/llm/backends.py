@@ -118,3 +118,33 @@ def offload_error(n_gpu_layers: int, supported: bool, backends: tuple[str, ...])
         f"n_gpu_layers is {n_gpu_layers} but this llama-cpp-python build cannot offload "
         f"to a GPU (backends: {names}); {REBUILD_HINT}"
     )
+
+
+def gpu_memory() -> list[int]:
+    """Total memory of each GPU device in bytes (empty without GPUs, or if the build hides
+    `ggml_backend_dev_memory`)."""
+    try:
+        from llama_cpp._ggml import libggml as lib
+
+        dev_count = _bind(lib, "ggml_backend_dev_count", ctypes.c_size_t, [])
+        dev_get = _bind(lib, "ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t])
+        dev_type = _bind(lib, "ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p])
+        dev_memory = _bind(
+            lib,
+            "ggml_backend_dev_memory",
+            None,
+            [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],
+        )
+    except (ImportError, OSError, AttributeError) as exc:
+        log.debug("ggml device memory not available: %s", exc)
+        return []
+    totals = []
+    for i in range(dev_count()):
+        device = dev_get(i)
+        kind = dev_type(device)
+        if not 0 <= kind < len(_DEVICE_TYPES) or _DEVICE_TYPES[kind] not in ("GPU", "IGPU"):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        totals.append(int(total.value))
+    return totals

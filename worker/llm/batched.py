@@ -37,6 +37,7 @@ from functools import cached_property
 from typing import Any
 
 from worker.errors import GenerationInterrupted, InputError, ModelError
+from worker.liveness import LIVENESS, beat
 from worker.llm.engine import Completion, EngineOptions, context_error
 from worker.llm.generation import Generation
 from worker.llm.grammar import compile_grammar
@@ -56,6 +57,8 @@ DEFAULT_SPECULATE = 4
 SEQ_ORDER = True
 # How long close() waits for the decode thread (it ends within one decode call).
 CLOSE_JOIN_SECONDS = 30.0
+# A single llama_decode call running longer than this is a hung decode (the watchdog).
+DECODE_STALL_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,8 @@ class BatchedEngine:
         self._prompt_turn = True  # batch-invariant mode alternates prompt and token calls
         self._closed = threading.Event()
         self._freed = False
+        # Busy while a step runs: a llama_decode call that never returns stops the pings.
+        self._heartbeat = LIVENESS.register("decode", DECODE_STALL_SECONDS)
         self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
         self._thread.start()
 
@@ -290,6 +295,7 @@ class BatchedEngine:
         request = _Request(tokens, generation, should_stop, prefix, grammar)
         self._incoming.put(request)
         while not request.done.wait(0.5):
+            beat()  # the caller's slot waits on the decode thread, which beats its own
             if self._closed.is_set():
                 raise GenerationInterrupted("engine closed")
         if request.error is not None:
@@ -306,6 +312,7 @@ class BatchedEngine:
         """
         self._closed.set()
         self._thread.join(timeout=join_timeout)
+        LIVENESS.unregister(self._heartbeat)
         if self._thread.is_alive():
             log.error(
                 "the decode thread is still running after %.1f s: llama.cpp's memory is "
@@ -330,7 +337,11 @@ class BatchedEngine:
                     with contextlib.suppress(queue.Empty):
                         self._waiting.append(self._incoming.get(timeout=0.1))
                     continue
-                self._step()
+                self._heartbeat.busy()
+                try:
+                    self._step()
+                finally:
+                    self._heartbeat.idle()
             except Exception as exc:  # fail what is in hand, keep serving
                 log.exception("decode step failed")
                 for seq in list(self._active):

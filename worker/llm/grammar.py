@@ -13,8 +13,16 @@ an OpenAI Batch line) and again when a request is admitted:
   `{n,m}` in a `pattern`) is at most `repeat_limit(max_tokens)`: MAX_REPEAT, and at
   most CHARS_PER_TOKEN per token of `max_tokens`, since a longer value is either
   impossible (a minimum) or no limit at all (a maximum) within `max_tokens`;
+- every `pattern` and `patternProperties` key compiles with RE2, whose matching is
+  linear in the text (Python's `re`, which jsonschema uses, backtracks: measured, one
+  pattern the grammar accepts took 134 s on a 31-character result and doubles per
+  character); `unevaluatedProperties` is refused beside `patternProperties` (jsonschema
+  would match those with `re`);
 - the grammar is at most MAX_GRAMMAR_BYTES, and llama.cpp's own parser accepts it
   (parsed without a model: no vocabulary is needed to parse GBNF).
+
+Results are validated with RE2 for `pattern`, `patternProperties` (so `propertyNames`)
+and `additionalProperties`: `parse_and_validate` never backtracks.
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import re2
+from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import SchemaError
+from jsonschema.validators import extend
 
 from worker.errors import InputError
 from worker.llm.llama_logs import route_llama_logs
@@ -91,7 +102,30 @@ def compile_grammar(schema: dict[str, Any], max_tokens: int | None = None) -> st
         raise UnsupportedSchema(
             f"the JSON Schema is {len(text)} characters long; the limit is {MAX_SCHEMA_CHARS}"
         )
+    with _remembered_lock:
+        known = _remembered.get(text)
+        if known is not None:
+            _remembered.move_to_end(text)
+            return known
     return _grammar(text)
+
+
+# Grammars made in the parsing sandbox from untrusted schemas (an OpenAI Batch line's),
+# by schema JSON: the daemon then never runs the Python converter on them itself.
+_remembered: OrderedDict[str, str] = OrderedDict()
+_remembered_lock = threading.Lock()
+_REMEMBER = 256
+
+
+def remember_grammar(schema: dict[str, Any], grammar: str) -> None:
+    """Keep `grammar`, which `compile_grammar(schema, ...)` returned in the sandbox, so that
+    compiling `schema` here (admission, the engine's sampler) uses it."""
+    text = json.dumps(schema, ensure_ascii=False)
+    with _remembered_lock:
+        _remembered[text] = grammar
+        _remembered.move_to_end(text)
+        while len(_remembered) > _REMEMBER:
+            _remembered.popitem(last=False)
 
 
 def _over(value: Any, limit: int) -> bool:
@@ -107,8 +141,48 @@ def _pattern_problem(pattern: str, limit: int) -> str | None:
     return None
 
 
+def _regex_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # the reason goes into the error, not onto stderr
+    return options
+
+
+_RE2_OPTIONS = _regex_options()
+
+
+@lru_cache(maxsize=512)
+def linear_regex(pattern: str) -> re2._Regexp[str]:
+    """`pattern` compiled with RE2 (matching linear in the text); re2.error if RE2 cannot
+    compile it (back-references, look-around, huge repetitions)."""
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be checked in linear time, or None."""
+    try:
+        linear_regex(pattern)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        return f"cannot be checked in linear time (RE2: {_one_line(text)})"
+    return None
+
+
+def _regex_keywords_problem(key: str, value: Any, path: str) -> str | None:
+    if key == "pattern" and isinstance(value, str):
+        found = regex_problem(value)
+        return None if found is None else f"pattern at {path} {found}"
+    if key == "patternProperties" and isinstance(value, dict):
+        for pattern in value:
+            found = regex_problem(str(pattern))
+            if found is not None:
+                return f"patternProperties key {_one_line(repr(pattern))[:80]} at {path} {found}"
+    return None
+
+
 def _shape_problem(schema: dict[str, Any], max_tokens: int | None) -> str | None:
-    """Depth, remote references and every length or count, without recursion."""
+    """Depth, remote references, every length or count, and every regular expression,
+    without recursion."""
     limit = repeat_limit(max_tokens)
     why = (
         f"the limit is {limit}"
@@ -116,6 +190,7 @@ def _shape_problem(schema: dict[str, Any], max_tokens: int | None) -> str | None
         else f"the limit is {limit} ({CHARS_PER_TOKEN} per token of max_tokens {max_tokens})"
     )
     stack: list[tuple[Any, int, str]] = [(schema, 1, "")]
+    keywords: set[str] = set()
     while stack:
         node, depth, where = stack.pop()
         if depth > MAX_SCHEMA_DEPTH:
@@ -128,6 +203,7 @@ def _shape_problem(schema: dict[str, Any], max_tokens: int | None) -> str | None
             continue
         for key, value in node.items():
             path = f"{where}/{key}"
+            keywords.add(key)
             if key in REPEAT_KEYWORDS and _over(value, limit):
                 size = value if isinstance(value, int) and value < 10**12 else "(huge)"
                 return f"{key} {size} at {path} is too large for a grammar: {why}"
@@ -135,9 +211,14 @@ def _shape_problem(schema: dict[str, Any], max_tokens: int | None) -> str | None
                 found = _pattern_problem(value, limit)
                 if found is not None:
                     return f"pattern at {path} {found}: too large for a grammar: {why}"
+            regex = _regex_keywords_problem(key, value, path)
+            if regex is not None:
+                return regex
             if key == "$ref" and isinstance(value, str) and not value.startswith("#"):
                 return f"$ref at {path} must be local (start with #): schemas are never fetched"
             stack.append((value, depth + 1, path))
+    if {"unevaluatedProperties", "patternProperties"} <= keywords:
+        return "unevaluatedProperties beside patternProperties is not supported"
     return None
 
 
@@ -245,14 +326,76 @@ def _one_line(text: str) -> str:
     return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 3] + "..."
 
 
+# jsonschema's own keywords, with RE2 for each regular expression -----------------------
+Keyword = Any  # (validator, value, instance, schema) -> Iterator[ValidationError]
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, _schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not linear_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, _schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        regex = linear_regex(pattern)
+        for key, value in instance.items():
+            if regex.search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Properties that neither `properties` nor `patternProperties` cover."""
+    properties = schema.get("properties", {})
+    patterns = [linear_regex(p) for p in schema.get("patternProperties", {})]
+    return [
+        key
+        for key in instance
+        if key not in properties and not any(regex.search(key) for regex in patterns)
+    ]
+
+
+def _additional_properties(
+    validator: Any, allowed: Any, instance: Any, schema: dict[str, Any]
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    extras = _additional(instance, schema)
+    if validator.is_type(allowed, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], allowed, path=extra)
+    elif not allowed and extras:
+        shown = ", ".join(repr(extra) for extra in sorted(extras))
+        yield ValidationError(f"Additional properties are not allowed ({shown} unexpected)")
+
+
+LinearValidator = extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
+)
+
+
 def parse_and_validate(text: str, schema: dict[str, Any]) -> Any:
-    """The parsed JSON value of `text`; InvalidResult names the first problem."""
+    """The parsed JSON value of `text`; InvalidResult names the first problem.
+
+    Regular expressions are matched with RE2 (linear time). UnsupportedSchema if one
+    cannot be (a schema that never passed `check_schema`)."""
     try:
         # strict=False: the grammar lets raw newlines into strings; they are harmless.
         value = json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
         raise InvalidResult(f"result is not valid JSON: {exc}") from None
-    error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+    try:
+        error = next(iter(LinearValidator(schema).iter_errors(value)), None)
+    except re2.error as exc:
+        raise UnsupportedSchema(f"a regular expression of the JSON Schema: {exc}") from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidResult(f"result does not match the JSON Schema at {where}: {error.message}")

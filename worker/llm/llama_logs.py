@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _llama_log = logging.getLogger("edge_worker.llama_cpp")
 _log_callback: Any = None
+# Lists that receive every line while a `captured_lines()` block runs (a model load).
+_listeners: list[list[str]] = []
+_listeners_lock = threading.Lock()
+
+
+@contextmanager
+def captured_lines() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines (every level) while the block runs: what a load
+    reports of its buffers, whatever the daemon's log level."""
+    lines: list[str] = []
+    with _listeners_lock:
+        _listeners.append(lines)
+    try:
+        yield lines
+    finally:
+        with _listeners_lock:
+            _listeners.remove(lines)
 
 
 def route_llama_logs() -> None:
@@ -24,6 +44,10 @@ def route_llama_logs() -> None:
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def forward(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", errors="replace").rstrip()
+        if _listeners and line:
+            with _listeners_lock:
+                for listener in _listeners:
+                    listener.append(line)
         if line:
             # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
             _llama_log.log({3: logging.WARNING, 4: logging.ERROR}.get(level, logging.DEBUG), line)

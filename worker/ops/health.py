@@ -1,14 +1,22 @@
-"""The loopback HTTP port: `/metrics` (Prometheus text) and `/healthz` (JSON; 200 when
-the daemon is ready, 503 otherwise). Any other path is 404."""
+"""The HTTP port's routes: `/metrics` (Prometheus text), `/healthz` (JSON; 200 when the
+daemon is ready, 503 otherwise) and, when enabled, the console (`worker.console`). Any
+other path is 404.
+
+Both `/metrics` and `/healthz` answer from memory: the job-table numbers come from the
+cached snapshot (`worker.ops.snapshot`), never from a query per request. The server
+itself (timeouts, bounded connections) is `worker.ops.httpd`.
+"""
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from worker.ops.httpd import Handler, HttpServer, Request, Response
+
+JSON = "application/json"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -23,57 +31,61 @@ class Health:
     reason: str | None = None  # why not ready
 
 
+def port_handler(
+    metrics: Callable[[], bytes],
+    health: Callable[[], Health] | None,
+    console: Handler | None = None,
+) -> Handler:
+    """The port's router: `/metrics`, `/healthz`, then the console (if any), else 404."""
+
+    def handle(request: Request) -> Response:
+        path = request.path
+        if path == "/healthz" and health is not None:
+            if request.method not in ("GET", "HEAD"):
+                return Response(405, b"method not allowed\n", headers=[("Allow", "GET")])
+            # A failing probe still gets an answer, and a failure never says "ready".
+            try:
+                state = health()
+            except Exception as exc:
+                failure = {"ready": False, "reason": f"{type(exc).__name__}: {exc}"}
+                return Response(503, json.dumps(failure).encode() + b"\n", JSON)
+            body = json.dumps(asdict(state)).encode() + b"\n"
+            return Response(200 if state.ready else 503, body, JSON)
+        if path == "/metrics":
+            if request.method not in ("GET", "HEAD"):
+                return Response(405, b"method not allowed\n", headers=[("Allow", "GET")])
+            try:
+                return Response(200, metrics(), METRICS_TYPE)
+            except Exception as exc:
+                return Response(500, f"{type(exc).__name__}: {exc}\n".encode())
+        if console is not None:
+            return console(request)
+        return Response(404, b"not found\n")
+
+    return handle
+
+
 class HealthServer:
-    """A small HTTP server on 127.0.0.1:`port`, in its own thread."""
+    """The port on `host:port` (127.0.0.1 unless the operator binds elsewhere)."""
 
     def __init__(
         self,
         port: int,
         metrics: Callable[[], bytes],
         health: Callable[[], Health] | None,
+        console: Handler | None = None,
+        host: str = "127.0.0.1",
+        max_connections: int = 64,
+        timeout: float = 5.0,
     ) -> None:
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                # A failing probe still gets an answer (no dropped connection), and a
-                # failure never says "ready".
-                try:
-                    code, content_type, body = self._answer(path)
-                except Exception as exc:
-                    failure = {"ready": False, "reason": f"{type(exc).__name__}: {exc}"}
-                    code = 503 if path == "/healthz" else 500
-                    content_type, body = "application/json", json.dumps(failure).encode() + b"\n"
-                self._send(code, content_type, body)
-
-            def _answer(self, path: str) -> tuple[int, str, bytes]:
-                if path == "/metrics":
-                    return 200, "text/plain; version=0.0.4; charset=utf-8", metrics()
-                if path == "/healthz" and health is not None:
-                    state = health()
-                    body = json.dumps(asdict(state)).encode() + b"\n"
-                    return 200 if state.ready else 503, "application/json", body
-                return 404, "text/plain; charset=utf-8", b"not found\n"
-
-            def _send(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # requests are not daemon events
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="metrics-http", daemon=True
+        self.httpd = HttpServer(
+            host,
+            port,
+            port_handler(metrics, health, console),
+            max_connections=max_connections,
+            timeout=timeout,
         )
-        self._thread.start()
+        self.port = self.httpd.port
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(timeout=5)
+        self.httpd.close()

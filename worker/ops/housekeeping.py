@@ -11,6 +11,7 @@ never a file that no row remembers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -22,7 +23,10 @@ from pathlib import Path
 
 from worker.background import BackgroundLoop
 from worker.config import Settings
+from worker.errors import InputError
+from worker.io.files import FileVersion
 from worker.io.naming import error_name
+from worker.io.safe_read import read_regular_file
 from worker.logs import event
 from worker.pipelines.spec import PIPELINE_NAME
 from worker.queue.housekeeping import ExpiredJob, HousekeepingStore
@@ -33,7 +37,9 @@ DAY = timedelta(days=1)
 # after a day, or after the retention period if that is shorter.
 IDLE_HISTORY = DAY
 HOUSEKEEPING_INTERVAL = 24 * 3600.0
-FIRST_RUN_DELAY = 60.0  # after start: not during start-up, not skipped by a restart loop
+FIRST_RUN_DELAY = 60.0
+# An error file is a few hundred bytes; one larger than this is not ours.
+ERROR_FILE_MAX_BYTES = 65_536  # after start: not during start-up, not skipped by a restart loop
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,18 @@ class PurgeReport:
 
 def archived_files(settings: Settings, job: ExpiredJob) -> list[Path]:
     """The files of `job` in done/ or failed/ that may be deleted: its archived original
-    (and in failed/, the `.error.json` beside it), checked as untrusted input."""
+    (and in failed/, the `.error.json` beside it), checked as untrusted input and by
+    identity: the original must still be the version the job ran (size and mtime_ns of
+    its `file:` key; a rename keeps both), the error file must name the job. A path that
+    now holds another job's file (a retried job's name taken again) is left alone."""
     if not job.archived_path or not re.fullmatch(PIPELINE_NAME, job.pipeline):
         return []
     path = Path(job.archived_path)
     if path.name in ("", ".", "..") or "\x00" in job.archived_path:
         return []
+    version = FileVersion.from_key(job.idempotency_key)
+    if version is None:
+        return []  # no identity to check it against: kept
     try:
         parent = path.parent.resolve()
     except (OSError, RuntimeError):
@@ -87,11 +99,33 @@ def archived_files(settings: Settings, job: ExpiredJob) -> list[Path]:
         home = settings.folder(kind, job.pipeline)
         if parent != home.resolve():
             continue
-        candidates = [home / path.name]
-        if kind == "failed":
-            candidates.append(home / error_name(path.name))
-        found.extend(p for p in candidates if _is_regular(p))
+        original = home / path.name
+        if not _is_version(original, version):
+            continue
+        found.append(original)
+        reason = home / error_name(path.name)
+        if kind == "failed" and _names_job(reason, job.id):
+            found.append(reason)
     return found
+
+
+def _is_version(path: Path, version: FileVersion) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and version.matches(info)
+
+
+def _names_job(path: Path, job_id: int) -> bool:
+    """Whether `path` is a regular `.error.json` written for `job_id`."""
+    if not _is_regular(path):
+        return False
+    try:
+        reason = json.loads(read_regular_file(path, ERROR_FILE_MAX_BYTES))
+    except (OSError, InputError, ValueError):
+        return False
+    return isinstance(reason, dict) and reason.get("job_id") == job_id
 
 
 def _is_regular(path: Path) -> bool:

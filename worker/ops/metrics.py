@@ -6,7 +6,9 @@ Two kinds of numbers, on a registry of our own (never prometheus_client's global
   by explicit calls from the runner and the recovery sweep (`DaemonMetrics` is
   their `JobObserver`);
 - the job table's state (jobs by pipeline and status, queue depth, this daemon's
-  busy slots) is read from the database at each collection. With several daemons
+  busy slots): in a daemon from the HTTP port's cached snapshot (`worker.ops.snapshot`,
+  refreshed every `snapshot_interval`), so neither a scrape nor a file write queries
+  the database; without one, read at each collection. With several daemons
   on one PostgreSQL table every daemon reports the same table-wide job gauges; sum
   the counters across daemons, not the gauges.
 
@@ -17,11 +19,13 @@ optional loopback port serves `/metrics` and `/healthz` (see `worker.ops.health`
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from worker.background import BackgroundLoop
 from worker.io.atomic import write_atomic
 from worker.logs import event
 from worker.ops.health import Health, HealthServer
+from worker.ops.httpd import Handler
 from worker.queue.jobs import JobStore
 from worker.queue.models import STATUSES
 from worker.queue.views import (
@@ -66,12 +71,46 @@ class MetricsError(Exception):
     """The metrics port cannot be opened (in use, not allowed)."""
 
 
-class _DatabaseCollector(Collector):
-    """Gauges read from the job table at collection time."""
+def port_hint(exc: OSError) -> str:
+    """What to do about a port that cannot be opened, for the start-up error (exit 2,
+    which the units do not restart: a person has to act)."""
+    if exc.errno in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+        return (
+            "; under the shipped systemd unit the daemon may open no IP socket: install "
+            "the drop-in systemd/examples/metrics-port.conf (docs/systemd.md), or unset "
+            "metrics_port"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return "; another program holds the port: choose another metrics_port"
+    return ""
 
-    def __init__(self, store: JobStore, worker_id: str) -> None:
-        self.store = store
-        self.worker_id = worker_id
+
+@dataclass(frozen=True)
+class TableGauges:
+    """The job-table numbers of one collection: counts by (pipeline, status), and how
+    many jobs this daemon is running."""
+
+    counts: dict[tuple[str, str], int]
+    busy: int
+
+
+def live_table(store: JobStore, worker_id: str) -> Callable[[], TableGauges | None]:
+    """Gauges read from the table at each collection (the default without a snapshot)."""
+
+    def read() -> TableGauges | None:
+        try:
+            return TableGauges(store.counts(), len(running_jobs(store, owner=worker_id)))
+        except Exception:  # the database is away: say so, keep the daemon's own numbers
+            return None
+
+    return read
+
+
+class _DatabaseCollector(Collector):
+    """Gauges of the job table, from `table` (the port's snapshot in a daemon)."""
+
+    def __init__(self, table: Callable[[], TableGauges | None]) -> None:
+        self.table = table
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
@@ -90,18 +129,17 @@ class _DatabaseCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         up, jobs, depth, busy = self._families()
-        try:
-            counts = self.store.counts()
-            mine = len(running_jobs(self.store, owner=self.worker_id))
-        except Exception:  # the database is away: say so, keep the daemon's own numbers
+        state = self.table()
+        if state is None:
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
+        counts = state.counts
         for pipeline in sorted({p for p, _ in counts}):
             for status in STATUSES:
                 jobs.add_metric([pipeline, status], counts.get((pipeline, status), 0))
         depth.add_metric([], queue_depth(counts))
-        busy.add_metric([], mine)
+        busy.add_metric([], state.busy)
         return [up, jobs, depth, busy]
 
 
@@ -116,6 +154,7 @@ class DaemonMetrics:
         slots: int,
         model_load_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        table: Callable[[], TableGauges | None] | None = None,
     ) -> None:
         # No `*_created` series: node_exporter's textfile collector has no use for them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -164,7 +203,7 @@ class DaemonMetrics:
             f"{TOKENS_PER_SECOND_HELP}, this daemon's jobs",
             registry=reg,
         ).set_function(self.tokens_per_second)
-        reg.register(_DatabaseCollector(store, worker_id))
+        reg.register(_DatabaseCollector(table or live_table(store, worker_id)))
         self._engine_counters = {
             name: Gauge(f"edge_worker_engine_{name}", text, registry=reg)
             for name, text in ENGINE_COUNTERS.items()
@@ -175,6 +214,21 @@ class DaemonMetrics:
         generated tokens), read at each collection."""
         for name, gauge in self._engine_counters.items():
             gauge.set_function(_reader(stats, name))
+
+    def watch_port(self, queries: Callable[[], int], refreshes: Callable[[], int]) -> None:
+        """Export how often the snapshot was read, and the statements run from the HTTP
+        port's own threads (zero unless an operator's action changed something)."""
+        Gauge(
+            "edge_worker_port_db_queries",
+            "Database statements run from the HTTP port's threads since start (console "
+            "actions only; every page, probe and scrape is answered from the snapshot)",
+            registry=self.registry,
+        ).set_function(lambda: float(queries()))
+        Gauge(
+            "edge_worker_snapshot_refreshes",
+            "Reads of the job table into the HTTP port's snapshot since start",
+            registry=self.registry,
+        ).set_function(lambda: float(refreshes()))
 
     # JobObserver -----------------------------------------------------------------
     def job_succeeded(
@@ -234,6 +288,10 @@ class MetricsPublisher(BackgroundLoop):
         interval: float,
         port: int | None,
         health: Callable[[], Health] | None = None,
+        console: Handler | None = None,
+        host: str = "127.0.0.1",
+        max_connections: int = 64,
+        timeout: float = 5.0,
     ) -> None:
         super().__init__()
         self.metrics = metrics
@@ -241,6 +299,10 @@ class MetricsPublisher(BackgroundLoop):
         self.interval = interval
         self.port = port
         self.health = health
+        self.console = console
+        self.host = host
+        self.max_connections = max_connections
+        self.timeout = timeout
         self._server: HealthServer | None = None
         self._write_failing = False
 
@@ -248,15 +310,30 @@ class MetricsPublisher(BackgroundLoop):
         """Open the loopback port (if set) and write the file once. Raises MetricsError."""
         if self.port is not None:
             try:
-                # Loopback only: the numbers are for a local scraper or an SSH tunnel.
-                self._server = HealthServer(self.port, self.metrics.render, self.health)
+                # Loopback by default (http_bind): for a local scraper or an SSH tunnel.
+                self._server = HealthServer(
+                    self.port,
+                    self.metrics.render,
+                    self.health,
+                    self.console,
+                    self.host,
+                    self.max_connections,
+                    self.timeout,
+                )
             except OSError as exc:
                 raise MetricsError(
-                    f"cannot serve metrics on 127.0.0.1:{self.port} "
-                    f"(setting metrics_port, EDGE_WORKER_METRICS_PORT): {exc}"
+                    f"cannot serve metrics on {self.host}:{self.port} "
+                    f"(settings metrics_port, http_bind; EDGE_WORKER_METRICS_PORT): {exc}"
+                    f"{port_hint(exc)}"
                 ) from None
         self.write()
-        event("metrics.started", file=str(self.path), port=self.port)
+        event(
+            "metrics.started",
+            file=str(self.path),
+            port=self.port,
+            bind=self.host if self.port is not None else None,
+            console=self.console is not None,
+        )
 
     def write(self) -> None:
         """Rewrite the file now; a failure is logged once and retried next time."""

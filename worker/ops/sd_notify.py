@@ -1,12 +1,16 @@
 """systemd notification (sd_notify) over plain datagrams, and a watchdog that pings only
-while the daemon makes progress. (Not PostgreSQL's NOTIFY: that is `sources.pg_listen`.)"""
+while every thread at work is alive. (Not PostgreSQL's NOTIFY: that is `sources.pg_listen`.)"""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from worker.background import BackgroundLoop, Progress
+from worker.background import BackgroundLoop
+from worker.liveness import LIVENESS, Liveness
+from worker.logs import event
 
 
 class Notifier:
@@ -28,12 +32,20 @@ class Notifier:
             pass  # systemd gone, socket unwritable or full: notification is best effort
 
 
-class Watchdog(BackgroundLoop):
-    """Pings `WATCHDOG=1` every `interval` while `progress` is fresh and no background loop
-    is stalled, with a STATUS= line.
+class Stallable(Protocol):
+    """Something the watchdog asks besides the heartbeats."""
 
-    A hung decode stops touching `progress`, a stuck loop (a blocked read, a database
-    call that never returns) shows as stalled: the pings stop, and systemd restarts us.
+    def stalled(self) -> bool: ...
+
+
+class Watchdog(BackgroundLoop):
+    """Pings `WATCHDOG=1` every `interval` while no heartbeat is stalled (every service
+    loop, slot and decode thread: `worker.liveness`), with a STATUS= line.
+
+    The ping costs no database call: a watchdog that waited on a dropped database
+    connection would get a healthy daemon killed. `status` must answer from memory.
+    A stuck thread (a hung decode, an endless step) stops the pings, and systemd
+    restarts us; an idle daemon, or one riding out a database outage, keeps pinging.
     """
 
     name = "watchdog"
@@ -42,31 +54,35 @@ class Watchdog(BackgroundLoop):
         self,
         notifier: Notifier,
         interval: float,
-        progress: Progress,
         status: Callable[[], str],
-        stale_after: float,
-        loops: Sequence[BackgroundLoop] = (),
+        registry: Liveness = LIVENESS,
+        also: Sequence[Stallable] = (),
     ) -> None:
         super().__init__()
         self.notifier = notifier
         self.interval = interval
-        self.progress = progress
         self.status = status
-        self.stale_after = stale_after
-        self.loops = loops
+        self.registry = registry
+        self.also = also
+        self._reported: list[str] = []
+
+    def stalled(self) -> bool:
+        # The watchdog's own step is a few microseconds; it never counts itself.
+        return False
 
     def healthy(self) -> bool:
-        """Fresh progress and no stalled loop."""
-        if self.progress.age() > self.stale_after:
-            return False
-        return not any(loop.stalled() for loop in self.loops)
+        """No heartbeat is stalled, and nothing in `also` (e.g. a hung schedule fire)."""
+        stuck = self.registry.stalled()
+        stuck += [
+            getattr(item, "name", type(item).__name__) for item in self.also if item.stalled()
+        ]
+        if stuck != self._reported and stuck:
+            event("watchdog.stalled", logging.ERROR, threads=stuck)
+        self._reported = stuck
+        return not stuck
 
     def step(self) -> float | None:
         if not self.healthy():
             return None
-        try:
-            status = self.status()
-        except Exception:
-            status = "database unavailable"
-        self.notifier.send("WATCHDOG=1", f"STATUS={status}")
+        self.notifier.send("WATCHDOG=1", f"STATUS={self.status()}")
         return None

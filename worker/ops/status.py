@@ -20,6 +20,8 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from worker.config import Settings
+from worker.llm.memory import human
+from worker.ops.fleet import Daemon, daemon_of, daemon_state, pipeline_reason
 from worker.queue.jobs import JobStore, utcnow
 from worker.queue.models import STATUSES, Worker
 from worker.queue.views import RunningJob, Throughput, queue_depth, running_jobs, throughput
@@ -54,23 +56,56 @@ def take_snapshot(store: JobStore, database: str, now: datetime) -> Snapshot:
 
 
 def worker_state(worker: Worker, now: datetime, lease_seconds: float) -> str:
-    """`running`, `stopped`, or `gone` for a daemon that stopped heartbeating without saying so.
+    """`running`, `stopped`, or `gone` for a daemon that stopped heartbeating without saying so."""
+    return daemon_state(worker, now, lease_seconds)
 
-    The lease keeper heartbeats every lease_seconds / 3; a full lease without one
-    means the daemon died (its jobs are recovered by the others).
-    """
-    if worker.state == "running" and now - worker.heartbeat_at > timedelta(seconds=lease_seconds):
-        return "gone"
-    return worker.state
+
+def models_of(daemons: list[Daemon], counts: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """Each running daemon's models: state, memory (estimated, measured), loads, and the
+    jobs queued for the pipelines it serves with that model."""
+    found = []
+    for daemon in daemons:
+        if not daemon.live:
+            continue
+        for model in daemon.models:
+            name = model.get("name")
+            pipelines = sorted(p for p, m in daemon.pipelines.items() if m == name)
+            found.append(
+                {
+                    "daemon": daemon.id,
+                    **model,
+                    "pipelines": pipelines,
+                    "queued": sum(counts.get((p, "queued"), 0) for p in pipelines),
+                }
+            )
+    return found
+
+
+def waiting_of(
+    daemons: list[Daemon], counts: dict[tuple[str, str], int], grace: float
+) -> dict[str, str]:
+    """Why the queued jobs of a pipeline wait, where no running daemon can take them."""
+    if any(d.live and not d.pipelines for d in daemons):
+        return {}  # a daemon that does not say what it serves (an older version)
+    reasons = {}
+    for (pipeline, status), count in counts.items():
+        if status != "queued" or not count:
+            continue
+        reason = pipeline_reason(pipeline, None, None, daemons, grace)
+        if reason is not None:
+            reasons[pipeline] = reason
+    return reasons
 
 
 def _seconds(later: datetime, earlier: datetime | None) -> float | None:
     return None if earlier is None else round((later - earlier).total_seconds(), 1)
 
 
-def to_json(snapshot: Snapshot, lease_seconds: float) -> dict[str, Any]:
-    """The snapshot as plain data with stable keys (`edge-worker status --json`)."""
+def to_json(snapshot: Snapshot, lease_seconds: float, grace: float = 600.0) -> dict[str, Any]:
+    """The snapshot as plain data with stable keys (`edge-worker status --json`); `grace`
+    is unknown_pipeline_grace, for the waiting reasons."""
     now = snapshot.now
+    daemons = [daemon_of(w, now, lease_seconds) for w in snapshot.workers]
     pipelines = sorted({p for p, _ in snapshot.counts})
     totals = {s: sum(snapshot.counts.get((p, s), 0) for p in pipelines) for s in STATUSES}
     rate = snapshot.throughput
@@ -109,9 +144,14 @@ def to_json(snapshot: Snapshot, lease_seconds: float) -> dict[str, Any]:
                 "started_at": w.started_at.isoformat(),
                 "heartbeat_at": w.heartbeat_at.isoformat(),
                 "heartbeat_age_seconds": _seconds(now, w.heartbeat_at),
+                "instance": d.instance,
+                "pipelines": d.pipelines,
+                "memory_budget": d.budget,
             }
-            for w in snapshot.workers
+            for w, d in zip(snapshot.workers, daemons, strict=True)
         ],
+        "models": models_of(daemons, snapshot.counts),
+        "waiting": waiting_of(daemons, snapshot.counts, grace),
     }
 
 
@@ -163,7 +203,47 @@ def render(snapshot: Snapshot, lease_seconds: float) -> Group:
             str(w["slots"]),
             f"{w['heartbeat_age_seconds']:.0f} s ago",
         )
-    return Group(queue, speed, running, daemons)
+    parts: list[Any] = [queue, speed, running, daemons]
+    if data["models"]:
+        parts.append(_models_table(data["models"]))
+    if data["waiting"]:
+        waiting = Table("pipeline", "why its queued jobs wait", title="waiting")
+        for pipeline, reason in sorted(data["waiting"].items()):
+            waiting.add_row(Text(pipeline), Text(reason))
+        parts.append(waiting)
+    return Group(*parts)
+
+
+def _size(value: Any) -> str:
+    return human(value) if isinstance(value, int | float) else ""
+
+
+def _models_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "daemon",
+        "model",
+        "kind",
+        "state",
+        "estimated",
+        "measured",
+        "loads",
+        "in hand",
+        "queued",
+        title="models",
+    )
+    for m in models:
+        table.add_row(
+            Text(str(m.get("daemon"))),
+            Text(str(m.get("name"))),
+            Text(str(m.get("kind", ""))),
+            Text(str(m.get("state", ""))),
+            _size(m.get("estimate")),
+            _size(m.get("measured")),
+            str(m.get("loads", "")),
+            str(m.get("in_hand", "")),
+            str(m.get("queued", "")),
+        )
+    return table
 
 
 def watch_status(
@@ -184,7 +264,8 @@ def watch_status(
         return take_snapshot(store, database, utcnow())
 
     def emit_json() -> None:
-        sys.stdout.write(json.dumps(to_json(current(), settings.lease_seconds)) + "\n")
+        data = to_json(current(), settings.lease_seconds, settings.unknown_pipeline_grace)
+        sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
 
     try:

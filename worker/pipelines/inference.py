@@ -1,6 +1,10 @@
 """One pipeline run on one input: prompt, generation, JSON validation, map-reduce for long inputs.
 
 No job or file logic here: this is what `edge-worker pipelines try` and the runner share.
+JSON results are validated by the `validate` they are given: the daemon's and the CLI's
+run `parse_and_validate` in the parsing sandbox (worker/sandbox). Long inputs are split
+here, in the daemon, with its loaded tokenizer: the splitter is linear in the text, and
+the text already passed the sandbox's readers and max_input_bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ MIN_CHUNK_TOKENS = 16
 _SENTINEL = "\x00EDGE-WORKER-INPUT\x00"
 # A retry after an invalid JSON result samples instead of repeating the greedy answer.
 RETRY_TEMPERATURE = 0.7
+# Parses and checks a generated text against a JSON Schema (InvalidResult if it fails).
+Validate = Callable[[str, dict[str, Any]], Any]
 
 
 class ResultInvalid(InputError):
@@ -51,8 +57,10 @@ def generate(
     prefix: str = "",
     strip: bool = True,
     shared_prefix: str | None = None,
+    validate: Validate = parse_and_validate,
 ) -> Answer:
-    """One completion of `prompt`; with a JSON Schema, validated and retried once if invalid.
+    """One completion of `prompt`; with a JSON Schema, validated (by `validate`) and
+    retried once if invalid.
 
     The result is `prefix` + the generated text, stripped unless `strip` is False; JSON
     results are re-serialized.
@@ -70,7 +78,7 @@ def generate(
         if schema is None:
             return Answer(text, None, prompt_tokens, completion_tokens, completion.finish_reason)
         try:
-            value = parse_and_validate(text, schema)
+            value = validate(text, schema)
         except InvalidResult as exc:
             if completion.finish_reason == "length":
                 reason = f"{exc} (generation stopped at max_tokens {attempt.max_tokens})"
@@ -100,10 +108,12 @@ class PipelineRun:
         engine: Engine,
         pipeline: Pipeline,
         chat: Callable[[], ChatTemplate],
+        validate: Validate = parse_and_validate,
     ) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self._chat = chat
+        self._validate = validate
 
     @property
     def generation(self) -> Generation:
@@ -157,6 +167,7 @@ class PipelineRun:
             should_stop,
             self.pipeline.answer_prefix,
             shared_prefix=shared_prefix,
+            validate=self._validate,
         )
 
     def _allowed(self, generation: Generation) -> int:

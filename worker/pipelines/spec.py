@@ -35,6 +35,20 @@ def _compiled(template: str) -> Template:
     return _JINJA.from_string(template)
 
 
+# Fields that only one kind of pipeline uses (a pipeline's kind is its model's).
+_GENERATION_ONLY = (
+    "prompt",
+    "mode",
+    "system_prompt",
+    "json_schema",
+    "answer_prefix",
+    "reduce_prompt",
+    "generation",
+)
+_EMBEDDING_ONLY = ("pooling", "normalize", "input_prefix")
+_TEXT_FORMATS = ("text", "markdown")
+
+
 class PipelineError(Exception):
     """A pipeline file is invalid; the message names the file and the field."""
 
@@ -58,7 +72,8 @@ class Pipeline(BaseModel):
         min_length=1,
         description="Jinja2 template; the input is `{{ input }}`",
     )
-    output_format: Literal["text", "markdown", "json"] = "text"
+    # npy: embedding pipelines only (records files get a .npy of their vectors).
+    output_format: Literal["text", "markdown", "json", "npy"] = "text"
     # Inline table, or in the file a path (relative to the pipeline file) to a .json schema.
     json_schema: dict[str, Any] | None = None
     # Start of the answer, written after the prompt so a base model continues it
@@ -69,6 +84,13 @@ class Pipeline(BaseModel):
     long_input: Literal["fail", "chunk"] = "fail"
     reduce_prompt: str | None = None
     generation: Generation = Generation()
+
+    # Embedding pipelines (their model has kind = "embed"): how token vectors become one
+    # (default: the model entry's, else the GGUF's), L2 normalization (default: the
+    # model entry's), and text put before every input (e.g. "search_document: ").
+    pooling: Literal["mean", "cls", "last"] | None = None
+    normalize: bool | None = None
+    input_prefix: str = ""
 
     # Schedules (README, "Schedules"): at each cron fire, enqueue the files matching
     # `sweep` that are new or changed, and/or (inbox_mode "scheduled") the waiting inbox.
@@ -81,6 +103,20 @@ class Pipeline(BaseModel):
     # At most this many jobs of the pipeline run at once, over every daemon on the
     # database (None: no limit beyond the daemons' slots).
     max_concurrent: int | None = Field(default=None, ge=1, description="jobs running at once")
+    # Completion hook (README, "Completion hook"): a program run without a shell when a job
+    # of this pipeline ends; placeholders are whole items (worker.run.hooks.PLACEHOLDERS).
+    on_final: tuple[str, ...] = ()
+    on_final_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds")
+
+    @field_validator("on_final")
+    @classmethod
+    def _hook_is_an_argv(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from worker.pipelines.hook_args import check_hook
+
+        problem = check_hook(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -170,9 +206,52 @@ class Pipeline(BaseModel):
             raise ValueError('answer_prefix cannot be used with output_format = "json"')
         if self.system_prompt and self.mode != "chat":
             raise ValueError('system_prompt needs mode = "chat"')
-        if self.long_input == "chunk" and self.reduce_prompt is None:
+        generating, embedding = self.generation_fields, self.embedding_fields
+        if generating and embedding:
+            raise ValueError(
+                f"fields {', '.join(generating)} are for text generation and "
+                f"{', '.join(embedding)} for embeddings: a pipeline does one or the other"
+            )
+        if self.long_input == "chunk" and self.reduce_prompt is None and generating:
             raise ValueError('long_input = "chunk" needs a reduce_prompt')
         return self
+
+    @property
+    def generation_fields(self) -> list[str]:
+        """The fields set in the file that only text generation uses."""
+        found = [name for name in _GENERATION_ONLY if name in self.model_fields_set]
+        if "output_format" in self.model_fields_set and self.output_format in _TEXT_FORMATS:
+            found.append("output_format")
+        return found
+
+    @property
+    def embedding_fields(self) -> list[str]:
+        """The fields set in the file that only embeddings use."""
+        found = [name for name in _EMBEDDING_ONLY if name in self.model_fields_set]
+        if self.output_format == "npy":
+            found.append("output_format")
+        return found
+
+    def kind_problem(self, model: str, kind: Literal["generate", "embed"]) -> str | None:
+        """Why this pipeline cannot run on `model` of `kind`, naming the field; None if it can."""
+        if kind == "embed":
+            generating = self.generation_fields
+            if self.reader == "openai-batch" or not generating:
+                return None
+            return (
+                f"field {generating[0]}: model {model!r} is an embedding model "
+                '(kind = "embed"): prompts, generation and schemas are for text generation; '
+                "remove the field or pick a generation model"
+            )
+        embedding = self.embedding_fields
+        if embedding:
+            return (
+                f"field {embedding[0]}: model {model!r} generates text; pooling, normalize, "
+                'input_prefix and output_format = "npy" need an embedding model (kind = "embed")'
+            )
+        if self.long_input == "chunk" and self.reduce_prompt is None:
+            return 'field long_input: long_input = "chunk" needs a reduce_prompt'
+        return None
 
     @property
     def result_schema(self) -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
 """Claiming ready jobs under a lease: the order, the per-pipeline caps and the solo rule.
 
-A job whose lease expired `max_crashes` times (its worker died with it in flight) runs
-once more alone ("solo": no other job in the engine) before it is declared `dead`, so
-only the job that kills the worker ends dead, never a neighbour that crashed with it.
+A job that was in flight when its worker died (a crash counted) is a suspect: it runs
+alone ("solo": no other job in the engine). If it crashes the worker again while alone,
+it is the cause and `dead` (`outcomes.crash_outcome`); a neighbour that merely crashed
+with it succeeds alone and is never blamed. The claim records who holds the job and
+whether it runs alone, before the job reaches the engine.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import LargeBinary, Select, cast, func, select, update
+from sqlalchemy import LargeBinary, Select, and_, cast, func, or_, select, update
 
 from worker.queue.base import StoreBase
 from worker.queue.models import Job, JobStatus
@@ -39,6 +41,30 @@ class _Solo:
 
     max_crashes: int | None
     solo: bool
+    routing: Routing | None = None  # carried along to every read of candidates
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which jobs a daemon can run (issue #19, fleet routing): file jobs of its own
+    instance (or of none), and with `model`, only the jobs that need that model: its own
+    (`jobs.model`) or, without one, their pipeline's (one of `model_pipelines`)."""
+
+    origin: str | None = None
+    model: str | None = None
+    model_pipelines: tuple[str, ...] = ()
+
+    def where(self) -> Any:
+        """The condition on `jobs` rows."""
+        conditions = [or_(Job.origin.is_(None), Job.origin == self.origin)]
+        if self.model is not None:
+            conditions.append(
+                or_(
+                    Job.model == self.model,
+                    and_(Job.model.is_(None), Job.pipeline.in_(list(self.model_pipelines))),
+                )
+            )
+        return and_(*conditions)
 
 
 @dataclass(frozen=True)
@@ -58,10 +84,12 @@ class ClaimedJob:
     # Bytes of `input_text` (None: no text). The claim reads sizes, never the texts:
     # several huge rows must not be loaded at once; the runner reads one job's text.
     input_bytes: int | None = None
+    model: str | None = None  # the model it needs, when not its pipeline's
 
 
 def _solo(max_crashes: int) -> Any:
-    """A queued job that crashed the worker `max_crashes` times: it runs alone next."""
+    """A queued job that crashed the worker `max_crashes` times (the daemon: once): it
+    runs alone next."""
     return Job.crashes >= max_crashes
 
 
@@ -79,6 +107,7 @@ class ClaimStore(StoreBase):
         limits: Mapping[str, int] | None = None,
         max_crashes: int | None = None,
         solo: bool = False,
+        routing: Routing | None = None,
     ) -> list[ClaimedJob]:
         """Lease up to `limit` ready jobs: highest priority first, then jobs that are not
         records of a file, then records by their line across files (one big file cannot
@@ -89,7 +118,8 @@ class ClaimStore(StoreBase):
         get claimed and failed with a clear error. `limits` caps, per pipeline, how many
         of its jobs may run at once across every daemon on the database (the pipelines'
         `max_concurrent`). With `max_crashes`, jobs that must run alone are left out, or,
-        with `solo`, only one of them is taken (caps do not apply to it).
+        with `solo`, only one of them is taken (caps do not apply to it). `routing`
+        leaves out what this daemon cannot run (another instance's files, other models).
         """
         if limit <= 0:
             return []
@@ -101,7 +131,7 @@ class ClaimStore(StoreBase):
             for name, cap in (limits or {}).items()
             if name not in excluded and (pipelines is None or name in pipelines)
         }
-        alone = _Solo(max_crashes, solo)
+        alone = _Solo(max_crashes, solo, routing)
         if capped and not solo:
             rows = self._claim_capped(
                 owner, token, now, limit, lease_seconds, pipelines, excluded, capped, alone
@@ -124,6 +154,7 @@ class ClaimStore(StoreBase):
                 item_index=r.item_index,
                 created_at=r.created_at,
                 input_bytes=r.input_bytes,
+                model=r.model,
             )
             for r in rows
         ]
@@ -150,14 +181,21 @@ class ClaimStore(StoreBase):
             ready = ready.where(Job.pipeline.in_(list(pipelines)))
         if excluded:
             ready = ready.where(Job.pipeline.not_in(list(excluded)))
+        if alone.routing is not None:
+            ready = ready.where(alone.routing.where())
         return ready
 
-    def _take(self, owner: str, token: str, now: datetime, lease_seconds: float) -> Any:
-        """The UPDATE that leases the jobs its WHERE clause chooses (still queued)."""
+    def _take(
+        self, owner: str, token: str, now: datetime, lease_seconds: float, alone: bool = False
+    ) -> Any:
+        """The UPDATE that leases the jobs its WHERE clause chooses (still queued). The
+        holder (`lease_owner`) and whether the job runs alone are recorded before the job
+        reaches the engine: a crash is attributed from them after a restart."""
         return (
             update(Job)
             .where(Job.status == JobStatus.QUEUED)
             .values(
+                claimed_alone=alone,
                 status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
                 lease_owner=owner,
@@ -179,6 +217,7 @@ class ClaimStore(StoreBase):
                 Job.item_index,
                 Job.created_at,
                 self._text_bytes().label("input_bytes"),
+                Job.model,
             )
         )
 
@@ -219,7 +258,8 @@ class ClaimStore(StoreBase):
         else:
             chosen = Job.id.in_(ready.scalar_subquery())
         with self.db.begin() as conn:
-            return list(conn.execute(self._take(owner, token, now, lease_seconds).where(chosen)))
+            take = self._take(owner, token, now, lease_seconds, alone.solo)
+            return list(conn.execute(take.where(chosen)))
 
     def _claim_capped(
         self,
@@ -238,15 +278,25 @@ class ClaimStore(StoreBase):
         The running jobs of each capped pipeline are counted after taking that
         pipeline's lock (SQLite: BEGIN IMMEDIATE already serializes writers; PostgreSQL:
         a transaction advisory lock per pipeline, taken in name order so two claimers
-        cannot deadlock), so two daemons never both see the last free place. Candidates
+        cannot deadlock; a pipeline whose lock is taken is skipped this round), so two
+        daemons never both see the last free place. Candidates
         are read group by group (the uncapped pipelines, then each capped one up to its
         room; FOR UPDATE SKIP LOCKED cannot be combined with a window function), merged
         in claim order, and the first `limit` are leased.
         """
         with self.db.begin() as conn:
             if self._postgres:
-                for name in sorted(capped):
-                    conn.execute(select(func.pg_advisory_xact_lock(_lock_key(name))))
+                # Try, never wait: a lock held by another claimer (or by any role that can
+                # connect) means that pipeline is skipped this round, not that we hang.
+                busy = {
+                    name
+                    for name in sorted(capped)
+                    if not conn.execute(
+                        select(func.pg_try_advisory_xact_lock(_lock_key(name)))
+                    ).scalar_one()
+                }
+                excluded = {*excluded, *busy}
+                capped = {name: cap for name, cap in capped.items() if name not in busy}
             running = dict(
                 conn.execute(
                     select(Job.pipeline, func.count())
@@ -271,8 +321,14 @@ class ClaimStore(StoreBase):
             take = self._take(owner, token, now, lease_seconds).where(Job.id.in_(ids))
             return list(conn.execute(take))
 
-    def has_ready(self, exclude_pipelines: Collection[str] = ()) -> bool:
-        """Whether any job is queued and due now (leaving out `exclude_pipelines`)."""
+    def has_ready(
+        self,
+        exclude_pipelines: Collection[str] = (),
+        pipelines: Collection[str] | None = None,
+        routing: Routing | None = None,
+    ) -> bool:
+        """Whether any job is queued and due now (leaving out `exclude_pipelines`; only
+        `pipelines` and what `routing` allows, if given)."""
         stmt = (
             select(Job.id)
             .where(Job.status == JobStatus.QUEUED, Job.run_after <= self._db_now())
@@ -280,11 +336,22 @@ class ClaimStore(StoreBase):
         )
         if exclude_pipelines:
             stmt = stmt.where(Job.pipeline.not_in(list(exclude_pipelines)))
+        if pipelines is not None:
+            stmt = stmt.where(Job.pipeline.in_(list(pipelines)))
+        if routing is not None:
+            stmt = stmt.where(routing.where())
         with self.db.connect() as conn:
             return conn.execute(stmt).first() is not None
 
-    def solo_waiting(self, max_crashes: int, exclude_pipelines: Collection[str] = ()) -> bool:
-        """Whether a job that must run alone is queued and due (the claimer drains for it)."""
+    def solo_waiting(
+        self,
+        max_crashes: int,
+        exclude_pipelines: Collection[str] = (),
+        pipelines: Collection[str] | None = None,
+        routing: Routing | None = None,
+    ) -> bool:
+        """Whether a job that must run alone is queued and due (the claimer drains for it);
+        only one of `pipelines` that `routing` allows, if given."""
         stmt = (
             select(Job.id)
             .where(
@@ -296,5 +363,9 @@ class ClaimStore(StoreBase):
         )
         if exclude_pipelines:
             stmt = stmt.where(Job.pipeline.not_in(list(exclude_pipelines)))
+        if pipelines is not None:
+            stmt = stmt.where(Job.pipeline.in_(list(pipelines)))
+        if routing is not None:
+            stmt = stmt.where(routing.where())
         with self.db.connect() as conn:
             return conn.execute(stmt).first() is not None

@@ -2,19 +2,69 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+if TYPE_CHECKING:
+    from worker.config import Settings
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_db_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`. SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions."""
+@dataclass(frozen=True)
+class DbTimeouts:
+    """Bounds on every wait for PostgreSQL, in seconds (0: no limit for the statement and
+    lock timeouts). A silent network drop is noticed by TCP keepalives and the TCP user
+    timeout within about `connect` seconds."""
+
+    connect: float = 10.0
+    statement: float = 60.0
+    lock: float = 15.0
+
+
+def timeouts_of(settings: Settings) -> DbTimeouts:
+    """The database timeouts `settings` set."""
+    return DbTimeouts(
+        settings.db_connect_timeout, settings.db_statement_timeout, settings.db_lock_timeout
+    )
+
+
+def _postgres_connect_args(timeouts: DbTimeouts) -> dict[str, Any]:
+    options = [
+        f"-c statement_timeout={int(timeouts.statement * 1000)}",
+        f"-c lock_timeout={int(timeouts.lock * 1000)}",
+        # A transaction left open by a client that vanished does not hold locks forever.
+        "-c idle_in_transaction_session_timeout=300000",
+    ]
+    probe = max(1, int(timeouts.connect // 4))
+    return {
+        "connect_timeout": max(1, round(timeouts.connect)),
+        "options": " ".join(options),
+        # A server that vanished without closing the socket (a network cut) is noticed
+        # while we wait for an answer: keepalive probes go unanswered, and unacknowledged
+        # writes give up after tcp_user_timeout.
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(timeouts.connect * 1000),
+    }
+
+
+def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url`. PostgreSQL gets `timeouts` on every connection (default:
+    `DbTimeouts()`); SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        bounds = timeouts or DbTimeouts()
+        if parsed.get_backend_name() == "postgresql":
+            args = {**_postgres_connect_args(bounds), **kwargs.pop("connect_args", {})}
+            kwargs["connect_args"] = args
+            kwargs.setdefault("pool_timeout", bounds.connect)
         return create_engine(url, pool_pre_ping=True, **kwargs)
 
     if parsed.database and parsed.database != ":memory:":

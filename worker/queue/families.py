@@ -42,6 +42,7 @@ class NewChild:
     index: int
     input_text: str
     error: str | None = None
+    model: str | None = None  # the model it needs, when not its pipeline's (batch lines)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def _held_child(
         "created_at": now,
         "updated_at": now,
         "finished_at": None,
+        "model": child.model,
     }
 
 
@@ -216,12 +218,13 @@ class FamilyStore(StoreBase):
         """`wake_parent` for every waiting parent (the sweep; covers a crash in between)."""
         return self._wake()
 
-    def cancel_children(self, parent_id: int, error: str) -> int:
-        """Cancel a parent's queued and running children (running ones lose their lease)."""
+    def cancel_children(self, parent_id: int, error: str, keep: int | None = None) -> int:
+        """Cancel a parent's queued and running children (running ones lose their lease),
+        all but `keep` (a child that ends itself, e.g. the one that found its batch expired)."""
         now = self.clock()
         stmt = (
             update(Job)
-            .where(Job.parent_id == parent_id, Job.status.in_(LIVE_CHILD))
+            .where(Job.parent_id == parent_id, Job.status.in_(LIVE_CHILD), Job.id != (keep or 0))
             .values(
                 status=JobStatus.CANCELLED,
                 error=error,
@@ -248,6 +251,27 @@ class FamilyStore(StoreBase):
         stmt = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
         with Session(self.db, expire_on_commit=False) as session:
             return list(session.scalars(stmt).all())
+
+    def add_failed_batch(self, job_id: int, batch: NewBatch) -> None:
+        """Record a batch that failed at `validating` (none of its lines runs); a second
+        call for the same job (a retry of the same file) marks the record failed again."""
+        now = self._db_time()
+        values = dict(
+            job_id=job_id,
+            input_name=batch.input_name,
+            endpoint=batch.endpoint,
+            status="failed",
+            errors_json=batch.errors_json,
+            request_total=batch.total,
+            created_at=now,
+            failed_at=now,
+        )
+        with self.db.begin() as conn:
+            found = conn.execute(select(Batch.id).where(Batch.id == batch.id)).first()
+            if found is None:
+                conn.execute(insert(Batch).values(id=batch.id, **values))
+            else:
+                conn.execute(update(Batch).where(Batch.id == batch.id).values(**values))
 
     def update_batch(
         self, batch_id: str, only_if_status: Sequence[str] = (), **values: Any

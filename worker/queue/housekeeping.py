@@ -31,6 +31,8 @@ class ExpiredJob:
     id: int
     pipeline: str
     archived_path: str | None
+    # The file version the job ran (`file:` key): what its archived original must still be.
+    idempotency_key: str | None = None
 
 
 def _expired(before: datetime) -> list[ColumnElement[bool]]:
@@ -69,7 +71,7 @@ class HousekeepingStore:
     ) -> list[ExpiredJob]:
         """Up to `limit` jobs that may go (see `_expired`) with ids above `after_id`, by id."""
         stmt = (
-            select(Job.id, Job.pipeline, Job.archived_path)
+            select(Job.id, Job.pipeline, Job.archived_path, Job.idempotency_key)
             .where(Job.id > after_id, *_expired(before))
             .order_by(Job.id)
             .limit(limit)

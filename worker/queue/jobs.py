@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.queue.base import offset_clock, utcnow
-from worker.queue.claims import ClaimedJob, ClaimStore
+from worker.queue.claims import ClaimedJob, ClaimStore, Routing
 from worker.queue.families import FamilyStore, NewBatch, NewChild
 from worker.queue.models import FINAL_STATUSES, Job
 from worker.queue.operator import OperatorStore
@@ -40,6 +40,7 @@ class NewJob:
     source_path: str | None = None
     idempotency_key: str | None = None
     priority: int = 0
+    origin: str | None = None  # file and sweep jobs: the instance whose folder holds it
 
 
 @translate_outages
@@ -60,6 +61,7 @@ class JobStore(ClaimStore, OutcomeStore, FamilyStore, OperatorStore, WorkerStore
             "source_path": job.source_path,
             "idempotency_key": job.idempotency_key,
             "priority": job.priority,
+            "origin": job.origin,
         }
         dialect_insert = postgresql.insert if self._postgres else sqlite.insert
         stmt = (
@@ -80,6 +82,7 @@ __all__ = [
     "NewChild",
     "NewJob",
     "RecoveredJob",
+    "Routing",
     "offset_clock",
     "utcnow",
 ]

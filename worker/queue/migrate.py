@@ -3,6 +3,8 @@ daemon start-up)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from worker.logs import event
 from worker.queue.database import make_db_engine
+from worker.queue.outage import OUTAGE_ERRORS, backoff_seconds
 
 # Package data: found the same way in a checkout, an editable install and a wheel.
 MIGRATIONS_DIR = Path(str(files("worker.queue") / "migrations"))
@@ -33,6 +37,34 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (default: the newest)."""
     command.upgrade(alembic_config(url), revision)
+
+
+def upgrade_when_reachable(url: str, within: float, revision: str = "head") -> None:
+    """`upgrade`, retried with backoff while the database is unreachable (a server still
+    starting, a network not yet up), for at most `within` seconds; then the last error.
+
+    Bounded so that start-up fails inside systemd's TimeoutStartSec with a clear message
+    instead of being killed mid-wait.
+    """
+    deadline = time.monotonic() + within
+    failures = 0
+    while True:
+        try:
+            upgrade(url, revision)
+            return
+        except OUTAGE_ERRORS as exc:
+            failures += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            wait = min(left, backoff_seconds(failures))
+            event(
+                "db.upgrade_retry",
+                logging.WARNING,
+                error=(str(exc).splitlines() or [repr(exc)])[0][:300],
+                retry_in=round(wait, 1),
+            )
+            time.sleep(wait)
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -98,6 +99,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # Attempts that ended with the process dying; counted when the lease is recovered.
     crashes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Whether the current (or last) attempt was claimed to run alone: a crash then is
+    # this job's own doing, with no neighbour to share the blame.
+    claimed_alone: Mapped[bool] = mapped_column(Boolean, server_default=false())
     run_after: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))
@@ -115,6 +119,16 @@ class Job(Base):
     # Child jobs: the file job they came from, and their 1-based line in it.
     parent_id: Mapped[int | None] = mapped_column(Integer)
     item_index: Mapped[int | None] = mapped_column(Integer)
+    # Who inserted the row: on PostgreSQL the database role (`DEFAULT current_user`,
+    # which a submitter role cannot override); row-level security shows a submitter
+    # its own rows only (migration 0006). NULL on SQLite.
+    submitted_by: Mapped[str | None] = mapped_column(String(200))
+    # File and sweep jobs: the instance (data folder, `<data_dir>/instance-id`) that saw
+    # the file; only a daemon of that instance claims them. NULL: any daemon.
+    origin: Mapped[str | None] = mapped_column(String(64))
+    # The model-table name the job needs when it is not its pipeline's model (an OpenAI
+    # Batch line naming another model). NULL: the pipeline's model.
+    model: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "run_after"),
@@ -151,7 +165,8 @@ class Batch(Base):
 
 
 class Worker(Base):
-    """A daemon that is or was running: its heartbeat, host, model and slots."""
+    """A daemon that is or was running: its heartbeat, host, models, slots, and what it
+    serves (pipelines with their models, as JSON) for the fleet's routing."""
 
     __tablename__ = "workers"
 
@@ -163,6 +178,11 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(20), server_default=text("'running'"))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    instance: Mapped[str | None] = mapped_column(String(64))
+    # {"pipeline": "model", ...}: the pipelines this daemon claims jobs of.
+    pipelines_json: Mapped[str | None] = mapped_column(Text)
+    # [{"name", "kind", "state", "estimate", "measured", "loads", ...}]: its models now.
+    models_json: Mapped[str | None] = mapped_column(Text)
 
 
 class ScheduleFire(Base):
@@ -198,3 +218,24 @@ class ScheduleFireJob(Base):
     )
     # No foreign key: jobs may be purged without touching the fire history.
     job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class SeenFile(Base):
+    """What a schedule's sweep has already queued: one row per (pipeline, file).
+
+    The "already seen" memory of sweeps, kept apart from `jobs` so that it survives a
+    restart and the retention of old jobs (an unchanged file is not run again when its
+    job was purged). A file whose (size, mtime_ns) is unchanged is skipped without being
+    read; a row is removed once a complete walk no longer finds its file.
+    """
+
+    __tablename__ = "swept_files"
+
+    pipeline: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # sha256 of the path: paths may be longer than an index entry allows.
+    path_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

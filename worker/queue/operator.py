@@ -27,6 +27,23 @@ class OperatorStore(StoreBase):
         found = self._read(select(Job).where(Job.idempotency_key == key))
         return found[0] if found else None
 
+    def succeeded_version(self, pipeline: str, source_path: str, digest: str) -> Job | None:
+        """The newest succeeded file job of `pipeline` on `source_path` whose input had
+        sha256 `digest` (an earlier drop of the same bytes), or None."""
+        stmt = (
+            select(Job)
+            .where(
+                Job.pipeline == pipeline,
+                Job.source_path == source_path,
+                Job.status == JobStatus.SUCCEEDED,
+                Job.idempotency_key.endswith(f":{digest}", autoescape=True),
+            )
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+        found = self._read(stmt)
+        return found[0] if found else None
+
     def list_jobs(
         self,
         status: str | None = None,
@@ -89,10 +106,25 @@ class OperatorStore(StoreBase):
                 prompt_tokens=None,
                 completion_tokens=None,
                 finished_at=None,
+                # The archived original is not this job's any more (moved back into the
+                # inbox, or gone): retention must never delete what now lies at that path.
+                archived_path=None,
                 updated_at=now,
             )
             .returning(Job.id)
         )
+
+    def clear_archived_path(self, job_id: int, archived_path: str) -> bool:
+        """Forget a job's archived original, if the row still names `archived_path`; done
+        before the original is moved back into the inbox, so no row ever names a path
+        another job's original may take. False if the row changed meanwhile."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.archived_path == archived_path)
+            .values(archived_path=None, updated_at=self.clock())
+        )
+        with self.db.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def set_priority(self, job_id: int, priority: int) -> bool:
         """Change a queued job's priority; False if it is no longer queued."""

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import String, case, cast, literal, select, update
 
 from worker.queue.base import StoreBase
-from worker.queue.models import Job, JobStatus
+from worker.queue.models import Job, JobStatus, Worker
 from worker.queue.outage import translate_outages
 
 
@@ -143,39 +143,79 @@ class OutcomeStore(StoreBase):
         with self.db.begin() as conn:
             conn.execute(update(Job).where(Job.id == job_id).values(archived_path=archived_path))
 
-    def recover_expired(self, max_crashes: int) -> list[RecoveredJob]:
-        """Requeue jobs whose lease expired (their worker died or hung).
+    def recover_expired(self, stale_after: float) -> list[RecoveredJob]:
+        """Requeue jobs whose lease expired and whose worker is gone: no heartbeat in its
+        `workers` row for `stale_after` seconds (or no row, or stopped). A worker that is
+        alive keeps its jobs even past their lease (a database outage stopped it from
+        renewing them): the job's outcome may be on its way, and running it again would
+        publish it twice.
 
-        Each such attempt counts as a crash. At `max_crashes` the job is queued to run
-        alone (`claim(..., solo=True)`); a crash after that, alone, makes it `dead`, so
-        an input that kills the worker cannot crash-loop it, and a job that merely ran
-        beside it is not blamed.
+        Each such attempt counts as a crash (`crash_outcome`): the job runs alone next,
+        and a job that crashed its worker while alone is `dead`.
         """
         now = self._db_now()
-        crashes = Job.crashes + 1
-        dead = crashes > max_crashes
-        times = literal("crashed the worker ", String) + cast(crashes, String)
-        stmt = (
-            update(Job)
-            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-            .values(
-                crashes=crashes,
-                status=case((dead, JobStatus.DEAD), else_=JobStatus.QUEUED),
-                error=case(
-                    (dead, times + literal(" times, the last time running alone", String)),
-                    (
-                        crashes == max_crashes,
-                        times + literal(" times; it runs once more, alone", String),
-                    ),
-                    else_="lease expired: the worker died or hung; retrying",
-                ),
-                finished_at=case((dead, now), else_=None),
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
-                updated_at=now,
+        alive = (
+            select(Worker.id)
+            .where(
+                Worker.id == Job.lease_owner,
+                Worker.state == "running",
+                Worker.heartbeat_at > self._db_after(-stale_after),
             )
-            .returning(Job.id, Job.status)
+            .exists()
         )
+        where = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now, ~alive)
+        return self._crashed(where, now)
+
+    def requeue_suspects(self, owner: str) -> list[RecoveredJob]:
+        """At start-up after an unclean exit: the jobs the previous process (`owner`) held
+        crashed with it. They go back at once, as crashes (`crash_outcome`), without
+        waiting for their leases to expire; the worker's row is marked `crashed`."""
+        now = self._db_now()
+        where = (Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        recovered = self._crashed(where, now)
+        with self.db.begin() as conn:
+            conn.execute(
+                update(Worker)
+                .where(Worker.id == owner, Worker.state == "running")
+                .values(state="crashed", heartbeat_at=now)
+            )
+        return recovered
+
+    def _crashed(self, where: tuple[Any, ...], now: Any) -> list[RecoveredJob]:
+        values = crash_outcome(now)
+        stmt = update(Job).where(*where).values(**values).returning(Job.id, Job.status)
         with self.db.begin() as conn:
             return [RecoveredJob(r.id, r.status) for r in conn.execute(stmt)]
+
+
+def crash_outcome(now: Any) -> dict[str, Any]:
+    """What a crash does to the job it caught (SQL expressions over the row).
+
+    A job that was running alone is the cause: `dead`. One that ran beside others is a
+    suspect: queued with a crash counted, and the claim runs a job with a crash alone,
+    so a poison input is isolated at its first crash and dead at its second, and a
+    neighbour is never blamed.
+    """
+    crashes = Job.crashes + 1
+    dead = Job.claimed_alone
+    count = cast(crashes, String)
+    return {
+        "crashes": crashes,
+        "status": case((dead, JobStatus.DEAD), else_=JobStatus.QUEUED),
+        "error": case(
+            (
+                dead,
+                literal("crashed the worker while running alone (crash ", String)
+                + count
+                + literal("): this input is the cause", String),
+            ),
+            else_=literal("the worker died with this job in flight (crash ", String)
+            + count
+            + literal("); it runs alone next, to find the cause", String),
+        ),
+        "finished_at": case((dead, now), else_=None),
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }

@@ -2,23 +2,32 @@
 watcher, a slot coming free) or the poll interval, claims as many jobs as there are
 free slots in one claim call, and hands them to the slots.
 
-A job that crashed the worker `max_attempts` times runs alone: while one is due, the
-dispatcher claims nothing until its slots are idle, then claims that job only, and
-nothing else until it is done."""
+A job that was in flight when a worker died (a suspect) runs alone: while one is due,
+the dispatcher claims nothing until its slots are idle, then claims that job only, and
+nothing else until it is done. If it crashes the worker then, it is the cause
+(`queue.outcomes.crash_outcome`)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
-from worker.background import Progress
+from worker import liveness
 from worker.config import Settings
+from worker.logs import event
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.outage import DatabaseUnavailable, Outage
+from worker.run.routing import ClaimArgs, ModelRouter
 from worker.run.slots import SlotPool
 from worker.run.stop import StopFlags
+
+# A job with this many crashes is a suspect: it runs alone.
+SUSPECT_AFTER_CRASHES = 1
+# After a hard stop the slots end within a decode call: wait this long for them.
+HARD_STOP_JOIN_SECONDS = 5.0
 
 
 class Dispatcher:
@@ -33,8 +42,9 @@ class Dispatcher:
         run_job: Callable[[ClaimedJob], None],
         stop: StopFlags,
         wake: threading.Event,
-        progress: Progress | None = None,
         outage: Outage | None = None,
+        registry: liveness.Liveness = liveness.LIVENESS,
+        router: ModelRouter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -42,7 +52,8 @@ class Dispatcher:
         self.worker_id = worker_id
         self.stop = stop
         self.wake = wake
-        self.progress = progress or Progress()
+        self.registry = registry
+        self.heartbeat: liveness.Heartbeat | None = None
         # Shared with the recorder: one `db.unavailable` per outage, whoever saw it first.
         self.outage = outage or Outage("db.unavailable", "db.recovered")
         self._crashed: list[BaseException] = []
@@ -50,11 +61,22 @@ class Dispatcher:
         self._solo = False  # a job that must run alone is in hand
         self._solo_pending = False  # one waits (last looked up at _solo_checked_at)
         self._solo_checked_at = float("-inf")
+        # Pipelines whose intake an operator paused (worker.pipelines.pauses): not claimed.
+        self.paused: Callable[[], Collection[str]] = frozenset
+        # Issue #19: which jobs this daemon can run (its models, its files), model by model.
+        self.router = router
         self.slots = self._new_slots()
 
     def _new_slots(self) -> SlotPool:
-        size = max(1, self.settings.parallel)
-        return SlotPool(size, self._run_job, self.wake.set, self._slot_crashed)
+        size = self.router.slots if self.router is not None else max(1, self.settings.parallel)
+        return SlotPool(
+            size,
+            self._run_job,
+            self.wake.set,
+            self._slot_crashed,
+            self.settings.stall_seconds,
+            self.registry,
+        )
 
     def _slot_crashed(self, exc: BaseException) -> None:
         self._crashed.append(exc)
@@ -70,20 +92,36 @@ class Dispatcher:
         if self.slots.started:
             self.slots = self._new_slots()
         self.slots.start()
+        heartbeat = self.heartbeat = self.registry.register(
+            "dispatcher", self.settings.stall_seconds
+        )
         try:
             while not self.stop.soft.is_set():
-                if not self._dispatch(once, inputs_pending):
+                heartbeat.busy()
+                going_on = self._dispatch(once, inputs_pending)
+                heartbeat.idle()
+                if not going_on:
                     break
         finally:
-            self.slots.close()
+            self.registry.unregister(heartbeat)
+            self._close_slots()
         if self._crashed:
             raise self._crashed[0]
+
+    def _close_slots(self) -> None:
+        """Let the slots finish within the shutdown timeout (after a hard stop, briefly)."""
+        soft_at = self.stop.soft_at
+        limit = self.settings.shutdown_timeout
+        if soft_at is not None:
+            limit = max(0.0, soft_at + limit - time.monotonic())
+        if self.stop.hard.is_set():
+            limit = min(limit, HARD_STOP_JOIN_SECONDS)
+        if not self.slots.close(limit + HARD_STOP_JOIN_SECONDS):
+            event("slots.not_finished", logging.WARNING, seconds=round(limit, 1))
 
     def _dispatch(self, once: bool, inputs_pending: Callable[[], int]) -> bool:
         """One round; False when `once` finds nothing left to do."""
         busy = self.slots.busy()
-        if busy == 0:  # with work in flight, the engine touches progress
-            self.progress.touch()
         if self._solo and busy == 0:
             self._solo = False
         free = 0 if self._solo else self.slots.size - busy
@@ -97,23 +135,12 @@ class Dispatcher:
             now = self.store.clock()
             pipelines = dict(self.pipelines.items())  # one set for the round (reloads)
             closed = [n for n, p in pipelines.items() if not p.open_at(now)]
-            crashes = self.settings.max_attempts
+            closed += sorted(set(self.paused()) - set(closed))
+            crashes = SUSPECT_AFTER_CRASHES
             limits = {n: p.max_concurrent for n, p in pipelines.items() if p.max_concurrent}
             # Drain for a job that must run alone; claim it once nothing else runs.
             solo = self._solo_waiting(crashes, closed)
-            jobs = (
-                []
-                if solo and busy
-                else self.store.claim(
-                    self.worker_id,
-                    free,
-                    self.settings.lease_seconds,
-                    exclude_pipelines=closed,
-                    max_crashes=crashes,
-                    solo=solo,
-                    limits=limits,
-                )
-            )
+            jobs = [] if solo and busy else self._claim(free, closed, crashes, solo, limits)
             self._solo = solo and bool(jobs)
             if self._solo:
                 self._solo_pending = False
@@ -130,13 +157,32 @@ class Dispatcher:
         self.wake.wait(self.settings.poll_interval)
         return True
 
+    def _claim(
+        self, free: int, closed: list[str], crashes: int, solo: bool, limits: dict[str, int]
+    ) -> list[ClaimedJob]:
+        if self.router is not None:
+            args = ClaimArgs(self.worker_id, self.settings.lease_seconds, closed, limits, crashes)
+            return self.router.claim(free, args, solo)
+        return self.store.claim(
+            self.worker_id,
+            free,
+            self.settings.lease_seconds,
+            exclude_pipelines=closed,
+            max_crashes=crashes,
+            solo=solo,
+            limits=limits,
+        )
+
     def _solo_waiting(self, crashes: int, closed: list[str]) -> bool:
         """Whether a job that must run alone waits. Only the recovery sweep makes such a
         job, every sweep_interval: looked up that often, not on every claim round."""
         now = time.monotonic()
         if self._solo_pending or now - self._solo_checked_at >= self.settings.sweep_interval:
             self._solo_checked_at = now
-            self._solo_pending = self.store.solo_waiting(crashes, closed)
+            if self.router is not None:
+                self._solo_pending = self.router.solo_waiting(crashes, closed)
+            else:
+                self._solo_pending = self.store.solo_waiting(crashes, closed)
         return self._solo_pending
 
     def _drained(self, inputs_pending: Callable[[], int], closed: list[str]) -> bool:
@@ -144,7 +190,11 @@ class Dispatcher:
             return (
                 self.slots.busy() == 0
                 and inputs_pending() == 0
-                and not self.store.has_ready(closed)
+                and not (
+                    self.router.has_ready(closed)
+                    if self.router is not None
+                    else self.store.has_ready(closed)
+                )
             )
         except DatabaseUnavailable:
             return False

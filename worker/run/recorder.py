@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from worker import liveness
 from worker.queue.outage import DatabaseUnavailable, Outage
 from worker.run.stop import StopFlags
 
@@ -38,11 +39,22 @@ class Recorder:
                 result = call()
             except DatabaseUnavailable as exc:
                 delay = self.outage.failed(exc)
-                if self.stop.hard.wait(delay) or self.past_shutdown_timeout():
+                if self._wait(delay) or self.past_shutdown_timeout():
                     raise DatabaseGone(str(exc)) from exc
                 continue
             self.outage.ok()
             return result
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep `seconds`, beating the caller's heartbeat (waiting out an outage is not
+        a hang); True if a hard stop came meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            liveness.beat()
+            if self.stop.hard.wait(min(left, 1.0)):
+                return True
+        liveness.beat()
+        return self.stop.hard.is_set()
 
     def past_shutdown_timeout(self) -> bool:
         """Whether the soft stop came more than `shutdown_timeout` seconds ago."""

@@ -1,7 +1,13 @@
 """The recovery sweep: jobs whose daemon died go back to the queue, parents whose
 children all finished while no one looked get gathered, and temp files of a process
 killed mid-write are removed. Any daemon on the database does this every
-`sweep_interval`."""
+`sweep_interval`.
+
+A daemon is dead when its heartbeat in `workers` is older than `lease_seconds`, not
+merely when a lease expired: after a database outage every lease has expired while
+every daemon is alive. So after an outage of its own the sweep waits one lease period,
+in which live daemons renew their leases and heartbeats, before it recovers anything.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from worker.background import BackgroundLoop
 from worker.config import Settings
 from worker.io.atomic import remove_stale_temps
 from worker.logs import event
-from worker.queue.jobs import JobStore
+from worker.queue.jobs import JobStore, RecoveredJob
 from worker.queue.outage import DatabaseUnavailable
 from worker.run.runner import JobObserver, NoObserver
 
@@ -38,6 +44,8 @@ class RecoverySweep(BackgroundLoop):
         self.interval = settings.sweep_interval
         self.observer: JobObserver = observer or NoObserver()
         self._temps_swept_at = float("-inf")
+        self._outage = False  # the last step could not reach the database
+        self._recover_after = float("-inf")  # time.monotonic() when recovery may run
 
     def before_start(self) -> None:
         """One sweep before the dispatcher starts, so `--once` finds recovered jobs."""
@@ -47,12 +55,20 @@ class RecoverySweep(BackgroundLoop):
             event("recovery.db_unavailable", logging.WARNING, error=str(exc))
 
     def step(self) -> float | None:
-        recovered = self.store.recover_expired(max_crashes=self.settings.max_attempts)
+        try:
+            recovered = self._recover()
+            woken = self.store.wake_waiting()  # children finished while no one looked
+        except DatabaseUnavailable:
+            self._outage = True
+            raise
+        if self._outage:  # back after an outage: let live daemons renew before judging
+            self._outage = False
+            self._recover_after = time.monotonic() + self.settings.lease_seconds
+            event("recovery.grace", seconds=self.settings.lease_seconds)
         for job in recovered:
             event("job.recovered", job_id=job.id, status=job.status)
         if recovered:
             self.observer.jobs_recovered(len(recovered))
-        woken = self.store.wake_waiting()  # children finished while no one looked
         for parent in woken:
             event("job.gather_queued", job_id=parent)
         if recovered or woken:
@@ -65,6 +81,11 @@ class RecoverySweep(BackgroundLoop):
             except OSError as exc:  # not a database outage: log it and go on
                 event("sweep.temp_failed", logging.WARNING, error=str(exc))
         return None
+
+    def _recover(self) -> list[RecoveredJob]:
+        if self._outage or time.monotonic() < self._recover_after:
+            return []
+        return self.store.recover_expired(stale_after=self.settings.lease_seconds)
 
     def _remove_stale_temps(self) -> None:
         # Temp files of a process killed mid-write (this one's previous life, or another's).

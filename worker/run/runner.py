@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from worker.background import Progress
+from worker import liveness
 from worker.config import Settings
 from worker.errors import GenerationInterrupted, InputError
 from worker.logs import event
@@ -81,10 +81,8 @@ class JobRunner:
         record: Recorder,
         stop: StopFlags,
         observer: JobObserver | None = None,
-        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
-        self.progress = progress or Progress()
         self.store = store
         self.handlers = handlers
         self.pipelines = pipelines
@@ -92,6 +90,9 @@ class JobRunner:
         self.record = record
         self.stop = stop
         self.observer: JobObserver = observer or NoObserver()
+        # Called once a job's final outcome is recorded: (job, status, output path); the
+        # daemon queues the pipeline's completion hook here (worker.run.hooks).
+        self.on_final: Callable[[ClaimedJob, str, str | None], None] = lambda *_: None
 
     def run_one(self, job: ClaimedJob) -> None:
         """Run `job` to a recorded outcome (or release it at shutdown)."""
@@ -110,8 +111,11 @@ class JobRunner:
         finally:
             self.leases.drop(job)
 
-    def _should_stop(self, job: ClaimedJob, deadline: float | None) -> bool:
-        self.progress.touch()  # called once per generated token: the watchdog's heartbeat
+    def _should_stop(
+        self, job: ClaimedJob, deadline: float | None, heartbeat: liveness.Heartbeat | None
+    ) -> bool:
+        if heartbeat is not None:  # called per generated token, from the decode thread too
+            heartbeat.beat()
         if self.stop.hard.is_set() or self.leases.is_lost(job):
             return True
         if deadline is not None and time.monotonic() > deadline:
@@ -173,14 +177,16 @@ class JobRunner:
         handler: JobHandler | None = None
         timeout = self.settings.job_timeout
         deadline = started + timeout if timeout > 0 else None
+        heartbeat = liveness.current()  # the slot's: the job's waits keep it beating
         try:
             handler = self._handler(job)
             attempt = Attempt(
                 job,
                 self._pipeline(job),
-                should_stop=lambda: self._should_stop(job, deadline),
+                should_stop=lambda: self._should_stop(job, deadline, heartbeat),
                 still_leased=lambda: self.record(lambda: self.leases.confirm(job)),
                 input_text=self._input_text(job),
+                deadline=deadline,
             )
             outcome = handler.run(attempt)
         except _UnknownPipeline as exc:
@@ -249,6 +255,7 @@ class JobRunner:
             job.pipeline, done.prompt_tokens, done.completion_tokens, seconds
         )
         handler.after_final(job, FinalOutcome(True, None, self.store.clock()))
+        self.on_final(job, "succeeded", output)
         event(
             "job.succeeded",
             job_id=job.id,
@@ -284,6 +291,8 @@ class JobRunner:
         self.observer.job_failed(job.pipeline, final)
         if final and handler is not None:
             handler.after_final(job, FinalOutcome(False, error, self.store.clock()))
+        if final:
+            self.on_final(job, "dead" if decision.dead else "failed", None)
         event(
             "job.failed" if final else "job.retrying",
             logging.WARNING,

@@ -1,7 +1,17 @@
 """Watch folders: files that finish arriving in `inbox/<pipeline>/` become jobs.
 
-watchdog events make it prompt; a start-up scan and a periodic rescan make it
-complete (inotify overflow, network file systems, files that arrived while down).
+watchdog events make it prompt; a first scan and a periodic rescan make it complete
+(inotify overflow, network file systems, files that arrived while down). Only `inbox/`
+and each `inbox/<pipeline>/` are watched, never below: a submitter's tree of folders
+costs no inotify watch. When inotify has no watch left (ENOSPC), the watcher says so
+and carries on with rescans alone.
+
+The cost of a rescan follows the changes, not the backlog: each queued version's
+`(size, mtime_ns, inode)` is remembered (`inbox_memory`), and an unchanged waiting
+file is skipped after one `lstat`, without being read or looked up in the job table.
+After a restart the memory is filled from the live file jobs in one query, and the
+first scan runs in the watcher's thread, after READY. Each tick works for at most
+TICK_BUDGET_SECONDS, so a big backlog of new files never stalls the loop.
 """
 
 from __future__ import annotations
@@ -13,14 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
-
-from watchdog.events import (
-    EVENT_TYPE_CLOSED,
-    EVENT_TYPE_CLOSED_NO_WRITE,
-    EVENT_TYPE_EVENTS_LOST,
-    EVENT_TYPE_OPENED,
-)
 
 from worker.background import BackgroundLoop
 from worker.config import Settings
@@ -33,20 +35,24 @@ from worker.io.files import (
     file_key,
     make_inbox,
 )
+from worker.io.instance import instance_id
 from worker.io.naming import is_ignored_name, name_problem, printable_path
 from worker.io.safe_read import read_regular_file
 from worker.logs import event
+from worker.queue.file_jobs import FileJobReads
 from worker.queue.jobs import JobStore, NewJob
-from worker.queue.models import FINAL_STATUSES, JobKind, JobStatus
+from worker.queue.models import FINAL_STATUSES, Job, JobKind, JobStatus
 from worker.queue.outage import DatabaseUnavailable
+from worker.sources.inbox_events import FolderEvents
+from worker.sources.inbox_memory import QueuedVersions
 from worker.sources.settle import Observation, is_settled, observe
 
 TICK_SECONDS = 0.2
-# Events that say a file was read, not changed. Reading a file (the watcher's own read
-# for its digest, the runner's read of its input) raises them: a watcher that looked
-# again at every one re-read and re-queried every waiting file five times a second,
-# for as long as it waited, on the cores the model needs (docs/performance.md).
-READ_ONLY_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
+# Work one tick may do (settle checks, reads, enqueues) before it yields to the next.
+TICK_BUDGET_SECONDS = 5.0
+# How often the jobs of remembered versions are looked up (in chunks), to archive the
+# originals of jobs that became final while their move failed, and to forget them.
+LEFTOVER_CHECK_SECONDS = 60.0
 
 
 class InboxWatcher(BackgroundLoop):
@@ -73,6 +79,8 @@ class InboxWatcher(BackgroundLoop):
         self.pipelines = set(pipelines)
         # Inboxes with inbox_mode "scheduled": enqueued only by `enqueue_inbox` at fires.
         self.held = frozenset(held)
+        # Pipelines whose intake an operator paused: their files wait in the inbox.
+        self.paused: Callable[[], Collection[str]] = frozenset
         self.on_enqueued = on_enqueued
         self.root = settings.data_dir / "inbox"
         self._lock = threading.Lock()
@@ -80,56 +88,44 @@ class InboxWatcher(BackgroundLoop):
         self._candidates: dict[Path, Observation] = {}
         self._warned: set[Path] = set()
         self._failing: set[Path] = set()  # files whose last try raised: logged once each
-        self._observer: Any = None
+        self.queued = QueuedVersions()  # versions that have a job: skipped by rescans
+        self.files = FileJobReads(store.db)
+        self.events = FolderEvents(
+            self._touch, self.rescan_soon, f"rescans every {settings.rescan_interval:g} s"
+        )
         self._last_rescan = float("-inf")
+        self._last_leftover_check = time.monotonic()
+        self._scanned = False  # the first scan is done (until then, `pending` is not 0)
 
     # Life cycle ------------------------------------------------------------
     def watch(self, pipelines: Collection[str], held: Collection[str] = ()) -> None:
         """Watch the inboxes of `pipelines` (creating them) from now on (a reload)."""
         for name in pipelines:
-            make_inbox(self.settings.folder("inbox", name), self.settings.inbox_mode)
+            folder = self.settings.folder("inbox", name)
+            make_inbox(folder, self.settings.inbox_mode)
+            self.events.watch(folder)
         self.pipelines = set(pipelines)
         self.held = frozenset(held)
         self.rescan_soon()  # files that waited for a new pipeline: now
 
     def before_start(self) -> None:
-        """Create the inboxes, start watchdog's observer and make the start-up scan."""
+        """Create the inboxes, start watchdog's observer (inbox/ and inbox/<pipeline>/
+        only), and remember the file versions that already have a live job. The first
+        scan is the loop's first tick (after READY; `pending` counts it until done)."""
+        self.events.start()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.events.watch(self.root)
         self.watch(self.pipelines, self.held)
-        self._start_observer()
-        self.tick()  # the start-up scan, so --once sees what is already there
+        self._remember_live_jobs()
 
     def after_stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        self.events.stop()
 
     def pending(self) -> int:
-        """Files seen in the inboxes that are not yet jobs (still arriving or not yet checked)."""
+        """Files seen in the inboxes that are not yet jobs (still arriving or not yet
+        checked); 1 more until the first scan is done (so --once waits for it)."""
         with self._lock:
-            return len(self._candidates) + len(self._touched)
-
-    def _start_observer(self) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        watcher = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type == EVENT_TYPE_EVENTS_LOST:  # inotify's queue overflowed
-                    watcher.rescan_soon()
-                    return
-                if event.event_type in READ_ONLY_EVENTS:
-                    return
-                closed = event.event_type == EVENT_TYPE_CLOSED
-                for raw in (event.src_path, getattr(event, "dest_path", "")):
-                    if raw:
-                        watcher._touch(Path(os.fsdecode(raw)), closed)
-
-        self._observer = Observer()
-        self._observer.schedule(Handler(), str(self.root), recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
+            return len(self._candidates) + len(self._touched) + (0 if self._scanned else 1)
 
     def rescan_soon(self) -> None:
         """Scan every inbox at the next tick (events were lost, pipelines changed, an outage)."""
@@ -137,6 +133,8 @@ class InboxWatcher(BackgroundLoop):
 
     def _touch(self, path: Path, closed: bool) -> None:
         if path.parent.parent != self.root or path.parent.name in self.held:
+            return
+        if path.parent.name in self.paused():
             return  # only inbox/<pipeline>/<name>, and not the inboxes taken at fires
         with self._lock:
             self._touched[path] = self._touched.get(path, False) or closed
@@ -154,18 +152,47 @@ class InboxWatcher(BackgroundLoop):
         return None
 
     def tick(self) -> None:
-        """Rescan if due, then enqueue every candidate that has settled."""
+        """Rescan if due, check leftovers if due, then enqueue every candidate that has
+        settled, for at most TICK_BUDGET_SECONDS (the rest waits for the next tick)."""
         now = time.monotonic()
         if now - self._last_rescan >= self.settings.rescan_interval:
             self._last_rescan = now
-            for path in self._scan():
-                self._touch(path, False)
+            self.rescan()
+        if now - self._last_leftover_check >= LEFTOVER_CHECK_SECONDS:
+            self._last_leftover_check = now
+            self.check_leftovers()
+        deadline = now + TICK_BUDGET_SECONDS
         with self._lock:
             touched, self._touched = self._touched, {}
-        for path, closed in touched.items():
+        items = list(touched.items())
+        for index, (path, closed) in enumerate(items):
+            if time.monotonic() > deadline:
+                with self._lock:  # not looked at yet: next tick
+                    for rest, was_closed in items[index:]:
+                        self._touched[rest] = self._touched.get(rest, False) or was_closed
+                return
             self._consider_one(path, closed, now)
         for path in list(self._candidates):
+            if time.monotonic() > deadline:
+                return
             self._consider_one(path, False, now)
+
+    def rescan(self) -> None:
+        """Look at every inbox file once: an unchanged queued version costs one lstat;
+        anything else becomes a candidate. Forgets what is gone."""
+        present: set[Path] = set()
+        for path, info in self._scan():
+            present.add(path)
+            if info is not None and self.queued.unchanged(path, info):
+                continue
+            self._touch(path, False)
+        self.queued.prune(present)
+        self._warned &= present
+        self._failing &= present
+        for path in [p for p in self._candidates if p not in present]:
+            self._candidates.pop(path, None)
+        with self._lock:
+            self._scanned = True
 
     def _consider_one(self, path: Path, closed: bool, now: float) -> None:
         # One file's problem (a name the file system rejects, a full disk while archiving)
@@ -187,23 +214,69 @@ class InboxWatcher(BackgroundLoop):
         else:
             self._failing.discard(path)
 
-    def _scan(self) -> list[Path]:
-        found: list[Path] = []
+    def _scan(self) -> list[tuple[Path, os.stat_result | None]]:
+        """Every entry of every inbox/<pipeline>/ (not below), with its lstat if it has one
+        (held inboxes too: their memory is pruned like the others; `_touch` skips them)."""
+        found: list[tuple[Path, os.stat_result | None]] = []
         try:
             folders = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             return found
         for folder in folders:
             try:
-                found.extend(Path(e.path) for e in os.scandir(folder.path))
+                entries = list(os.scandir(folder.path))
             except OSError:
                 continue
+            for entry in entries:
+                try:
+                    info: os.stat_result | None = entry.stat(follow_symlinks=False)
+                except OSError:
+                    info = None
+                found.append((Path(entry.path), info))
         return found
+
+    def _remember_live_jobs(self) -> None:
+        """Fill the memory from the job table: versions with a live job are not read again
+        by the first scan after a restart (one query; an outage only costs the reads)."""
+        try:
+            live = self.files.live(self.pipelines)
+        except DatabaseUnavailable as exc:
+            event("inbox.memory_unavailable", logging.WARNING, error=str(exc))
+            return
+        for job in live:
+            version = FileVersion.from_key(job.key)
+            pipeline, _, name = job.source_path.partition("/")
+            if version is None or pipeline not in self.pipelines or not name or "/" in name:
+                continue
+            path = self.settings.folder("inbox", pipeline) / name
+            self.queued.remember(path, version.size, version.mtime_ns, None, job.id, job.key)
+
+    def check_leftovers(self) -> None:
+        """Look up the jobs of remembered versions (CHUNK ids per query): a final one's
+        original is archived if it is still there (its move failed), and forgotten, so
+        the next rescan looks at the file once more."""
+        entries = list(self.queued.with_jobs())
+        if not entries:
+            return
+        statuses = self.files.statuses([e.job_id for _, e in entries if e.job_id is not None])
+        for path, entry in entries:
+            status = statuses.get(entry.job_id or 0)
+            if status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING):
+                continue
+            self.queued.forget(path)
+            if status is not None:
+                job = self.store.get_by_key(entry.key)
+                if job is not None:
+                    self._archive_leftover(FileRef(path.parent.name, path.name), job)
 
     def _consider(self, path: Path, closed: bool, now: float) -> None:
         try:
             info = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
+            self._candidates.pop(path, None)
+            self.queued.forget(path)
+            return
+        if self.queued.unchanged(path, info):  # an event, but the queued version is there
             self._candidates.pop(path, None)
             return
         problem = name_problem(path.name)
@@ -236,18 +309,42 @@ class InboxWatcher(BackgroundLoop):
         job_ids: list[int] = []
         for entry in entries:
             path = Path(entry.path)
+            # One file's problem (a name that is not UTF-8, a read error) is logged and
+            # skipped: the files after it are still taken.
             try:
-                info = os.lstat(path)
-            except FileNotFoundError:
+                job_id = self._enqueue_held(path)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                event(
+                    "inbox.file_error",
+                    logging.WARNING,
+                    path=printable_path(path),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 continue
-            if is_ignored_name(path.name) or not stat.S_ISREG(info.st_mode):
-                continue
-            if time.time_ns() - info.st_mtime_ns < self.settings.settle_seconds * 1e9:
-                continue
-            job_id = self._enqueue(path, info)
             if job_id is not None:
                 job_ids.append(job_id)
         return job_ids
+
+    def _enqueue_held(self, path: Path) -> int | None:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if is_ignored_name(path.name) or not stat.S_ISREG(info.st_mode):
+            return None
+        problem = name_problem(path.name)
+        if problem is not None:
+            if path not in self._warned:  # once per file, not at every fire
+                self._warned.add(path)
+                event("inbox.ignored", logging.WARNING, path=printable_path(path), reason=problem)
+            return None
+        if time.time_ns() - info.st_mtime_ns < self.settings.settle_seconds * 1e9:
+            return None
+        if self.queued.unchanged(path, info):
+            return None
+        return self._enqueue(path, info)
 
     def _enqueue(self, path: Path, info: os.stat_result) -> int | None:
         ref = FileRef(pipeline=path.parent.name, name=path.name)
@@ -271,21 +368,27 @@ class InboxWatcher(BackgroundLoop):
                 source=JobKind.FILE,
                 source_path=ref.source_path,
                 idempotency_key=key,
+                origin=instance_id(self.settings.data_dir),  # only this folder's daemons
             )
         )
         if job_id is not None:
             event("job.enqueued", job_id=job_id, pipeline=ref.pipeline, file=ref.name)
+            self.queued.remember(path, info.st_size, info.st_mtime_ns, info.st_ino, job_id, key)
             self.on_enqueued()
             return job_id
-        self._finish_leftover(ref, key)
-        return None
-
-    def _finish_leftover(self, ref: FileRef, key: str) -> None:
         # This file version already has a job. If that job is final, a crash came between
         # recording its outcome and moving the original: finish the move now.
         job = self.store.get_by_key(key)
-        if job is None or job.status not in FINAL_STATUSES:
-            return
+        if job is None:
+            return None
+        if job.status in FINAL_STATUSES:
+            self._archive_leftover(ref, job)
+        else:
+            self.queued.remember(path, info.st_size, info.st_mtime_ns, info.st_ino, job.id, key)
+        return None
+
+    def _archive_leftover(self, ref: FileRef, job: Job) -> None:
+        key = job.idempotency_key
         succeeded = job.status == JobStatus.SUCCEEDED
         archived = archive_original(
             self.settings,

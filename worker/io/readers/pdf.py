@@ -1,60 +1,86 @@
-"""PDF: the text layer, page by page, through pypdf."""
+"""PDF: the text layer, page by page, through PDFium (pypdfium2).
+
+Bounded by pages, drawing objects and characters, not only by the size of the file:
+pages share content streams and streams are compressed, so a few kilobytes of PDF can
+hold megabytes of text or millions of operators. Each bound raises as soon as it is
+passed, before the rest is read. The cost of parsing the operators of a page (PDFium
+parses some ten million a second, in C) is bounded by the sandbox's CPU and memory
+limits, which this reader runs under.
+
+Measured (a 105 KB PDF whose one content stream decompresses to 12 million empty text
+operators): pypdf took minutes per page and gigabytes of Python objects (400,000
+operators: 5.8 s and 153 MB); PDFium 1.1 s and 217 MB for all 12 million.
+"""
 
 from __future__ import annotations
 
-import io
-import logging
 from typing import Any
 
-from worker.errors import InputError
+from worker.errors import InputError, InputTooCostly
 from worker.io.readers.base import Document, text_over_limit
 
-
-class _TooMuchText(Exception):
-    pass
+# A PDF with more pages is refused before any page is read.
+MAX_PAGES = 5_000
+# Drawing objects (text runs, paths, images) of all pages together: each costs PDFium
+# memory, and pages that share one content stream each count it again.
+MAX_OBJECTS = 1_000_000
 
 
 def read_pdf(data: bytes, max_chars: int | None = None) -> Document:
     """The text of every page, pages separated by a blank line.
 
-    Pages share content streams and streams are compressed, so a few kilobytes of PDF can
-    hold megabytes of text: extraction stops (InputError) once more than `max_chars`
-    characters came out, before the rest is read.
+    InputError if it is not a readable PDF, is encrypted, has no text, or has more than
+    `max_chars` characters; InputTooCostly past MAX_PAGES pages or MAX_OBJECTS objects.
     """
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
-
-    extracted = 0
-
-    def count(text: str, *_context: Any) -> None:
-        # pypdf calls this for each piece of text it shows, so a page's text is bounded
-        # while it is extracted, not only after.
-        nonlocal extracted
-        extracted += len(text)
-        if max_chars is not None and extracted > max_chars:
-            raise _TooMuchText
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as raw
 
     if not data.lstrip()[:5].startswith(b"%PDF-"):
         raise InputError("not a PDF file: it does not start with %PDF-")
-    # pypdf logs warnings about harmless defects (bad xref offsets) at WARNING level.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise InputError("the PDF is encrypted; decrypt it first")
-        pages = [page.extract_text(visitor_text=count) or "" for page in reader.pages]
-    except _TooMuchText:
-        assert max_chars is not None
-        raise text_over_limit(max_chars) from None
-    except InputError:
-        raise
-    except PyPdfError as exc:
+        document = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) == raw.FPDF_ERR_PASSWORD:
+            raise InputError("the PDF is encrypted; decrypt it first") from None
         raise InputError(f"cannot read the PDF: {exc}") from None
-    except Exception as exc:  # a malformed file can break pypdf in many ways; all are bad input
-        raise InputError(f"cannot read the PDF: {type(exc).__name__}: {exc}") from None
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    try:
+        pages = _pages(document, raw, max_chars)
+    except pdfium.PdfiumError as exc:
+        raise InputError(f"cannot read the PDF: {exc}") from None
+    finally:
+        document.close()
+    text = "\n\n".join(page for page in pages if page)
     if not text:
         raise InputError(
             f"empty input: the PDF's {len(pages)} page(s) have no text layer (scanned? OCR it)"
         )
     return Document(text)
+
+
+def _pages(document: Any, raw: Any, max_chars: int | None) -> list[str]:
+    count = len(document)
+    if count > MAX_PAGES:
+        raise InputTooCostly(f"the PDF has {count} pages; the limit is {MAX_PAGES}")
+    pages: list[str] = []
+    objects = characters = 0
+    for index in range(count):
+        page = document[index]
+        try:
+            objects += raw.FPDFPage_CountObjects(page.raw)
+            if objects > MAX_OBJECTS:
+                raise InputTooCostly(
+                    f"over the {MAX_OBJECTS} drawing objects limit at page {index + 1} "
+                    "while reading PDF"
+                )
+            textpage = page.get_textpage()
+            try:
+                characters += textpage.count_chars()
+                if max_chars is not None and characters > max_chars:
+                    raise text_over_limit(max_chars)
+                text = textpage.get_text_range()
+            finally:
+                textpage.close()
+        finally:
+            page.close()
+        pages.append(text.replace("\r\n", "\n").replace("\r", "\n").strip())
+    return pages

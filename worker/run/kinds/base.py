@@ -13,21 +13,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from worker.config import Settings
-from worker.errors import GenerationInterrupted
+from worker.errors import GenerationInterrupted, ModelError
 from worker.io.atomic import write_atomic
 from worker.io.files import content_digest, digest_of_key
-from worker.io.safe_read import read_regular_file
+from worker.io.safe_read import read_beneath, read_regular_file
 from worker.llm.chat import ChatTemplate, chat_template_for
+from worker.llm.embedders import Embedders
+from worker.llm.embedding import Embedder
 from worker.llm.engine import Engine
 from worker.logs import event
 from worker.pipelines.inference import PipelineRun
+from worker.pipelines.models import pipeline_model
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, JobStore
 from worker.queue.models import JobKind
 from worker.run.recorder import Recorder
+from worker.sandbox import Sandbox
+from worker.sandbox.parsing import Parsing
 
 StillLeased = Callable[[], bool]
 ShouldStop = Callable[[], bool]
@@ -66,6 +71,9 @@ class Attempt:
     still_leased: StillLeased
     # The row's `input_text`, read for this job alone after its size was checked.
     input_text: str | None = None
+    # When the attempt must end (`job_timeout`, time.monotonic()); None: no limit. Every
+    # step honours it: parsing in the sandbox, generation, map-reduce.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,37 +100,95 @@ class JobHandler(Protocol):
         ...
 
 
+class Models(Protocol):
+    """The daemon's models (`worker.llm.manager.ModelManager`): engines by model name."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def engine(self, name: str) -> Any:
+        """The loaded engine of `name` (a generation or an embedding engine)."""
+        ...
+
+
 class JobContext:
-    """What handlers share: settings, the store, the engine, the recorder, the chat template."""
+    """What handlers share: settings, the store, the models' engines, the recorder, the
+    chat templates, and the sandbox that parses untrusted input. With `models` (a
+    daemon), each pipeline runs on the engine of its model; without (tests, one-off
+    tools), every pipeline runs on `engine`, and embedding pipelines on `embedders`."""
 
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
-        engine: Engine,
+        engine: Engine | None,
         record: Recorder,
+        sandbox: Sandbox,
+        models: Models | None = None,
+        embedders: Embedders | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.record = record
-        self._chat: ChatTemplate | None = None
+        self.sandbox = sandbox
+        self.models = models
+        self.embedders = embedders or Embedders()
+        self._chat: dict[str, ChatTemplate] = {}
 
-    def chat(self) -> ChatTemplate:
-        """The loaded model's chat template (made on first use)."""
-        if self._chat is None:
-            spec = self.settings.models.get(self.settings.model)
+    def model_for(self, pipeline: Pipeline, model: str | None = None) -> str:
+        """The model-table name a job of `pipeline` runs on (`model`: the job's own)."""
+        return model or pipeline_model(pipeline, self.settings)
+
+    def serves(self, model: str) -> bool:
+        """Whether this daemon serves model `model` (a model-table name)."""
+        if self.models is None:
+            return model == self.settings.model or model in self.embedders.names()
+        return model in self.models.names
+
+    def _engine(self, name: str) -> Any:
+        if self.models is None:
+            if self.engine is None:
+                raise ModelError("no engine")
+            return self.engine
+        return self.models.engine(name)
+
+    def engine_for(self, pipeline: Pipeline, model: str | None = None) -> Engine:
+        """The generation engine of `pipeline`'s model (or of the job's own `model`)."""
+        engine: Engine = self._engine(self.model_for(pipeline, model))
+        return engine
+
+    def embedder_for(self, pipeline: Pipeline, model: str | None = None) -> Embedder:
+        """The embedding engine of `pipeline`'s model (a `kind = "embed"` entry): the model
+        manager's in a daemon, else one of `embedders` (`worker.llm.embedding`)."""
+        name = self.model_for(pipeline, model)
+        if self.models is None:
+            return self.embedders.get(name)
+        engine: Embedder = self._engine(name)
+        return engine
+
+    def chat(self, pipeline: Pipeline | None = None, model: str | None = None) -> ChatTemplate:
+        """The chat template of a pipeline's model (default: the `model` setting's), made
+        on first use: the model entry's `chat_template`, else the GGUF's, else a plain
+        transcript."""
+        name = self.model_for(pipeline, model) if pipeline is not None else model
+        name = name or self.settings.model
+        if name not in self._chat:
+            spec = self.settings.models.get(name)
             override = spec.chat_template if spec is not None else None
-            self._chat = chat_template_for(self.engine, override)
-        return self._chat
+            self._chat[name] = chat_template_for(self._engine(name), override)
+        return self._chat[name]
 
-    def engine_for(self, pipeline: Pipeline) -> Engine:
-        """The engine that serves `pipeline`'s model."""
-        return self.engine
+    def parsing(self, attempt: Attempt) -> Parsing:
+        """The parsing steps of `attempt`, in the sandbox, by its deadline; waiting checks
+        `should_stop` (which beats the slot's heartbeat) at least once a second."""
+        return Parsing(self.sandbox, attempt.deadline, attempt.should_stop)
 
-    def pipeline_run(self, pipeline: Pipeline) -> PipelineRun:
-        """`pipeline` on the engine of its model."""
-        return PipelineRun(self.engine_for(pipeline), pipeline, self.chat)
+    def pipeline_run(self, pipeline: Pipeline, parsing: Parsing) -> PipelineRun:
+        """`pipeline` on the engine of its model, its JSON results checked by `parsing`."""
+        return PipelineRun(
+            self.engine_for(pipeline), pipeline, lambda: self.chat(pipeline), parsing.validate
+        )
 
 
 def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None:
@@ -137,10 +203,18 @@ def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None
     write_atomic(path, text.encode("utf-8"), before_replace=confirm, mode=mode)
 
 
-def read_version(path: Path, key: str | None, max_bytes: int) -> bytes:
-    """The bytes of a file job's input, checked against the version that was queued."""
+def read_version(path: Path, key: str | None, max_bytes: int, root: Path | None = None) -> bytes:
+    """The bytes of a file job's input, checked against the version that was queued.
+
+    With `root`, no link below it is followed (a swept tree). A read that failed for a
+    reason that may pass (EMFILE, EIO...) raises TransientReadError, an OSError: the job
+    is retried, not failed for good.
+    """
     try:
-        data = read_regular_file(path, max_bytes)
+        if root is None:
+            data = read_regular_file(path, max_bytes)
+        else:
+            data = read_beneath(root, str(path.relative_to(root)), max_bytes)
     except FileNotFoundError:
         raise JobVanished("input file was removed before it was processed") from None
     expected = digest_of_key(key)

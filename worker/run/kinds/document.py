@@ -8,11 +8,12 @@ import logging
 
 from worker.errors import InputError
 from worker.io.files import FileRef, FileVersion, archive_original
-from worker.io.readers import Records, limits_of, read_input, reader_for
+from worker.io.readers import Records, limits_of, reader_for
 from worker.logs import event
+from worker.pipelines.models import embeds
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
-from worker.run.kinds import batch_lines, records
+from worker.run.kinds import batch_lines, embed, records
 from worker.run.kinds.base import (
     EXPANDED,
     Attempt,
@@ -40,20 +41,30 @@ class DocumentFile:
         if context.store.has_children(job.id):
             if context.store.batch_of_job(job.id) is not None:
                 return batch_lines.gather(context, job, pipeline, ref, attempt.still_leased)
+            if embeds(settings, pipeline):
+                return embed.gather(context, job, pipeline, ref, attempt.still_leased)
             return records.gather(context, job, pipeline, ref, attempt.still_leased)
         path = ref.inbox_path(settings)
         data = read_version(path, job.idempotency_key, settings.max_input_bytes)
         kind = reader_for(ref.name, pipeline.reader)
+        parsing = context.parsing(attempt)
         if kind == "openai-batch":
-            batch_lines.expand(context, job, pipeline, ref, data)
+            batch_lines.expand(context, job, pipeline, ref, parsing.check_lines(data, None))
             return EXPANDED
-        document = read_input(data, kind, limits_of(settings))
+        document = parsing.read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
+            if embeds(settings, pipeline):
+                reused = embed.reuse_records(context, attempt, ref)
+                if reused is not None:
+                    return reused
             records.expand(context, job, pipeline, document)
             return EXPANDED
-        run = context.pipeline_run(pipeline)
+        if embeds(settings, pipeline):
+            output = embed.file_output(context, pipeline, ref.name)
+            return embed.run_document(context, attempt, ref, document.text, output)
+        run = context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
-        output = ref.output_path(settings, pipeline.output_format)
+        output = ref.output_path(settings, pipeline.output_format, ref.owner(settings))
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 

@@ -13,9 +13,10 @@ import json
 from typing import Any
 
 from worker.errors import GenerationInterrupted
-from worker.io.files import FileRef
+from worker.io.files import FileRef, output_folder
 from worker.io.naming import output_name
 from worker.io.readers import Records, template_variables, too_many_records
+from worker.pipelines.models import embeds
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob, NewChild
 from worker.queue.models import JobKind, JobStatus
@@ -27,6 +28,7 @@ from worker.run.kinds.base import (
     StillLeased,
     publish,
 )
+from worker.run.kinds.embed import embed_text
 
 
 def expand(context: JobContext, job: ClaimedJob, pipeline: Pipeline, records: Records) -> None:
@@ -60,7 +62,9 @@ class RecordItem(ChildOfFile):
     def run(self, attempt: Attempt) -> JobResult:
         payload = json.loads(attempt.input_text or "{}")
         input_text, variables = template_variables(payload.get("fields") or {})
-        run = self.context.pipeline_run(attempt.pipeline)
+        if embeds(self.context.settings, attempt.pipeline):
+            return embed_text(self.context, attempt.pipeline, input_text, attempt.should_stop)
+        run = self.context.pipeline_run(attempt.pipeline, self.context.parsing(attempt))
         answer = run.run(input_text, variables, attempt.should_stop)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens)
 
@@ -93,7 +97,8 @@ def gather(
             "record": fields,
         }
         lines.append(json.dumps(line, ensure_ascii=False))
-    output = context.settings.folder("outbox", pipeline.name) / output_name(ref.name, "jsonl")
+    folder = output_folder(context.settings, pipeline.name, ref.owner(context.settings))
+    output = folder / output_name(ref.name, "jsonl")
     publish(
         still_leased, output, "".join(f"{line}\n" for line in lines), context.settings.output_mode
     )

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.errors import InputError
+from worker.io.files import file_owner, output_folder
 from worker.io.naming import output_name
-from worker.io.readers import Records, limits_of, read_input, reader_for
+from worker.io.readers import Records, limits_of, reader_for
+from worker.pipelines.models import embeds
 from worker.pipelines.spec import Pipeline
 from worker.queue.jobs import ClaimedJob
 from worker.queue.models import JobKind
+from worker.run.kinds import embed
 from worker.run.kinds.base import (
     Attempt,
     FinalOutcome,
@@ -19,24 +22,25 @@ from worker.run.kinds.base import (
     publish,
     read_version,
 )
-from worker.sources.sweep import absolute_pattern, glob_pattern
+from worker.sources.sweep import swept_root
 
 
-def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> Path:
+def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> tuple[Path, Path]:
     """The file a sweep row names, checked as untrusted input: an absolute, normalized path
-    that matches one of its pipeline's sweep globs. InputError if not."""
+    that matches one of its pipeline's sweep globs. Returns (the path, the glob's literal
+    root: the read follows no link below it). InputError if not."""
     if not source_path or "\x00" in source_path:
         raise InputError("a sweep job needs the absolute path of its file in source_path")
     path = Path(source_path)
     if not path.is_absolute() or ".." in path.parts or str(path) != source_path:
         raise InputError(f"invalid source_path {source_path!r}: not an absolute, normal path")
-    globs = [glob_pattern(absolute_pattern(g, data_dir)) for g in pipeline.sweep]
-    if not any(glob.match(source_path) for glob in globs):
+    root = swept_root(source_path, pipeline.sweep, data_dir)
+    if root is None:
         raise InputError(
             f"invalid source_path {source_path!r}: it matches none of pipeline "
             f"{pipeline.name}'s sweep globs"
         )
-    return path
+    return path, root
 
 
 class SweptFile:
@@ -49,15 +53,27 @@ class SweptFile:
 
     def run(self, attempt: Attempt) -> JobResult:
         job, pipeline, settings = attempt.job, attempt.pipeline, self.context.settings
-        path = swept_path(job.source_path, pipeline, settings.data_dir)
-        data = read_version(path, job.idempotency_key, settings.max_input_bytes)
-        document = read_input(data, reader_for(path.name, pipeline.reader), limits_of(settings))
+        path, root = swept_path(job.source_path, pipeline, settings.data_dir)
+        data = read_version(path, job.idempotency_key, settings.max_input_bytes, root=root)
+        parsing = self.context.parsing(attempt)
+        reader = reader_for(path.name, pipeline.reader)
+        document = parsing.read_input(data, reader, limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
-        run = self.context.pipeline_run(pipeline)
+        if embeds(settings, pipeline):
+            output = embed.file_output(self.context, pipeline, path.name)
+            return embed.embed_file(
+                self.context,
+                pipeline,
+                document.text,
+                output,
+                attempt.should_stop,
+                attempt.still_leased,
+            )
+        run = self.context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
-        output = settings.folder("outbox", pipeline.name) / name
+        output = output_folder(settings, pipeline.name, file_owner(path)) / name
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
