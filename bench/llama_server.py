@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,13 +25,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-worker"
-TARGETS = ("llama-server", "llama-batched-bench")
+TARGETS = ("llama-server", "llama-batched-bench", "llama-bench")
 
 
 def llama_cpp_version() -> str:
@@ -46,10 +47,14 @@ def build_dir() -> Path:
 
 def server_binary() -> Path:
     """llama-server, built on first use (a few minutes on 2 cores)."""
-    binary = build_dir() / "bin" / "llama-server"
-    if not binary.is_file():
+    return tool_binary("llama-server")
+
+
+def tool_binary(name: str) -> Path:
+    """One of TARGETS, built (all of them at once) on first use (minutes on 2 cores)."""
+    if any(not (build_dir() / "bin" / target).is_file() for target in TARGETS):
         build(build_dir())
-    return binary
+    return build_dir() / "bin" / name
 
 
 def build(target: Path) -> None:
@@ -120,11 +125,17 @@ class ServerOptions:
     threads: int
     n_ctx: int  # per slot
     extra: Sequence[str] = ()
+    # llama-server's default: repacked weights (extra buffer types). `--no-repack` only
+    # where they crash (server_repack_works).
+    repack: bool = True
 
 
 @contextmanager
-def running_server(model: Path, options: ServerOptions) -> Iterator[tuple[str, int]]:
-    """A llama-server on 127.0.0.1; yields (base URL, pid)."""
+def running_server(
+    model: Path, options: ServerOptions, exits: list[int | None] | None = None
+) -> Iterator[tuple[str, int]]:
+    """A llama-server on 127.0.0.1; yields (base URL, pid). `exits` gets its exit code
+    (negative: the signal that ended it) if it ended before it was stopped."""
     port = free_port()
     command = [
         str(server_binary()),
@@ -142,9 +153,7 @@ def running_server(model: Path, options: ServerOptions) -> Iterator[tuple[str, i
         str(options.threads),
         "-tb",
         str(options.threads),
-        # No repacked weights: AMX tiles (one of the extra buffer types) kill the process
-        # on the virtual machines this runs on; the engine turns them off too.
-        "--no-repack",
+        *([] if options.repack else ["--no-repack"]),
         "--no-webui",
         *options.extra,
     ]
@@ -154,6 +163,11 @@ def running_server(model: Path, options: ServerOptions) -> Iterator[tuple[str, i
         try:
             _wait_healthy(base, proc, log)
             yield base, proc.pid
+        except BaseException:
+            time.sleep(0.5)  # a server that crashed mid-request: let it finish dying
+            if exits is not None:
+                exits.append(proc.poll())
+            raise
         finally:
             proc.terminate()
             try:
@@ -232,3 +246,20 @@ def run_requests(
     if len(done) != len(bodies):
         raise RuntimeError(f"{len(bodies) - len(done)} requests got no answer")
     return seconds, done
+
+
+def server_repack_works(model: Path, options: ServerOptions) -> tuple[bool, str]:
+    """Can llama-server run with its defaults here? One start and one short request with
+    repacked weights; (False, why) if the server dies or fails (SIGILL on AMX)."""
+    exits: list[int | None] = []
+    try:
+        with running_server(model, replace(options, repack=True), exits) as (base, _pid):
+            complete(base, {"prompt": "The quick brown fox " * 20, "n_predict": 8})
+    except (RuntimeError, OSError, urllib.error.URLError):
+        code = exits[-1] if exits else None
+        if code is not None and code < 0:
+            why = f"died with {signal.Signals(-code).name}"
+        else:
+            why = f"failed (exit {code})"
+        return False, f"llama-server with repacked weights {why}"
+    return True, "llama-server's defaults (repacked weights) work here"

@@ -117,3 +117,79 @@ def documents(count: int = 64, seed: int = 7) -> list[str]:
 def prompt(document: str) -> str:
     """The full prompt for one document."""
     return INSTRUCTION + document + SUFFIX
+
+
+# The second workload: held-out incident reports, longer (about 500-1,100 tokens), behind
+# another instruction, with short answers (at most SHORT_MAX_TOKENS). Another seed and
+# other sentences, so a change tuned on the summaries shows.
+INCIDENT_INSTRUCTION = """The texts below are incident reports filed by the operations staff
+of a water utility. Each report describes one incident: what happened, where, when, who
+responded, what was damaged, what it cost and what was done. Read the report and answer in
+one or two short sentences: name the site, the date and the main cause of the incident, and
+give the cost if the report states one. Copy names, dates and figures exactly as written.
+Do not add anything that is not in the report.
+
+### Incident report
+
+"""
+
+INCIDENT_SUFFIX = "\n\n### Answer\n\n"
+SHORT_MAX_TOKENS = 48
+
+_PLANTS = ["Northgate", "Riverside", "Ashford", "Kelby", "Marston", "Oakhill", "Pellow", "Quarry"]
+_STAFF = ["Hana Sato", "Omar Haddad", "Lena Fischer", "Ben Carter", "Ines Duarte", "Karl Roth"]
+_EVENTS = [
+    "At {h}:{m:02d} on {day} {month}, pump {k} at the {plant} station tripped on overcurrent.",
+    "{person}, the duty engineer, isolated the main between valves V{k} and V{k2}.",
+    "The pressure in zone {k} dropped to {p}.{k2} bar for {k3} minutes.",
+    "A contractor's excavator struck a {d} mm main on {street} Road.",
+    "About {n},{m:03d} litres of treated water were lost before the repair.",
+    "Repair costs were estimated at {c},{m:03d} pounds, excluding overtime.",
+    "Customers in {k} streets were supplied from tankers for {k3} hours.",
+    "The telemetry alarm at the {plant} reservoir did not fire, and the cause is unknown.",
+    "Chlorine residual at the outlet fell to 0.{k}{k2} mg/l and was restored within {k3} hours.",
+    "{person} notified the regulator at {h}:{m:02d} as the permit requires.",
+    "Root cause: corrosion of a {d} mm cast iron pipe laid in {year}.",
+    "The standby generator at {plant} failed to start, and a spare unit was brought in.",
+    "{k} staff worked overnight, and {person} led the clean-up on {day} {month}.",
+]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "September", "October"]
+_STREETS = ["Mill", "Station", "Church", "Bridge", "Harbour", "Forest"]
+
+
+def _event(rng: random.Random) -> str:
+    return rng.choice(_EVENTS).format(
+        h=rng.randint(0, 23),
+        m=rng.randint(0, 59),
+        day=rng.randint(1, 28),
+        month=rng.choice(_MONTHS),
+        k=rng.randint(2, 9),
+        k2=rng.randint(1, 9),
+        k3=rng.randint(2, 30),
+        p=rng.randint(0, 3),
+        plant=rng.choice(_PLANTS),
+        person=rng.choice(_STAFF),
+        d=rng.choice([100, 150, 225, 300, 450]),
+        street=rng.choice(_STREETS),
+        n=rng.randint(10, 900),
+        c=rng.randint(2, 80),
+        year=rng.randint(1920, 1975),
+    )
+
+
+def incident_documents(count: int = 32, seed: int = 2027) -> list[str]:
+    """`count` incident reports of about 500-1,100 tokens (the second workload)."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(count):
+        n_sentences = 24 + (i * 29) % 30  # about 20 tokens a sentence
+        sentences = [_event(rng) for _ in range(n_sentences)]
+        paragraphs = [" ".join(sentences[s : s + 5]) for s in range(0, len(sentences), 5)]
+        plant = _PLANTS[i % len(_PLANTS)]
+        docs.append(f"Incident {1000 + i}, {plant} network.\n\n" + "\n\n".join(paragraphs))
+    return docs
+
+
+def incident_prompt(document: str) -> str:
+    """The full prompt for one incident report (the second workload)."""
+    return INCIDENT_INSTRUCTION + document + INCIDENT_SUFFIX

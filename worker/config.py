@@ -110,8 +110,10 @@ class Settings(BaseSettings):
     # Performance); off trades that for faster prompt processing on CPUs.
     batch_invariant: bool = False
     # Repacked weight layouts and AMX tiles (llama.cpp's extra buffer types); ignored while
-    # batch_invariant is on. Off: some virtual machines report AMX and fault on it.
-    repack_weights: bool = False
+    # batch_invariant is on. None (the default): on unless a probe at start-up (a child
+    # process that decodes a few tokens with them) dies; some virtual machines report AMX
+    # and fault on it (SIGILL).
+    repack_weights: bool | None = None
 
     lease_seconds: float = Field(default=60.0, gt=1)
     poll_interval: float = Field(default=0.5, gt=0, le=60)

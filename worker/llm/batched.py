@@ -43,13 +43,18 @@ from worker.llm.generation import Generation
 from worker.llm.grammar import compile_grammar
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
-from worker.llm.sampling import SamplerChain
+from worker.llm.sampling import GrammarStats, SamplerChain
+from worker.llm.speculation import NgramLookup
+from worker.llm.ubatches import common_draft_length, weight_passes
 
 log = logging.getLogger(__name__)
 
 # A cached prefix shorter than this is not worth a cache sequence.
 MIN_PREFIX_TOKENS = 16
 PREFIX_CACHE_SLOTS = 2
+DEFAULT_SPECULATE = 4
+# Lay out decode calls by sequence id and hand out the lowest free id (worker.llm.ubatches).
+SEQ_ORDER = True
 # How long close() waits for the decode thread (it ends within one decode call).
 CLOSE_JOIN_SECONDS = 30.0
 # A single llama_decode call running longer than this is a hung decode (the watchdog).
@@ -66,10 +71,26 @@ class BatchOptions:
     n_threads_batch: int | None = None
     prefix_cache: bool = True
     batch_invariant: bool = False
-    # llama.cpp's extra weight buffers (repacked layouts, AMX tiles). Off by default: some
-    # virtual machines report AMX and then fault on it (SIGILL), and on the default model
-    # repacking bought nothing measurable (docs/performance.md).
+    # llama.cpp's extra weight buffers (repacked layouts, AMX tiles). Off here by default:
+    # some virtual machines report AMX and then fault on it (SIGILL); the daemon decides
+    # with a probe at start-up (worker.llm.repack_probe).
     repack_weights: bool = False
+    # Prompt-lookup speculation: at most this many draft tokens per greedy sequence and
+    # decode call, copied from where the sequence's last tokens occurred before (0: off).
+    # Greedy output is the same token for token; fewer decode calls (docs/performance.md).
+    # None: DEFAULT_SPECULATE, or 0 with batch_invariant (drafts add rows to a decode call,
+    # and near-ties then flip as they do with other neighbours: 27/32 for 29/32).
+    speculate: int | None = None
+    # One KV buffer for all sequences (llama-server's default with automatic slots): every
+    # call is one weight pass, but every token attends over every sequence's cells.
+    kv_unified: bool = False
+
+    @property
+    def draft_tokens(self) -> int:
+        """The speculation in effect: at most this many draft tokens a call (0: none)."""
+        if self.speculate is not None:
+            return self.speculate
+        return 0 if self.batch_invariant else DEFAULT_SPECULATE
 
 
 @dataclass
@@ -80,6 +101,18 @@ class EngineStats:
     prompt_tokens_evaluated: int = 0
     prompt_tokens_reused: int = 0
     generated_tokens: int = 0
+    # The profile's counts (docs/performance.md): decode calls by what they carried, the
+    # seconds inside llama_decode, and greedy grammar sampling's paths.
+    calls_running_only: int = 0
+    calls_mixed: int = 0
+    calls_prompt_only: int = 0
+    running_tokens: int = 0  # tokens decoded for their logits (next tokens, drafts)
+    weight_passes: int = 0  # llama.cpp's micro-batches (worker.llm.ubatches)
+    draft_tokens: int = 0
+    draft_tokens_accepted: int = 0
+    decode_seconds: float = 0.0
+    sample_seconds: float = 0.0  # the decode thread's CPU time in sampling and stop checks
+    grammar: GrammarStats = field(default_factory=GrammarStats)
 
 
 @dataclass
@@ -104,6 +137,9 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
     logits_index: int = -1
+    drafts: list[int] = field(default_factory=list)  # fed after `pending` in this call
+    draft_limit: int = 0  # the next draft's length: shrinks after a miss, grows back
+    lookup: NgramLookup | None = None  # prompt-lookup drafts (greedy sequences only)
 
     @property
     def prefilling(self) -> bool:
@@ -163,7 +199,7 @@ class BatchedEngine:
         cparams.no_perf = True
         # One KV stream per sequence: in a unified buffer every token attends over all
         # sequences' cells (masked), measured 3% slower here (docs/performance.md).
-        cparams.kv_unified = False
+        cparams.kv_unified = batch.kv_unified
         if batch.batch_invariant:
             # The attention kernels of llama-cpp-python's Llama (flash attention off): a
             # row's arithmetic is the same as a lone sequence's.
@@ -331,7 +367,9 @@ class BatchedEngine:
         """Give `request` a slot, a sampler and its cached prefix; on failure, give them back."""
         if request.should_stop():
             raise GenerationInterrupted("stopped before it started")
-        seq_id = self._free_slots.pop(0)
+        # The lowest free id: running sequences' ids stay consecutive (one weight pass).
+        seq_id = min(self._free_slots) if SEQ_ORDER else self._free_slots[0]
+        self._free_slots.remove(seq_id)
         try:
             sampler = SamplerChain(
                 self._ll, self._vocab, request.generation, self.options.seed, request.grammar
@@ -340,6 +378,9 @@ class BatchedEngine:
             self._free_slots.append(seq_id)
             raise
         seq = _Sequence(request, seq_id, sampler)
+        if self.batch_options.draft_tokens and request.generation.temperature <= 0:
+            seq.lookup = NgramLookup(request.tokens)
+            seq.draft_limit = self.batch_options.draft_tokens
         try:
             seq.n_past = self._reuse_prefix(seq)
         except BaseException:
@@ -414,7 +455,9 @@ class BatchedEngine:
         return i
 
     def _decode(self) -> None:
+        started = time.perf_counter()
         code = self._ll.llama_decode(self._ctx, self._batch)
+        self.stats.decode_seconds += time.perf_counter() - started
         self.stats.decode_calls += 1
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
@@ -425,21 +468,44 @@ class BatchedEngine:
         running = [s for s in self._active if not s.prefilling and s.pending is not None]
         prefilling = [s for s in self._active if s.prefilling]
         budget = self.batch_options.n_batch
+        if SEQ_ORDER:  # see worker.llm.ubatches: one weight pass where it can be
+            running.sort(key=lambda s: s.seq_id)
         if not self.batch_options.batch_invariant:
-            budget -= self._add_next_tokens(running)
-            for seq in prefilling:
+            self._plan_drafts(running, budget)
+            budget -= sum(1 + len(seq.drafts) for seq in running)
+            chunks: dict[int, int] = {}
+            for seq in prefilling:  # the budget goes to the oldest prompts first
                 if budget <= 0:
                     break
-                budget -= self._add_prompt_chunk(seq, budget)
+                chunks[seq.seq_id] = min(budget, len(seq.request.tokens) - seq.n_past)
+                budget -= chunks[seq.seq_id]
+            chunked = [seq for seq in prefilling if seq.seq_id in chunks]
+            members = running + chunked
+            if SEQ_ORDER:
+                members.sort(key=lambda s: s.seq_id)
+            for seq in members:
+                if seq.prefilling:
+                    self._add_prompt_chunk(seq, chunks[seq.seq_id])
+                else:
+                    self._add_next_tokens([seq])
         elif prefilling and (self._prompt_turn or not running):
             # One sequence's chunk alone: the same ubatch shape as a sequence on its own.
             self._add_prompt_chunk(prefilling[0], budget)
             self._prompt_turn = False
         else:
+            self._plan_drafts(running, budget)
             self._add_next_tokens(running)
             self._prompt_turn = True
-        if self._batch.n_tokens == 0:
+        n_tokens = self._batch.n_tokens
+        if n_tokens == 0:
             return
+        self._count_call(n_tokens, sum(1 + len(s.drafts) for s in running if s.logits_index >= 0))
+        n_ubatch = self.batch_options.n_ubatch
+        if self.batch_options.kv_unified:  # llama.cpp's simple split: n_ubatch at a time
+            self.stats.weight_passes += -(-n_tokens // n_ubatch)
+        else:
+            seq_ids = [self._batch.seq_id[i][0] for i in range(n_tokens)]
+            self.stats.weight_passes += weight_passes(seq_ids, n_ubatch)
         self._decode()
         for seq in list(self._active):
             if seq.request.should_stop():
@@ -447,14 +513,59 @@ class BatchedEngine:
             elif seq.logits_index >= 0:
                 self._sample(seq)
                 seq.logits_index = -1
+                seq.drafts = []
+
+    def _count_call(self, n_tokens: int, running_tokens: int) -> None:
+        stats = self.stats
+        stats.running_tokens += running_tokens
+        if running_tokens == n_tokens:
+            stats.calls_running_only += 1
+        elif running_tokens == 0:
+            stats.calls_prompt_only += 1
+        else:
+            stats.calls_mixed += 1
+
+    def _plan_drafts(self, running: list[_Sequence], budget: int) -> None:
+        """Each running sequence's draft tokens for this call (speculation): what its
+        lookup found, cut or padded to one common length, so that the call stays one
+        weight pass (worker.llm.ubatches)."""
+        found: list[list[int]] = []
+        for seq in running:
+            seq.drafts = []
+            if seq.lookup is None:
+                continue
+            # No draft past max_tokens: the last one generated needs no check.
+            left = seq.request.generation.max_tokens - len(seq.generated) - 1
+            limit = min(seq.draft_limit, left)
+            found.append(seq.lookup.draft(limit) if limit > 0 else [])
+        if not found:
+            return
+        # The median of what was found (drafts must not crowd out the next tokens).
+        length = min(common_draft_length([len(f) for f in found]), (budget // len(running)) - 1)
+        if length <= 0:
+            return
+        drafting = [seq for seq in running if seq.lookup is not None]
+        for seq, draft in zip(drafting, found, strict=True):
+            left = seq.request.generation.max_tokens - len(seq.generated) - 1
+            want = min(length, max(left, 0))
+            # A short draft is padded with its last token (or the pending one): a guess that
+            # costs its row either way, and keeps every sequence's share of the call equal.
+            filler = draft[-1] if draft else seq.pending
+            assert filler is not None
+            seq.drafts = (draft + [filler] * want)[:want]
 
     def _add_next_tokens(self, running: list[_Sequence]) -> int:
-        """Each running sequence's last sampled token, to get its next logits."""
+        """Each running sequence's last sampled token, to get its next logits, and its
+        planned draft tokens after it, each with logits to check it by."""
+        added = 0
         for seq in running:
             assert seq.pending is not None
             pos = len(seq.request.tokens) + len(seq.generated) - 1
             seq.logits_index = self._add(seq.pending, pos, seq.seq_id, logits=True)
-        return len(running)
+            for k, token in enumerate(seq.drafts):
+                self._add(token, pos + 1 + k, seq.seq_id, logits=True)
+            added += 1 + len(seq.drafts)
+        return added
 
     def _add_prompt_chunk(self, seq: _Sequence, budget: int) -> int:
         """Up to `budget` more prompt tokens of `seq`; logits for its last one."""
@@ -470,14 +581,52 @@ class BatchedEngine:
         return take
 
     def _sample(self, seq: _Sequence) -> None:
+        """Sample the next token; with drafts, go on while each sampled token is the
+        draft whose logits come next (so every token is the one sampling one at a time
+        would give), then drop the refused drafts from the cache."""
+        started = time.thread_time()
+        try:
+            self._sample_and_check(seq)
+        finally:
+            self.stats.sample_seconds += time.thread_time() - started
+
+    def _sample_and_check(self, seq: _Sequence) -> None:
+        index = seq.logits_index
+        pos = len(seq.request.tokens) + len(seq.generated) - 1  # the pending token's
+        drafts = seq.drafts
+        accepted = 0
+        while True:
+            token = seq.sampler.sample(self._ctx, index)
+            if not self._take(seq, token):
+                return  # finished: its cache is gone with it
+            if accepted < len(drafts) and token == drafts[accepted]:
+                accepted += 1
+                index += 1  # the draft's own row: the logits after it
+                continue
+            break
+        if drafts:
+            self.stats.draft_tokens += len(drafts)
+            self.stats.draft_tokens_accepted += accepted
+            # A draft token costs a row of the output layer whether it is kept or not:
+            # after a miss, draft no further than this one held; a full hit grows it back.
+            most = self.batch_options.draft_tokens
+            seq.draft_limit = min(
+                most, seq.draft_limit * 2 if accepted == len(drafts) else accepted + 1
+            )
+            if accepted < len(drafts):
+                self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, pos + 1 + accepted, -1)
+
+    def _take(self, seq: _Sequence, token: int) -> bool:
+        """Append a sampled token; False when it finished the sequence."""
         ll = self._ll
-        token = seq.sampler.sample(self._ctx, seq.logits_index)
         self.stats.generated_tokens += 1
         generation = seq.request.generation
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, reason="stop")
-            return
+            return False
         seq.generated.append(token)
+        if seq.lookup is not None:
+            seq.lookup.append(token)
         seq.text += self._piece(token)
         if generation.stop:  # decoding the whole text each token only pays off for stops
             text = seq.text.decode("utf-8", errors="ignore")
@@ -485,11 +634,12 @@ class BatchedEngine:
                 at = text.find(stop)
                 if at >= 0:
                     self._finish(seq, reason="stop", text=text[:at])
-                    return
+                    return False
         if len(seq.generated) >= generation.max_tokens:
             self._finish(seq, reason="length")
-            return
+            return False
         seq.pending = token
+        return True
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -509,6 +659,7 @@ class BatchedEngine:
         self._active.remove(seq)
         self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         self._free_slots.append(seq.seq_id)
+        self.stats.grammar.add(seq.sampler.grammar_stats)
         seq.sampler.free()
         request = seq.request
         if error is not None:

@@ -15,6 +15,7 @@ from worker.llm.batched import PREFIX_CACHE_SLOTS, BatchedEngine, BatchOptions
 from worker.llm.engine import EngineOptions
 from worker.llm.memory import EngineShape
 from worker.llm.model_files import ModelFile, resolve_model
+from worker.llm.repack_probe import decide_repack
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def batch_options(settings: Settings, parallel: int) -> BatchOptions:
         n_ubatch=settings.n_ubatch,
         n_threads_batch=settings.n_threads_batch,
         batch_invariant=settings.batch_invariant,
-        repack_weights=settings.repack_weights,
+        repack_weights=bool(settings.repack_weights),  # unset: open_engine's probe decides
     )
 
 
@@ -132,4 +133,8 @@ def open_engine(
         config = dataclasses.replace(model_config(settings, model.name), file=model)
     check_gpu_offload(settings, config.n_gpu_layers)
     batch = batch_options(settings, parallel or config.parallel)
+    batch = dataclasses.replace(
+        batch,
+        repack_weights=decide_repack(settings.repack_weights, model.path, batch.batch_invariant),
+    )
     return BatchedEngine(model, engine_options(settings, config), batch, verify=verify)

@@ -7,13 +7,24 @@ sample is most of the cost of a JSON token. For greedy sampling without penaltie
 about that one token only; only when the grammar rejects it is the grammar applied to
 the whole vocabulary and the token picked again. The result is the same token: the
 best token the grammar allows.
+
+A refusal first asks the grammar about the best CANDIDATES tokens only (a few hundred
+microseconds against tens of milliseconds for 262,144): if one of them is allowed, the
+best allowed among them is the best allowed overall, since every other token scores at
+most the lowest candidate. Ties are broken as llama.cpp's greedy sampler does (the lowest
+token id), and a best allowed candidate that ties with the lowest candidate goes to the
+whole vocabulary, where a token outside the candidates could share its score.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import time
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from worker.llm.generation import Generation
 from worker.llm.grammar import UnsupportedSchema, compile_grammar
@@ -22,6 +33,31 @@ from worker.llm.grammar import UnsupportedSchema, compile_grammar
 PENALTY_LAST_N = 64
 # Greedy JSON output picks first and asks the grammar after (see above).
 LAZY_GRAMMAR = True
+# Stateless greedy sampling picks with numpy's argmax instead of llama.cpp's sampler chain
+# (the same token; about 1 ms less per token for a 262,144-token vocabulary).
+ARGMAX = True
+# How many of the best tokens a refusal asks the grammar about, in turn, before the whole
+# vocabulary (empty: straight to the whole vocabulary, as before).
+CANDIDATES: tuple[int, ...] = (256, 8192)
+# numpy's view of llama_token_data (id, logit, p): candidates are written into it.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+@dataclass
+class GrammarStats:
+    """How greedy grammar sampling went: each sample ends in one of the three paths."""
+
+    samples: int = 0
+    first_pick: int = 0  # the best token was allowed
+    candidates: int = 0  # refused; the best allowed was among the best CANDIDATES
+    whole_vocabulary: int = 0  # refused; the grammar judged all 262,144 tokens
+    seconds: float = 0.0  # CPU time in sample(), logits to accepted token
+    whole_vocabulary_seconds: float = 0.0
+
+    def add(self, other: GrammarStats) -> None:
+        """Add `other`'s counts to these."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class SamplerChain:
@@ -43,8 +79,13 @@ class SamplerChain:
         """`grammar`: the GBNF of `generation.json_schema` when the caller compiled it
         already (off the decode thread); compiled here otherwise."""
         self._ll = ll
-        self._fast: Any = None  # greedy alone: the first pick of the lazy grammar path
+        # Stateless greedy (temperature 0, no penalty): picked with numpy, not the chain.
+        stateless = generation.temperature <= 0 and generation.repeat_penalty == 1.0
+        self._argmax = ARGMAX and stateless
+        self._vocab = vocab
+        self._n_vocab = 0  # read when first needed
         self._grammar: Any = None  # the chain's own grammar sampler (owned by the chain)
+        self.grammar_stats = GrammarStats()
         params = ll.llama_sampler_chain_default_params()
         params.no_perf = True
         self._chain = ll.llama_sampler_chain_init(params)
@@ -71,15 +112,18 @@ class SamplerChain:
                     "vocabulary: simplify the schema"
                 )
             self._add(sampler, "grammar")
-            stateless = generation.temperature <= 0 and generation.repeat_penalty == 1.0
-            if LAZY_GRAMMAR and stateless:
-                # Stateless greedy: a lone pick is the chain's pick whenever it is allowed.
-                self._fast = ll.llama_sampler_init_greedy()
-                if not self._fast:
-                    raise RuntimeError("llama.cpp could not create the greedy sampler")
+            if LAZY_GRAMMAR and self._argmax:
+                self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
                 self._grammar = sampler
                 self._one = (ll.llama_token_data * 1)()
                 self._one_array = ll.llama_token_data_array(self._one, 1, -1, False)
+                size = min(max(CANDIDATES, default=0), self._n_vocab)
+                self._top = np.zeros(size, dtype=_TOKEN_DATA)
+                self._top_array = ll.llama_token_data_array(
+                    self._top.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), size, -1, False
+                )
+            else:
+                self._argmax = False  # the grammar on every token: the chain samples
         if generation.repeat_penalty != 1.0:
             # The first argument is penalty_last_n in llama.cpp's 4-argument signature; the
             # binding declares an older 5-argument one, so both ints carry the same value.
@@ -109,26 +153,82 @@ class SamplerChain:
     def sample(self, ctx: Any, index: int) -> int:
         """Sample from the logits at batch position `index` and accept the token."""
         ll = self._ll
-        if self._fast is None:
+        if not self._argmax:
             # llama_sampler_sample also accepts the token into the chain's state.
             token: int = ll.llama_sampler_sample(self._chain, ctx, index)
             return token
-        token = ll.llama_sampler_sample(self._fast, ctx, index)
+        # Stateless greedy: numpy's argmax is llama.cpp's greedy pick (the first of the
+        # highest logits) without copying 262,144 candidates into a C++ vector first.
+        if not self._n_vocab:
+            self._n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+        token = int(np.argmax(logits))
+        if math.isnan(logits[token]):  # llama.cpp's greedy never picks a NaN: let it pick
+            token = ll.llama_sampler_sample(self._chain, ctx, index)
+            return token
+        if self._grammar is None:
+            return token  # greedy keeps no state: nothing to accept
+        return self._lazy_grammar(ctx, index, logits, token)
+
+    def _lazy_grammar(self, ctx: Any, index: int, logits: Any, token: int) -> int:
+        """The best token the grammar allows, trying the best token, then the best
+        CANDIDATES, before the whole vocabulary; accepted into the chain."""
+        ll = self._ll
+        started = time.thread_time()
+        stats = self.grammar_stats
+        stats.samples += 1
         one = self._one[0]
         one.id, one.logit, one.p = token, 1.0, 0.0
         self._one_array.size, self._one_array.selected = 1, -1
         ll.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
         if math.isfinite(one.logit):  # the grammar allows the best token: take it
-            ll.llama_sampler_accept(self._chain, token)  # the grammar advances with it
-            return token
-        # Refused: the best token the grammar allows, over the whole vocabulary (accepted).
-        refused: int = ll.llama_sampler_sample(self._chain, ctx, index)
-        return refused
+            stats.first_pick += 1
+        else:
+            found = None
+            for k in CANDIDATES:
+                found = self._best_candidate(logits, min(k, self._n_vocab))
+                if found is not None:
+                    break
+            if found is not None:
+                stats.candidates += 1
+                token = found
+            else:
+                # The best token the grammar allows, over the whole vocabulary (accepted).
+                whole = time.thread_time()
+                token = ll.llama_sampler_sample(self._chain, ctx, index)
+                stats.whole_vocabulary += 1
+                stats.whole_vocabulary_seconds += time.thread_time() - whole
+                stats.seconds += time.thread_time() - started
+                return int(token)
+        ll.llama_sampler_accept(self._chain, token)  # the grammar advances with it
+        stats.seconds += time.thread_time() - started
+        return int(token)
+
+    def _best_candidate(self, logits: Any, k: int) -> int | None:
+        """The best token the grammar allows if it is among the best `k` and scores above
+        the lowest of them (so no token outside them can tie), else None."""
+        ll = self._ll
+        n_vocab = self._n_vocab
+        ids = np.argpartition(logits, n_vocab - k)[n_vocab - k :]
+        top = self._top[:k]
+        top["id"] = ids
+        top["logit"] = logits[ids]
+        top["p"] = 0.0
+        floor = float(top["logit"].min())
+        self._top_array.size, self._top_array.selected = k, -1
+        self._top_array.sorted = False
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(self._top_array))
+        # The grammar sets refused tokens to -inf in place (it neither drops nor reorders).
+        allowed = top[np.isfinite(top["logit"])]
+        if len(allowed) == 0:
+            return None
+        best = float(allowed["logit"].max())
+        if best <= floor:  # a token outside the candidates may score the same
+            return None
+        return int(allowed["id"][allowed["logit"] == best].min())
 
     def free(self) -> None:
         self._grammar = None  # the chain frees it
-        for name in ("_chain", "_fast"):
-            sampler = getattr(self, name, None)
-            if sampler is not None:
-                self._ll.llama_sampler_free(sampler)
-                setattr(self, name, None)
+        if self._chain is not None:
+            self._ll.llama_sampler_free(self._chain)
+            self._chain = None
