@@ -5,12 +5,18 @@ its own tools use by default, and they are faster on many CPUs. Some virtual mac
 report AMX and then fault on the first AMX instruction (SIGILL), which kills the whole
 process. So before the engine loads a model with them, a short-lived child loads the same
 model with them and decodes a few tokens; if it dies of a signal, or fails in any other
-way, the engine loads the model without them. The answer is cached per model file for
-the life of the process.
+way, the engine loads the model without them. The answer is kept per model file for the
+life of the process, and on disk beside the model (`.<name>.repack-probe.json`), keyed
+by the file's size and mtime and by the CPU features and version of llama.cpp, so a
+restart (or a crash loop) does not load the model twice again. Set `repack_weights` to
+skip the probe (worth it for a model too large to load twice).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -68,6 +74,46 @@ def probe_repack(model_path: Path, n_threads: int | None = None) -> ProbeResult:
     return result
 
 
+def _probe_key(model_path: Path) -> dict[str, object]:
+    """What the probe's answer depends on: the file, the CPU features llama.cpp sees, its
+    version."""
+    import llama_cpp
+
+    info = model_path.stat()
+    system = llama_cpp.llama_print_system_info()
+    features = system.decode(errors="replace") if isinstance(system, bytes) else str(system)
+    return {
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "llama_cpp": getattr(llama_cpp, "__version__", "?"),
+        "system": features,
+    }
+
+
+def _cache_path(model_path: Path) -> Path:
+    return model_path.with_name(f".{model_path.name}.repack-probe.json")
+
+
+def remembered_probe(model_path: Path) -> ProbeResult:
+    """The probe's answer for `model_path`: from the file beside the model when its key
+    still matches, else probed now and written there (where the folder is writable)."""
+    key = _probe_key(model_path)
+    cache = _cache_path(model_path)
+    try:
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return ProbeResult(bool(stored["repack"]), str(stored["reason"]) + " (remembered)")
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    result = probe_repack(model_path)
+    record = {"key": key, "repack": result.repack, "reason": result.reason}
+    temp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):  # a read-only models folder: probe again next time
+        temp.write_text(json.dumps(record))
+        os.replace(temp, cache)  # a cache: a torn write is read as no answer, and redone
+    return result
+
+
 def decide_repack(setting: bool | None, model_path: Path, batch_invariant: bool = False) -> bool:
     """Whether the engine loads `model_path` with repacked weights: the setting when it
     says so, never in batch-invariant mode (it turns them off), else the probe's answer."""
@@ -75,7 +121,7 @@ def decide_repack(setting: bool | None, model_path: Path, batch_invariant: bool 
         return setting
     if batch_invariant:
         return False
-    return probe_repack(Path(model_path)).repack
+    return remembered_probe(Path(model_path)).repack
 
 
 def _child(model_path: str, n_threads: int) -> None:
