@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(
         default=5.0, gt=0, le=120, description="seconds a client has to send its request"
     )
+    # Host names the port answers to besides loopback, the bind address and this
+    # machine's names: a page elsewhere cannot read the port through DNS rebinding.
+    http_allowed_hosts: list[str] = Field(default_factory=list)
     # The port's job-table numbers (healthz, metrics, console) come from one snapshot,
     # read this often by one loop; no request queries the database.
     snapshot_interval: float = Field(default=3.0, ge=0.2, le=300)

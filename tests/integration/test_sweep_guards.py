@@ -22,6 +22,7 @@ from worker.queue.jobs import JobStore
 from worker.queue.migrate import upgrade
 from worker.queue.outage import DatabaseUnavailable
 from worker.sources.schedules import Scheduler
+from worker.sources.sweep import Sweeper
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = "Q: {{ input }}"
@@ -181,3 +182,28 @@ def test_a_reload_during_a_database_outage_keeps_schedules_on(
         assert running._scheduler is old and old.running
     finally:
         running.stop()
+
+
+def test_a_fire_that_sees_an_empty_mount_point_forgets_nothing(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"settle_seconds": 0.0})
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(3):
+        doc = share / f"doc{i}.txt"
+        doc.write_text(f"document {i}")
+        os.utime(doc, (time.time() - 3600, time.time() - 3600))
+    sweeper = Sweeper(settings, store)
+    assert len(sweeper.sweep("p", [str(share / "*.txt")])) == 3
+    with store.db.begin() as conn:  # retention purges the jobs; the memory stays
+        conn.execute(text("DELETE FROM jobs"))
+    assert sweeper.sweep("p", [str(share / "*.txt")]) == []
+    hidden = tmp_path / "hidden"  # unmounted for one fire: an empty mount point
+    share.rename(hidden)
+    share.mkdir()
+    assert sweeper.sweep("p", [str(share / "*.txt")]) == []
+    share.rmdir()  # gone for one fire: the root cannot be opened
+    assert sweeper.sweep("p", [str(share / "*.txt")]) == []
+    hidden.rename(share)  # back, nothing changed: nothing runs again
+    assert sweeper.sweep("p", [str(share / "*.txt")]) == []

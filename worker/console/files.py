@@ -9,11 +9,13 @@ reader (no symlink, regular files only, bounded), then cut to a preview.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import InputError
 from worker.io.safe_read import read_regular_file
+from worker.pipelines.spec import PIPELINE_NAME
 from worker.queue.snapshot_reads import JobRow
 
 PREVIEW_BYTES = 64 * 1024
@@ -31,6 +33,10 @@ class FilePreview:
 
 
 def _inside(data_dir: Path, path_text: str, kinds: tuple[str, ...], pipeline: str) -> Path | None:
+    # The pipeline is row data too: only a real pipeline name may become a folder name
+    # (an absolute "pipeline" would make `root / kind / pipeline` that absolute path).
+    if re.fullmatch(PIPELINE_NAME, pipeline) is None:
+        return None
     if "\x00" in path_text or not path_text:
         return None
     path = Path(os.path.abspath(path_text))
@@ -38,7 +44,11 @@ def _inside(data_dir: Path, path_text: str, kinds: tuple[str, ...], pipeline: st
         return None
     root = Path(os.path.abspath(data_dir))
     allowed = {root / kind / pipeline for kind in kinds}
-    return path if path.parent in allowed else None
+    if path.parent in allowed:
+        return path
+    # outputs_per_submitter: outbox/<pipeline>/<uid>/<name>
+    per_owner = "outbox" in kinds and path.parent.name.isdigit()
+    return path if per_owner and path.parent.parent == root / "outbox" / pipeline else None
 
 
 def input_path(data_dir: Path, job: JobRow) -> Path | None:

@@ -293,6 +293,7 @@ def _serve(
             settings.http_bind,
             settings.http_max_connections,
             settings.http_timeout,
+            settings.http_allowed_hosts,
         ),
         watcher,
         leases,

@@ -10,7 +10,8 @@ itself (timeouts, bounded connections) is `worker.ops.httpd`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from worker.ops.httpd import Handler, HttpServer, Request, Response
@@ -31,15 +32,43 @@ class Health:
     reason: str | None = None  # why not ready
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def allowed_hosts(bind: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host names the port answers to: loopback, the bind address (unless it is a
+    wildcard), this machine's names, and `extra` (setting http_allowed_hosts)."""
+    names = set(LOOPBACK_NAMES) | {name.lower() for name in extra}
+    if bind not in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard names no host
+        names.add(bind.lower())
+    names.add(socket.gethostname().lower())  # no getfqdn(): no resolver on a closed network
+    return frozenset(names)
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without the port (`[::1]:8080` gives `::1`)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def port_handler(
     metrics: Callable[[], bytes],
     health: Callable[[], Health] | None,
     console: Handler | None = None,
+    hosts: frozenset[str] | None = None,
 ) -> Handler:
-    """The port's router: `/metrics`, `/healthz`, then the console (if any), else 404."""
+    """The port's router: `/metrics`, `/healthz`, then the console (if any), else 404.
+
+    With `hosts`, a request naming another Host is refused (421): a web page whose name
+    an attacker points at 127.0.0.1 (DNS rebinding) cannot read the port."""
 
     def handle(request: Request) -> Response:
         path = request.path
+        host = request.headers.get("host")
+        if hosts is not None and host is not None and host_name(host) not in hosts:
+            return Response(421, b"unknown host name (setting http_allowed_hosts)\n")
         if path == "/healthz" and health is not None:
             if request.method not in ("GET", "HEAD"):
                 return Response(405, b"method not allowed\n", headers=[("Allow", "GET")])
@@ -77,11 +106,12 @@ class HealthServer:
         host: str = "127.0.0.1",
         max_connections: int = 64,
         timeout: float = 5.0,
+        extra_hosts: Iterable[str] = (),
     ) -> None:
         self.httpd = HttpServer(
             host,
             port,
-            port_handler(metrics, health, console),
+            port_handler(metrics, health, console, allowed_hosts(host, extra_hosts)),
             max_connections=max_connections,
             timeout=timeout,
         )

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -292,8 +292,10 @@ class MetricsPublisher(BackgroundLoop):
         host: str = "127.0.0.1",
         max_connections: int = 64,
         timeout: float = 5.0,
+        extra_hosts: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.extra_hosts = extra_hosts
         self.metrics = metrics
         self.path = path
         self.interval = interval
@@ -319,6 +321,7 @@ class MetricsPublisher(BackgroundLoop):
                     self.host,
                     self.max_connections,
                     self.timeout,
+                    self.extra_hosts,
                 )
             except OSError as exc:
                 raise MetricsError(

@@ -151,30 +151,37 @@ class ModelRouter:
         plan = self._plan(serving, free) if single is None else self._plan_one(single, free)
         self._act(plan)
         jobs: list[ClaimedJob] = []
-        for model, count in plan.claims:
-            claimed = self.store.claim(
-                args.owner,
-                count,
-                args.lease_seconds,
-                pipelines=sorted(serving),
-                exclude_pipelines=args.exclude_pipelines,
-                limits=args.limits,
-                max_crashes=args.max_crashes,
-                routing=self._routing(model, serving),
-            )
-            self._hold(claimed, model)
-            jobs += claimed
-        left = free - len(jobs)
-        if self._orphans and left > 0:
-            jobs += self.store.claim(
-                args.owner,
-                left,
-                args.lease_seconds,
-                pipelines=self._orphans,
-                exclude_pipelines=args.exclude_pipelines,
-                max_crashes=args.max_crashes,
-                routing=self._routing(None, serving),
-            )
+        try:
+            for model, count in plan.claims:
+                claimed = self.store.claim(
+                    args.owner,
+                    count,
+                    args.lease_seconds,
+                    pipelines=sorted(serving),
+                    exclude_pipelines=args.exclude_pipelines,
+                    limits=args.limits,
+                    max_crashes=args.max_crashes,
+                    routing=self._routing(model, serving),
+                )
+                self._hold(claimed, model)
+                jobs += claimed
+            left = free - len(jobs)
+            if self._orphans and left > 0:
+                jobs += self.store.claim(
+                    args.owner,
+                    left,
+                    args.lease_seconds,
+                    pipelines=self._orphans,
+                    exclude_pipelines=args.exclude_pipelines,
+                    max_crashes=args.max_crashes,
+                    routing=self._routing(None, serving),
+                )
+        except DatabaseUnavailable:
+            # Jobs leased earlier in this round are ours now: hand them out (their
+            # leases are renewed from here on), or they would be held by nobody.
+            if not jobs:
+                raise
+            event("routing.claim_cut_short", logging.WARNING, claimed=len(jobs))
         if jobs and single is None:
             self._ready_at = float("-inf")  # the counts changed: read them again next round
         self.publish()

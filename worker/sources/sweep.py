@@ -165,7 +165,11 @@ class Sweeper:
                 seconds=round(time.monotonic() - budget.started, 1),
                 hint="raise sweep_max_entries / sweep_max_seconds, or narrow the glob",
             )
-        else:  # a complete walk: forget files that are gone
+        elif not budget.incomplete and found:
+            # A complete walk that found something: forget files that are gone. A walk
+            # that could not open a folder, or found nothing at all (a share not
+            # mounted: an empty mount point), forgets nothing, or every file would run
+            # again once it is back.
             gone = [path for path in seen if path not in found]
             if gone:
                 self.memory.forget(pipeline, gone)

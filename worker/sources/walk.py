@@ -87,6 +87,9 @@ class Budget:
     max_seconds: float
     entries: int = 0
     truncated: bool = False
+    # A folder (or the glob's root) that could not be opened or listed: the walk saw
+    # less than is there, so what it did not see is not gone (an unmounted share).
+    incomplete: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def spend(self) -> bool:
@@ -119,6 +122,7 @@ def walk_glob(pattern: str, budget: Budget) -> Iterator[Found]:
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
+        budget.incomplete = True
         return
     try:
         yield from _Walk(Path(root), pattern, rest, budget).folder(fd, "", 0)
@@ -140,14 +144,20 @@ class _Walk:
 
     def folder(self, fd: int, prefix: str, depth: int) -> Iterator[Found]:
         """The matches in the folder open as `fd` (at `prefix` below the root) and below."""
+        entries: list[os.DirEntry[str]] = []
         try:
             with os.scandir(fd) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
+                # The listing itself is spent from the budget: a folder of millions of
+                # files is cut off, not read whole before the first check.
+                for entry in listing:
+                    if not self.budget.spend():
+                        break
+                    entries.append(entry)
         except OSError:
+            self.budget.incomplete = True
             return
+        entries.sort(key=lambda e: e.name)
         for entry in entries:
-            if not self.budget.spend():
-                return
             relative = f"{prefix}{entry.name}"
             try:
                 mode = entry.stat(follow_symlinks=False).st_mode
@@ -178,7 +188,10 @@ class _Walk:
     def _enter(self, fd: int, name: str, relative: str, depth: int) -> Iterator[Found]:
         try:
             child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-        except OSError:  # swapped for a link or removed since the listing: not entered
+        except FileNotFoundError:  # removed since the listing
+            return
+        except OSError:  # swapped for a link, or unreadable: not entered
+            self.budget.incomplete = True
             return
         try:
             yield from self.folder(child, f"{relative}/", depth + 1)
