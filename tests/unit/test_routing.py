@@ -162,3 +162,28 @@ def test_the_instance_id_is_made_once_and_a_damaged_one_is_refused(tmp_path: Pat
     (tmp_path / "c" / "instance-id").write_text("../../etc\n")
     with pytest.raises(InstanceIdError, match="not an instance id"):
         instance_id(tmp_path / "c")
+
+
+def test_a_suspect_runs_alone_only_on_its_own_loaded_model(
+    tmp_path: Path, store: JobStore
+) -> None:
+    """A job that must run alone and names a model that is not loaded is not claimed
+    for the loaded one (it waits); a suspect of the loaded model is, and holds it."""
+    from sqlalchemy import text
+
+    _, router, manager = setup(tmp_path, store)
+    manager.load("a")
+    (other_model,) = enqueue(store, "pa", 1)
+    (own_model,) = enqueue(store, "pa", 1)
+    store.db.dispose()
+    with store.db.begin() as conn:  # both crashed workers: they run alone now
+        conn.execute(text("UPDATE jobs SET crashes = 3"))
+        conn.execute(text("UPDATE jobs SET model = 'b' WHERE id = :i"), {"i": other_model})
+    jobs = router.claim(8, ARGS, solo=True)
+    assert [j.id for j in jobs] == [own_model]
+    assert {v.name: v.in_hand for v in manager.views()} == {"a": 1, "b": 0}
+    finish(store, router, jobs)
+    assert router.claim(8, ARGS, solo=True) == []  # b is not loaded: its suspect waits
+    assert {v.name: v.in_hand for v in manager.views()} == {"a": 0, "b": 0}
+    job = store.get(other_model)
+    assert job is not None and job.status == "queued"

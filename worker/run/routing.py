@@ -98,7 +98,7 @@ class ModelRouter:
         self.worker_id = worker_id
         self.clock = clock
         self._lock = threading.Lock()
-        self._job_models: dict[int, str] = {}
+        self._job_models: dict[tuple[int, str], str] = {}
         self._ready: list[ReadyGroup] = []
         self._ready_at = float("-inf")
         self._orphans: list[str] = []
@@ -188,22 +188,28 @@ class ModelRouter:
         return jobs
 
     def _claim_solo(self, args: ClaimArgs, serving: Mapping[str, str]) -> list[ClaimedJob]:
-        runnable = self._runnable(serving)
-        jobs = self.store.claim(
-            args.owner,
-            1,
-            args.lease_seconds,
-            pipelines=runnable,
-            exclude_pipelines=args.exclude_pipelines,
-            max_crashes=args.max_crashes,
-            solo=True,
-            routing=self._routing(None, serving),
-        )
-        for job in jobs:
-            model = job.model or serving.get(job.pipeline)
-            if model is not None:
-                self._hold([job], model)
-        return jobs
+        # A suspect runs alone: never beside a load in progress, and only on a model
+        # that is loaded now (a job naming its own model waits for that model's turn).
+        if self.manager.loading():
+            return []
+        loaded = sorted({v.name for v in self.manager.views() if v.loaded})
+        rounds: list[str | None] = [*loaded, *([None] if self._orphans else [])]
+        for model in rounds:
+            jobs = self.store.claim(
+                args.owner,
+                1,
+                args.lease_seconds,
+                pipelines=sorted(serving) if model is not None else self._orphans,
+                exclude_pipelines=args.exclude_pipelines,
+                max_crashes=args.max_crashes,
+                solo=True,
+                routing=self._routing(model, serving),
+            )
+            if jobs:
+                if model is not None:
+                    self._hold(jobs, model)
+                return jobs
+        return []
 
     def solo_waiting(self, max_crashes: int, exclude_pipelines: Collection[str]) -> bool:
         """Whether a job that must run alone waits that this daemon can run now."""
@@ -227,7 +233,7 @@ class ModelRouter:
                 run_one(job)
             finally:
                 with self._lock:
-                    model = self._job_models.pop(job.id, None)
+                    model = self._job_models.pop((job.id, job.lease_token), None)
                 if model is not None:
                     self.manager.release(model)
 
@@ -238,7 +244,7 @@ class ModelRouter:
         for job in jobs:
             self.manager.hold(model)
             with self._lock:
-                self._job_models[job.id] = model
+                self._job_models[(job.id, job.lease_token)] = model
 
     def _runnable(self, serving: Mapping[str, str]) -> list[str]:
         """Pipelines whose jobs can run now: those of loaded models, and orphans."""
