@@ -9,6 +9,7 @@ itself (timeouts, bounded connections) is `worker.ops.httpd`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 from collections.abc import Callable, Iterable
@@ -53,6 +54,16 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+def _known_host(name: str, hosts: frozenset[str]) -> bool:
+    # An address is never a rebinding: the page's origin would be that address itself, so
+    # a scraper that names the box by its IP (bind 0.0.0.0) is answered.
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name in hosts
+    return True
+
+
 def port_handler(
     metrics: Callable[[], bytes],
     health: Callable[[], Health] | None,
@@ -61,13 +72,14 @@ def port_handler(
 ) -> Handler:
     """The port's router: `/metrics`, `/healthz`, then the console (if any), else 404.
 
-    With `hosts`, a request naming another Host is refused (421): a web page whose name
-    an attacker points at 127.0.0.1 (DNS rebinding) cannot read the port."""
+    With `hosts`, a request naming another host name (not an address) is refused (421):
+    a web page whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot read
+    the port."""
 
     def handle(request: Request) -> Response:
         path = request.path
         host = request.headers.get("host")
-        if hosts is not None and host is not None and host_name(host) not in hosts:
+        if hosts is not None and host is not None and not _known_host(host_name(host), hosts):
             return Response(421, b"unknown host name (setting http_allowed_hosts)\n")
         if path == "/healthz" and health is not None:
             if request.method not in ("GET", "HEAD"):
