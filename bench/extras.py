@@ -18,7 +18,7 @@ from typing import Any
 # topic: what its row measures (issue)
 EXTRAS = {
     "sandbox_overhead": "parsing in the sandbox against in-process (#18)",
-    "mixed_models": "two models through one daemon (#19)",
+    "mixed_models": "three pipelines, two of three models fit: one daemon vs single (#19)",
     "embeddings": "embeddings jobs/s (#19)",
     "watcher_rescan": "CPU of the inbox watcher's rescans (#20)",
     "decode_threads": "two models on one CPU: split cores or a shared lock (#19)",

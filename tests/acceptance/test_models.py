@@ -1,18 +1,13 @@
 """Several models in one real daemon within a memory budget (issue #19): the default Gemma
-GGUF serves as two generation models with different n_ctx, and a budget that fits one
-of them at a time forces swaps. Files dropped into the pipelines in interleaved order
-all succeed; the daemon loads a model once per swap the queue's model mix forces, not
-once per job, and never unloads a model while a job of it runs.
-
-Embeddings hook: once the embedding engine is in (`worker.llm.embedders`), add its
-model to MODELS (`kind = "embed"`, `pooling = "mean"`), its pipeline to PIPELINES and
-its files to the drop order, and raise BUDGET_MODELS to two: the issue's case is two
-generation models and one embedding model with a budget that fits two.
+GGUF serves as two generation models with different n_ctx and, a third time, as an
+embedding model (kind "embed", mean pooling), and a budget that fits two of the three at
+a time forces a swap. Files dropped into the three pipelines in interleaved order all
+succeed; the daemon loads a model once per swap the queue's model mix forces, not once
+per job, and never unloads a model while a job of it runs.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -29,19 +24,31 @@ pytestmark = pytest.mark.timeout(300)
 
 QUESTION = 'prompt = "Question: {{{{ input }}}}\\nAnswer:"\nmodel = "{model}"\n'
 GENERATION = "[generation]\nmax_tokens = 4\ntemperature = 0.0\n"
-MODELS = {"short": 512, "long": 1024}  # name -> n_ctx; both the default Gemma GGUF
-PIPELINES = {"terse": "short", "roomy": "long"}  # pipeline -> model
-# 790 MiB and 826 MiB as llama.cpp allocates them with two slots (estimate == measured
-# here): 1.2 GiB fits one, not both.
-BUDGET = "1228MiB"
-FILES = 4  # per pipeline, dropped interleaved: terse, roomy, terse, roomy, ...
+# name -> (kind, n_ctx); all three the default Gemma GGUF.
+MODELS = {"short": ("generate", 512), "long": ("generate", 1024), "emb": ("embed", 256)}
+PIPELINES = {"terse": "short", "roomy": "long", "vectors": "emb"}  # pipeline -> model
+# Small batches: an embedding context is n_batch (at least its n_ctx) cells and one
+# micro-batch holding every token's outputs, and llama.cpp's compute buffer holds a
+# micro-batch's logits over Gemma's 262k vocabulary; 256 keeps the daemon lean.
+SETTINGS = {"n_batch": 256, "n_ubatch": 256}
+# As llama.cpp allocates them with two slots (`edge-worker model list --json`: estimate,
+# and measured within 5% of it): short 532.4 MiB (weights 235.2 + KV 36.0 + compute 257.2
+# + outputs 4.0), long 568.4 MiB (KV 72.0), emb 752.9 MiB (KV 4.5 + outputs 256.0). Any
+# two take at most 568.4 + 752.9 = 1321.3 MiB and fit 1400 MiB, with 5% to spare for
+# what a load measures (the router counts the larger); all three take 1853.7 MiB and do
+# not.
+BUDGET = "1400MiB"
+FITS = 2  # models resident at once within BUDGET
+FILES = 4  # per pipeline, dropped interleaved: terse, roomy, vectors, terse, ...
 
 
 def config_file(folder: Path) -> Path:
     path = folder / "edge-worker.toml"
     tables = "".join(
-        f'[models.{name}]\npath = "{model_path()}"\nn_ctx = {n_ctx}\n\n'
-        for name, n_ctx in MODELS.items()
+        f'[models.{name}]\npath = "{model_path()}"\nkind = "{kind}"\nn_ctx = {n_ctx}\n'
+        + ('pooling = "mean"\n' if kind == "embed" else "")
+        + "\n"
+        for name, (kind, n_ctx) in MODELS.items()
     )
     path.write_text(tables)
     return path
@@ -50,13 +57,18 @@ def config_file(folder: Path) -> Path:
 def pipelines_folder(folder: Path) -> Path:
     return write_pipelines(
         folder / "pipelines",
-        **{p: QUESTION.format(model=m) + GENERATION for p, m in PIPELINES.items()},
+        **{
+            p: f'model = "{m}"\n'
+            if MODELS[m][0] == "embed"
+            else QUESTION.format(model=m) + GENERATION
+            for p, m in PIPELINES.items()
+        },
     )
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, dict[str, str]]]:
-    """One daemon for the module: both models, a budget for one, files already done."""
+    """One daemon for the module: three models, a budget for two, files already done."""
     root = tmp_path_factory.mktemp("models")
     env = daemon_env(
         root / "data",
@@ -67,6 +79,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, d
         memory_budget=BUDGET,
         model_max_wait=60,
         metrics_interval=0.5,
+        **SETTINGS,
     )
     daemon = Daemon(env, root / "daemon.log")
     try:
@@ -89,6 +102,22 @@ def model_of(event: dict[str, Any]) -> str:
     return PIPELINES[event["pipeline"]]
 
 
+def fewest_loads(sequence: list[str], fits: int) -> int:
+    """The fewest loads that serve `sequence` in order with at most `fits` models loaded
+    at once, starting from none: unload the model needed again furthest ahead (Belady)."""
+    held: list[str] = []
+    loads = 0
+    for i, model in enumerate(sequence):
+        if model in held:
+            continue
+        loads += 1
+        if len(held) == fits:
+            ahead = sequence[i + 1 :]
+            held.remove(max(held, key=lambda m: ahead.index(m) if m in ahead else len(ahead)))
+        held.append(model)
+    return loads
+
+
 def test_interleaved_files_all_succeed_with_a_load_per_forced_swap(
     served: tuple[Daemon, dict[str, str]],
 ) -> None:
@@ -104,20 +133,24 @@ def test_interleaved_files_all_succeed_with_a_load_per_forced_swap(
     assert sorted(claimed) == sorted(m for m in PIPELINES.values() for _ in range(FILES))
     loads = [e["model"] for e in events if e["event"] == "model.loaded"]
     swaps = [e for e in events if e["event"] == "model.swap"]
-    # Claimed model by model: the mix changed far less often than the drop order does
-    # (2 * FILES - 1 times); each change (from the model loaded at start on) is one swap,
-    # and each swap one load. Which pipeline's files are queued first is up to the scan.
-    changes = sum(1 for a, b in itertools.pairwise([loads[0], *claimed]) if a != b)
-    assert 1 <= changes <= 2, claimed
-    assert len(swaps) == changes
-    assert loads[0] == "short" and len(loads) == 1 + len(swaps)
+    # Claimed model by model, not in the drop order: served in the drop order, even the
+    # best choice of the model to unload needs 7 loads for the 12 jobs (and least recently
+    # used one per job). The loads the claimed mix forces, from the model loaded at start
+    # on, are the fewest any scheduler needs with two resident at a time; which pipeline's
+    # files are queued first is up to the scan. The first two loads fill the budget, each
+    # later one is a swap: a drained model unloaded to make room.
+    forced = fewest_loads([loads[0], *claimed], FITS)
+    assert len(loads) <= forced <= 4, (loads, claimed)
+    assert 1 <= len(swaps) <= 2, swaps
+    assert loads[0] == "short" and len(loads) == FITS + len(swaps)
+    assert set(loads) == set(MODELS)
     for swap in swaps:
         assert swap["reason"].startswith("to load ")  # a drained model made room
 
     metrics = read_metrics(data_dir / "metrics.prom")
     for model in MODELS:
         assert metrics[("edge_worker_model_loads", (("model", model),))] == loads.count(model)
-    assert metrics[("edge_worker_memory_budget_bytes", (("device", "host"),))] == 1228 << 20
+    assert metrics[("edge_worker_memory_budget_bytes", (("device", "host"),))] == 1400 << 20
 
 
 def test_no_model_is_unloaded_while_a_job_of_it_runs(
@@ -147,22 +180,18 @@ def test_model_list_and_status_show_states_memory_and_queues(
     listed = run_cli(env, "model", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     data = json.loads(listed.stdout)
-    assert data["budget"] == 1228 << 20
+    assert data["budget"] == 1400 << 20
     rows = {row["name"]: row for row in data["models"]}
     assert set(MODELS) <= set(rows)
-    for name, n_ctx in MODELS.items():
+    for name, (kind, n_ctx) in MODELS.items():
         row = rows[name]
-        assert (row["kind"], row["n_ctx"], row["served"], row["queued"]) == (
-            "generate",
-            n_ctx,
-            True,
-            0,
-        )
+        assert (row["kind"], row["n_ctx"], row["served"], row["queued"]) == (kind, n_ctx, True, 0)
         assert row["loads"] >= 1 and row["measured"] > 200 << 20
         # The estimate held: what the load measured is within 5% of it (or below it).
         assert row["measured"] <= row["estimate"] * 1.05, row
+    # Two resident (the budget's worth), the one unloaded for the swap evicted.
     states = sorted(rows[name]["state"] for name in MODELS)
-    assert states[0] == "evicted" and states[1] in ("idle", "resident"), states
+    assert states[0] == "evicted" and set(states[1:]) <= {"idle", "resident"}, states
 
     status = run_cli(env, "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -182,12 +211,14 @@ def test_a_model_that_can_never_fit_stops_start_up_with_the_arithmetic(
         config=config_file(tmp_path),
         pipelines_dir=pipelines_folder(tmp_path),
         model="short",
-        memory_budget="800MiB",
+        memory_budget="560MiB",
+        **SETTINGS,
     )
     started = time.monotonic()
     result = run_cli(env, "run", timeout=60)
     assert result.returncode == 3, result.stderr
-    assert "model 'long' needs 825.7 MiB (weights 235.2 MiB + KV cache 72.0 MiB" in result.stderr
-    assert "memory_budget allows 800.0 MiB (800.0 MiB of " in result.stderr
-    assert "model 'short'" not in result.stderr  # 789.7 MiB: it fits
+    assert "model 'long' needs 568.4 MiB (weights 235.2 MiB + KV cache 72.0 MiB" in result.stderr
+    assert "model 'emb' needs 752.9 MiB (weights 235.2 MiB + KV cache 4.5 MiB" in result.stderr
+    assert "memory_budget allows 560.0 MiB (560.0 MiB of " in result.stderr
+    assert "model 'short'" not in result.stderr  # 532.4 MiB: it fits
     assert time.monotonic() - started < 30  # refused before loading anything
