@@ -23,6 +23,7 @@ ADDED_TABLES = {
     "0007": set(),  # a column, triggers, and PostgreSQL row security
     "0008": {"swept_files"},
     "0009": set(),  # columns only
+    "0010": {"pipeline_claim_locks"},
 }
 ADDED_JOB_COLUMNS = {
     "0005": {"parent_id", "item_index"},
