@@ -3,7 +3,9 @@ for one lease period, in which live daemons renew leases an outage held up."""
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +88,26 @@ def test_a_zero_start_grace_recovers_at_once(settings: Settings, store: JobStore
     sweep = RecoverySweep(settings, store, threading.Event(), start_grace=0)
     sweep.before_start()
     assert _status(store, job_id) == "queued"
+
+
+def test_stale_temps_go_from_per_submitter_outboxes_too(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    outbox = settings.folder("outbox", "p")
+    elsewhere = tmp_path / "elsewhere"
+    for folder in (outbox / "1000", outbox / "notes", elsewhere):
+        folder.mkdir(parents=True)
+    (outbox / "2000").symlink_to(elsewhere, target_is_directory=True)
+    stale = [outbox / ".a.txt.0a1b2c3d.tmp", outbox / "1000" / ".b.txt.0a1b2c3d.tmp"]
+    kept = [
+        outbox / "1000" / ".fresh.txt.0a1b2c3d.tmp",  # may still be written
+        outbox / "1000" / "b.txt.txt",  # an output
+        outbox / "notes" / ".c.txt.0a1b2c3d.tmp",  # not a submitter's folder
+        elsewhere / ".d.txt.0a1b2c3d.tmp",  # behind a symlink named like one
+    ]
+    for path in [*stale, *kept]:
+        path.write_text("x")
+    for path in [*stale, *kept[2:]]:
+        os.utime(path, (1000, 1000))
+    RecoverySweep(settings, store, threading.Event()).step()
+    assert [path for path in [*stale, *kept] if path.exists()] == kept

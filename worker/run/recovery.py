@@ -15,9 +15,11 @@ from a dead one. (Its own previous process's jobs need no wait: `requeue_suspect
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from worker.background import BackgroundLoop
 from worker.config import Settings
@@ -111,6 +113,23 @@ class RecoverySweep(BackgroundLoop):
         for kind in ("outbox", "failed"):
             root = self.settings.data_dir / kind
             folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+            if kind == "outbox":  # outputs_per_submitter: outbox/<pipeline>/<uid>/
+                folders += [uid for folder in folders for uid in _submitter_folders(folder)]
             for folder in folders:
                 for path in remove_stale_temps(folder, self.settings.lease_seconds, now):
                     event("sweep.temp_removed", path=str(path))
+
+
+def _submitter_folders(folder: Path) -> list[Path]:
+    """The per-submitter output folders in a pipeline's outbox (`<uid>/`, see
+    `worker.io.files.output_folder`): digit names only, never through a symlink (a
+    submitter's link must not send the sweep into someone else's folder)."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [
+        Path(entry.path)
+        for entry in entries
+        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir(follow_symlinks=False)
+    ]
