@@ -41,7 +41,6 @@ from tests.acceptance.daemon import EDGE_WORKER, Daemon, daemon_env, db_rows, wr
 from tests.acceptance.poison_daemon import POISON_MARKER, STUCK_MARKER
 from tests.files import make_operator_bomb
 from worker.io.files import FileRef, content_digest, file_key
-from worker.queue.claims import _lock_key
 from worker.queue.database import make_db_engine
 
 pytestmark = pytest.mark.timeout(300)
@@ -577,17 +576,25 @@ def test_postgres_waits_are_bounded_and_an_outage_redoes_nothing(
             holder.close()
             wait(lambda: (data_dir / "done" / "terse" / "held.txt").exists(), 90, "held.txt")
 
-            # 5: any role may take a capped pipeline's advisory lock; capped claims skip
-            # it, the other pipelines run, and the capped job runs once it is free.
+            # 5: a claimer holding a capped pipeline's claim lock (its row; only the
+            # daemon's role may lock it): capped claims skip it, never wait, the other
+            # pipelines run, and the capped job runs once it is free.
             locker = engine.connect()
-            locker.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("capped")})
+            locker.execute(
+                text(
+                    "INSERT INTO pipeline_claim_locks (pipeline) VALUES ('capped') "
+                    "ON CONFLICT DO NOTHING"
+                )
+            )
             locker.commit()
+            locker.execute(
+                text("SELECT * FROM pipeline_claim_locks WHERE pipeline = 'capped' FOR UPDATE")
+            )
             (inbox / "capped" / "capped.txt").write_text(BRIDGE)
             (inbox / "terse" / "free.txt").write_text(BRIDGE)
             wait(lambda: (data_dir / "done" / "terse" / "free.txt").exists(), 90, "free.txt")
             assert not (data_dir / "done" / "capped" / "capped.txt").exists()
-            locker.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key("capped")})
-            locker.commit()
+            locker.rollback()
             locker.close()
             wait(lambda: (data_dir / "done" / "capped" / "capped.txt").exists(), 90, "capped")
 

@@ -23,6 +23,7 @@ ADDED_TABLES = {
     "0007": set(),  # a column, triggers, and PostgreSQL row security
     "0008": {"swept_files"},
     "0009": set(),  # columns only
+    "0010": {"pipeline_claim_locks"},
 }
 ADDED_JOB_COLUMNS = {
     "0005": {"parent_id", "item_index"},
@@ -30,6 +31,28 @@ ADDED_JOB_COLUMNS = {
     "0007": {"submitted_by"},
     "0009": {"origin", "model"},
 }
+
+
+# The triggers each revision adds, per backend: a later downgrade must keep them (a
+# SQLite table copied by batch mode silently loses its triggers).
+ADDED_TRIGGERS = {
+    "sqlite": {
+        "0006": {"jobs_input_text_size_insert", "jobs_input_text_size_update"},
+        "0007": {"jobs_reserved_keys_insert", "jobs_reserved_keys_update"},
+    },
+    "postgresql": {
+        "0002": {"jobs_notify_insert", "jobs_notify_requeue"},
+        "0007": {"jobs_guard"},
+    },
+}
+
+
+def _expected_triggers(url: str, revision: str) -> set[str]:
+    """The triggers of every revision up to `revision` ("base": none)."""
+    added = ADDED_TRIGGERS["postgresql" if url.startswith("postgresql") else "sqlite"]
+    if revision == "base":
+        return set()
+    return {name for rev, names in added.items() if rev <= revision for name in names}
 
 
 def _tables(url: str) -> set[str]:
@@ -51,11 +74,12 @@ def _job_columns(url: str) -> set[str]:
 def _triggers(url: str) -> set[str]:
     engine = make_db_engine(url)
     try:
-        if engine.dialect.name != "postgresql":
-            return set()
+        if engine.dialect.name == "postgresql":
+            sql = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))
-            return {row[0] for row in rows}
+            return {row[0] for row in conn.execute(text(sql))}
     finally:
         engine.dispose()
 
@@ -80,9 +104,7 @@ def test_each_downgrade_removes_what_its_upgrade_added_and_keeps_the_jobs(db_url
         conn.execute(text("INSERT INTO jobs (pipeline, input_text) VALUES ('summarize', 'kept')"))
     engine.dispose()
     assert current(db_url) == revisions()[-1]
-    postgres = db_url.startswith("postgresql")
-    if postgres:
-        assert {"jobs_notify_insert", "jobs_notify_requeue"} <= _triggers(db_url)
+    assert _triggers(db_url) == _expected_triggers(db_url, revisions()[-1])
 
     newest_first = list(reversed(revisions()))
     for revision, below in zip(newest_first, [*newest_first[1:], "base"], strict=True):
@@ -94,8 +116,9 @@ def test_each_downgrade_removes_what_its_upgrade_added_and_keeps_the_jobs(db_url
             break
         assert _job_columns(db_url) == before_columns - ADDED_JOB_COLUMNS.get(revision, set())
         assert _job_inputs(db_url) == ["kept"], f"downgrade of {revision} lost the jobs"
-        if revision == "0002" and postgres:
-            assert not {"jobs_notify_insert", "jobs_notify_requeue"} & _triggers(db_url)
+        assert _triggers(db_url) == _expected_triggers(db_url, below), (
+            f"downgrade of {revision} changed the triggers of the revisions below it"
+        )
 
     assert _tables(db_url) == set()
     upgrade(db_url)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from tests.conftest import run_sql
 from worker.cli.app import app
 from worker.queue.database import make_db_engine
+from worker.queue.migrate import upgrade
 
 
 @pytest.fixture
@@ -72,6 +73,44 @@ def test_a_submitter_inserts_and_reads_outcomes_but_cannot_touch_paths_or_states
         pg_url, f"SELECT source, source_path, status, submitted_by FROM jobs WHERE id = {job_id}"
     )
     assert [tuple(r) for r in rows] == [("table", None, "queued", role)]
+
+
+def test_a_submitter_cannot_touch_the_claim_locks_of_capped_pipelines(
+    pg_url: str, role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A role that could lock a row here could stop a capped pipeline's claims for good.
+    monkeypatch.setenv("EDGE_WORKER_DATABASE_URL", pg_url)
+    # Even where new tables are everyone's by default (the migration revokes PUBLIC's),
+    # and for a role that was given more (grant-submitter revokes it).
+    run_sql(pg_url, "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO PUBLIC")
+    upgrade(pg_url)
+    run_sql(pg_url, "INSERT INTO pipeline_claim_locks (pipeline) VALUES ('capped')")
+    run_sql(pg_url, f'CREATE ROLE "{role}" NOLOGIN')
+    run_sql(pg_url, f'GRANT ALL ON pipeline_claim_locks TO "{role}"')
+    result = CliRunner().invoke(app, ["db", "grant-submitter", role])
+    assert result.exit_code == 0, result.output
+    assert "GRANT" not in "".join(
+        line for line in result.output.splitlines() if "pipeline_claim_locks" in line
+    )
+    for who in (role, "public"):
+        for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES"):
+            ((allowed,),) = run_sql(
+                pg_url,
+                "SELECT has_table_privilege(:r, 'pipeline_claim_locks', :p)",
+                r=who,
+                p=privilege,
+            )
+            assert not allowed, (who, privilege)
+    denied = [
+        "SELECT pipeline FROM pipeline_claim_locks FOR UPDATE",
+        "SELECT pipeline FROM pipeline_claim_locks FOR KEY SHARE",
+        "INSERT INTO pipeline_claim_locks (pipeline) VALUES ('other')",
+        "DELETE FROM pipeline_claim_locks",
+        "LOCK TABLE pipeline_claim_locks IN ACCESS EXCLUSIVE MODE",
+    ]
+    for sql in denied:
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            as_role(pg_url, role, sql)
 
 
 @pytest.fixture

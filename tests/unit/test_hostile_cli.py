@@ -89,3 +89,8 @@ def test_grant_statements_revoke_first_and_grant_only_the_submitter_columns() ->
     assert "source_path" not in select and "input_text" not in select
     assert not any(word in " ".join(statements) for word in ("UPDATE", "DELETE"))
     assert statements[-1] == 'GRANT USAGE ON SEQUENCE public.jobs_id_seq TO "app"'
+    # The claim locks of capped pipelines are the daemon's alone: revoked, never granted.
+    guarded = grant_statements("app", "public", None, ["pipeline_claim_locks"])
+    locks = [s for s in guarded if "pipeline_claim_locks" in s]
+    assert locks == ['REVOKE ALL ON TABLE "public"."pipeline_claim_locks" FROM "app"']
+    assert all("jobs" in s for s in guarded if s.startswith("GRANT ") and " TABLE " in s)

@@ -16,6 +16,8 @@ queue). NOTIFY cannot be restricted by privileges: the daemon coalesces wake-ups
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import Engine, text
 
 INSERT_COLUMNS = ("pipeline", "input_text", "priority", "idempotency_key")
@@ -48,16 +50,29 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def grant_statements(role: str, schema: str, sequence: str | None) -> list[str]:
+# The daemon's own tables that a submitter must never touch, revoked when present:
+# a role that could lock a row of `pipeline_claim_locks` could stop a capped pipeline.
+DAEMON_ONLY_TABLES = ("pipeline_claim_locks",)
+
+
+def grant_statements(
+    role: str, schema: str, sequence: str | None, daemon_tables: Collection[str] = ()
+) -> list[str]:
     """The SQL that leaves `role` with exactly the submitter privileges on `schema`.jobs.
 
-    `sequence` is the (already quoted, schema-qualified) sequence of jobs.id, if any.
-    REVOKE ALL first, so running it again, or on a role that had more, ends the same.
+    `sequence` is the (already quoted, schema-qualified) sequence of jobs.id, if any;
+    `daemon_tables` are the tables of `DAEMON_ONLY_TABLES` that exist. REVOKE ALL first,
+    so running it again, or on a role that had more, ends the same. Nothing is granted
+    on any other table.
     """
     who = quote_identifier(role)
     table = f"{quote_identifier(schema)}.jobs"
     statements = [
         f"REVOKE ALL ON TABLE {table} FROM {who}",
+        *(
+            f"REVOKE ALL ON TABLE {quote_identifier(schema)}.{quote_identifier(name)} FROM {who}"
+            for name in daemon_tables
+        ),
         f"GRANT USAGE ON SCHEMA {quote_identifier(schema)} TO {who}",
         f"GRANT INSERT ({', '.join(INSERT_COLUMNS)}) ON TABLE {table} TO {who}",
         f"GRANT SELECT ({', '.join(SELECT_COLUMNS)}) ON TABLE {table} TO {who}",
@@ -109,7 +124,15 @@ def grant_submitter(engine: Engine, role: str, create: bool) -> tuple[bool, list
         sequence = conn.execute(
             text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": f"{schema}.jobs"}
         ).scalar()
-        statements = grant_statements(role, schema, sequence)
+        exists = text("SELECT to_regclass(:t) IS NOT NULL")
+        daemon_tables = [
+            name
+            for name in DAEMON_ONLY_TABLES
+            if conn.execute(
+                exists, {"t": f"{quote_identifier(schema)}.{quote_identifier(name)}"}
+            ).scalar()
+        ]
+        statements = grant_statements(role, schema, sequence, daemon_tables)
         for statement in statements:
             conn.execute(text(statement))
     return created, statements

@@ -9,24 +9,24 @@ whether it runs alone, before the job reaches the engine.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import LargeBinary, Select, and_, cast, func, or_, select, update
+from sqlalchemy import Connection, LargeBinary, Select, and_, cast, func, or_, select, update
+from sqlalchemy.dialects import postgresql
 
+from worker.logs import event
 from worker.queue.base import StoreBase
-from worker.queue.models import Job, JobStatus
+from worker.queue.models import Job, JobStatus, PipelineClaimLock
 from worker.queue.outage import translate_outages
 
-
-def _lock_key(pipeline: str) -> int:
-    """The PostgreSQL advisory lock key that serializes capped claims of `pipeline`."""
-    digest = hashlib.sha256(f"edge-worker:max_concurrent:{pipeline}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+# A capped pipeline whose claim lock was busy this many claim rounds in a row is logged
+# (once, until a claim gets it again): a claimer holding it for so long is stuck.
+BUSY_ROUNDS_WARNING = 100
 
 
 def _claim_order(row: Any) -> tuple[int, bool, int, int]:
@@ -96,6 +96,9 @@ def _solo(max_crashes: int) -> Any:
 @translate_outages
 class ClaimStore(StoreBase):
     """Leasing ready jobs (mixed into JobStore)."""
+
+    # Per capped pipeline: claim rounds in a row that found its claim lock taken.
+    _busy_rounds: dict[str, int]
 
     def claim(
         self,
@@ -277,24 +280,15 @@ class ClaimStore(StoreBase):
 
         The running jobs of each capped pipeline are counted after taking that
         pipeline's lock (SQLite: BEGIN IMMEDIATE already serializes writers; PostgreSQL:
-        a transaction advisory lock per pipeline, taken in name order so two claimers
-        cannot deadlock; a pipeline whose lock is taken is skipped this round), so two
-        daemons never both see the last free place. Candidates
+        its row in `pipeline_claim_locks`, see `_lock_capped`), so two daemons never
+        both see the last free place. Candidates
         are read group by group (the uncapped pipelines, then each capped one up to its
         room; FOR UPDATE SKIP LOCKED cannot be combined with a window function), merged
         in claim order, and the first `limit` are leased.
         """
         with self.db.begin() as conn:
             if self._postgres:
-                # Try, never wait: a lock held by another claimer (or by any role that can
-                # connect) means that pipeline is skipped this round, not that we hang.
-                busy = {
-                    name
-                    for name in sorted(capped)
-                    if not conn.execute(
-                        select(func.pg_try_advisory_xact_lock(_lock_key(name)))
-                    ).scalar_one()
-                }
+                busy = self._lock_capped(conn, capped)
                 excluded = {*excluded, *busy}
                 capped = {name: cap for name, cap in capped.items() if name not in busy}
             running = dict(
@@ -320,6 +314,51 @@ class ClaimStore(StoreBase):
             ids = [r.id for r in chosen]
             take = self._take(owner, token, now, lease_seconds).where(Job.id.in_(ids))
             return list(conn.execute(take))
+
+    def _lock_capped(self, conn: Connection, capped: Collection[str]) -> set[str]:
+        """PostgreSQL: lock the claim rows of the `capped` pipelines for this transaction;
+        returns the pipelines whose row another transaction holds (skipped this round).
+
+        A row lock, not an advisory lock: any role that can connect may take any advisory
+        key and hold it forever (a capped pipeline would never be claimed again), while
+        `pipeline_claim_locks` is the daemon's own table (no other role has privileges on
+        it; locking a row needs UPDATE). SKIP LOCKED: try, never wait. Missing rows are
+        inserted first (a conflict with a committed row neither waits nor writes).
+        """
+        names = sorted(capped)
+        conn.execute(
+            postgresql.insert(PipelineClaimLock)
+            .values([{"pipeline": name} for name in names])
+            .on_conflict_do_nothing(index_elements=["pipeline"])
+        )
+        got = set(
+            conn.execute(
+                select(PipelineClaimLock.pipeline)
+                .where(PipelineClaimLock.pipeline.in_(names))
+                .order_by(PipelineClaimLock.pipeline)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+        )
+        busy = set(names) - got
+        self._count_busy_rounds(names, busy)
+        return busy
+
+    def _count_busy_rounds(self, names: Collection[str], busy: Collection[str]) -> None:
+        """Log a pipeline whose claim lock has been taken for `BUSY_ROUNDS_WARNING` rounds
+        in a row, once until a claim gets it again."""
+        rounds = self._busy_rounds
+        for name in names:
+            if name not in busy:
+                rounds.pop(name, None)
+                continue
+            rounds[name] = rounds.get(name, 0) + 1
+            if rounds[name] == BUSY_ROUNDS_WARNING:
+                event(
+                    "claim.pipeline_lock_busy",
+                    logging.WARNING,
+                    pipeline=name,
+                    rounds=rounds[name],
+                )
 
     def has_ready(
         self,

@@ -51,6 +51,7 @@ class JobStore(ClaimStore, OutcomeStore, FamilyStore, OperatorStore, WorkerStore
         self.db = engine
         self.clock = clock
         self._postgres = engine.dialect.name == "postgresql"
+        self._busy_rounds = {}
 
     def enqueue(self, job: NewJob) -> int | None:
         """Insert a queued job; returns its id, or None if its idempotency key already exists."""

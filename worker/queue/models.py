@@ -239,3 +239,17 @@ class SeenFile(Base):
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     digest: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class PipelineClaimLock(Base):
+    """One row per capped pipeline (`max_concurrent`), locked by PostgreSQL claims.
+
+    A claim of a capped pipeline locks its row (FOR UPDATE SKIP LOCKED) while it counts
+    that pipeline's running jobs, so two daemons never both take the last free place.
+    The daemon's own table: no other role is granted anything on it, so no neighbour
+    can hold the lock (any role may hold any advisory lock, which this replaced).
+    """
+
+    __tablename__ = "pipeline_claim_locks"
+
+    pipeline: Mapped[str] = mapped_column(String(200), primary_key=True)

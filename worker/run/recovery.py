@@ -6,14 +6,20 @@ killed mid-write are removed. Any daemon on the database does this every
 A daemon is dead when its heartbeat in `workers` is older than `lease_seconds`, not
 merely when a lease expired: after a database outage every lease has expired while
 every daemon is alive. So after an outage of its own the sweep waits one lease period,
-in which live daemons renew their leases and heartbeats, before it recovers anything.
+in which live daemons renew their leases and heartbeats, before it recovers anything;
+and likewise after it starts: a daemon that starts right after an outage (or after a
+long start of its own) cannot tell a live daemon whose heartbeats the outage held up
+from a dead one. (Its own previous process's jobs need no wait: `requeue_suspects`.)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from worker.background import BackgroundLoop
 from worker.config import Settings
@@ -36,19 +42,31 @@ class RecoverySweep(BackgroundLoop):
         store: JobStore,
         wake: threading.Event,
         observer: JobObserver | None = None,
+        start_grace: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`start_grace`: seconds after the start before leases are recovered (None:
+        `lease_seconds`); `monotonic`: the clock of that wait and of the temp sweep."""
         super().__init__()
         self.settings = settings
         self.store = store
         self.wake = wake
         self.interval = settings.sweep_interval
         self.observer: JobObserver = observer or NoObserver()
+        self.start_grace = settings.lease_seconds if start_grace is None else start_grace
+        self._monotonic = monotonic
         self._temps_swept_at = float("-inf")
         self._outage = False  # the last step could not reach the database
-        self._recover_after = float("-inf")  # time.monotonic() when recovery may run
+        # When recovery may run (on `monotonic`): one grace after the start, set again
+        # by `before_start` (a sweep may be built a while before it starts).
+        self._recover_after = monotonic() + self.start_grace
 
     def before_start(self) -> None:
-        """One sweep before the dispatcher starts, so `--once` finds recovered jobs."""
+        """One sweep before the dispatcher starts (families finished while no one looked,
+        stale temp files); it recovers no lease yet (see the module's docstring)."""
+        self._recover_after = self._monotonic() + self.start_grace
+        if self.start_grace > 0:
+            event("recovery.grace", seconds=self.start_grace, reason="start")
         try:
             self.step()
         except DatabaseUnavailable as exc:  # the loop keeps trying
@@ -63,8 +81,8 @@ class RecoverySweep(BackgroundLoop):
             raise
         if self._outage:  # back after an outage: let live daemons renew before judging
             self._outage = False
-            self._recover_after = time.monotonic() + self.settings.lease_seconds
-            event("recovery.grace", seconds=self.settings.lease_seconds)
+            self._recover_after = self._monotonic() + self.settings.lease_seconds
+            event("recovery.grace", seconds=self.settings.lease_seconds, reason="outage")
         for job in recovered:
             event("job.recovered", job_id=job.id, status=job.status)
         if recovered:
@@ -73,9 +91,9 @@ class RecoverySweep(BackgroundLoop):
             event("job.gather_queued", job_id=parent)
         if recovered or woken:
             self.wake.set()
-        if time.monotonic() - self._temps_swept_at >= self.settings.lease_seconds:
+        if self._monotonic() - self._temps_swept_at >= self.settings.lease_seconds:
             # A temp file must be lease_seconds old to go: no need to look more often.
-            self._temps_swept_at = time.monotonic()
+            self._temps_swept_at = self._monotonic()
             try:
                 self._remove_stale_temps()
             except OSError as exc:  # not a database outage: log it and go on
@@ -83,7 +101,7 @@ class RecoverySweep(BackgroundLoop):
         return None
 
     def _recover(self) -> list[RecoveredJob]:
-        if self._outage or time.monotonic() < self._recover_after:
+        if self._outage or self._monotonic() < self._recover_after:
             return []
         return self.store.recover_expired(
             stale_after=self.settings.lease_seconds, max_solo=self.settings.max_solo_crashes
@@ -95,6 +113,23 @@ class RecoverySweep(BackgroundLoop):
         for kind in ("outbox", "failed"):
             root = self.settings.data_dir / kind
             folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+            if kind == "outbox":  # outputs_per_submitter: outbox/<pipeline>/<uid>/
+                folders += [uid for folder in folders for uid in _submitter_folders(folder)]
             for folder in folders:
                 for path in remove_stale_temps(folder, self.settings.lease_seconds, now):
                     event("sweep.temp_removed", path=str(path))
+
+
+def _submitter_folders(folder: Path) -> list[Path]:
+    """The per-submitter output folders in a pipeline's outbox (`<uid>/`, see
+    `worker.io.files.output_folder`): digit names only, never through a symlink (a
+    submitter's link must not send the sweep into someone else's folder)."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [
+        Path(entry.path)
+        for entry in entries
+        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir(follow_symlinks=False)
+    ]

@@ -29,11 +29,24 @@ def upgrade() -> None:
         batch.add_column(sa.Column("models_json", sa.Text(), nullable=True))
 
 
+# What upgrade added. SQLite drops a column in place only if no index, constraint,
+# trigger or view uses it: none uses these.
+_ADDED = (
+    ("workers", "models_json"),
+    ("workers", "pipelines_json"),
+    ("workers", "instance"),
+    ("jobs", "model"),
+    ("jobs", "origin"),
+)
+
+
 def downgrade() -> None:
-    with op.batch_alter_table("workers") as batch:
-        batch.drop_column("models_json")
-        batch.drop_column("pipelines_json")
-        batch.drop_column("instance")
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("model")
-        batch.drop_column("origin")
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for table, column in _ADDED:
+        if sqlite:
+            # Not batch mode: it copies the table, and the copy would lose the triggers
+            # of 0006 (the size ceiling) and 0007 (the reserved keys). SQLite >= 3.35
+            # drops a column in place.
+            op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        else:
+            op.drop_column(table, column)
