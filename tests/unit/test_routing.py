@@ -164,9 +164,7 @@ def test_the_instance_id_is_made_once_and_a_damaged_one_is_refused(tmp_path: Pat
         instance_id(tmp_path / "c")
 
 
-def test_a_suspect_runs_alone_only_on_its_own_loaded_model(
-    tmp_path: Path, store: JobStore
-) -> None:
+def test_a_suspect_runs_alone_only_on_its_own_loaded_model(tmp_path: Path, store: JobStore) -> None:
     """A job that must run alone and names a model that is not loaded is not claimed
     for the loaded one (it waits); a suspect of the loaded model is, and holds it."""
     from sqlalchemy import text
