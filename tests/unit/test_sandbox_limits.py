@@ -18,6 +18,7 @@ from worker.sandbox.limits import (
     cpu_soft_limit,
     death_reason,
     describe,
+    killed_from_outside,
     limit_reason,
     over_limit,
     size_text,
@@ -92,6 +93,32 @@ def test_what_the_end_of_a_child_means() -> None:
     )
     assert death_reason(-signal.SIGTERM, LIMITS) == "the parser crashed (SIGTERM)"
     assert death_reason(3, LIMITS) == "the parser exited with status 3"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "outside"),
+    [
+        (-signal.SIGKILL, True),  # the host's OOM killer, an operator's kill -9
+        (-signal.SIGTERM, True),
+        (-signal.SIGHUP, True),
+        (-signal.SIGXCPU, False),  # RLIMIT_CPU
+        (-signal.SIGABRT, False),  # a C parser refused memory under RLIMIT_AS
+        (-signal.SIGSEGV, False),
+        (-signal.SIGBUS, False),
+        (3, False),  # an exit of its own
+        (None, False),
+    ],
+)
+def test_only_a_signal_no_limit_explains_is_a_kill_from_outside(
+    returncode: int | None, outside: bool
+) -> None:
+    assert killed_from_outside(returncode) is outside
+
+
+def test_a_sigkill_at_the_hard_cpu_limit_is_the_limit_not_a_kill_from_outside() -> None:
+    # The kernel sends SIGKILL, not SIGXCPU, when a finite hard RLIMIT_CPU is reached.
+    assert not killed_from_outside(-signal.SIGKILL, cpu_total=99.6, cpu_hard_limit=100)
+    assert killed_from_outside(-signal.SIGKILL, cpu_total=3.0, cpu_hard_limit=100)
 
 
 def test_input_too_costly_is_an_input_error_with_its_prefix_and_survives_pickling() -> None:
