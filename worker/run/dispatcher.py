@@ -126,7 +126,7 @@ class Dispatcher:
             self._solo = False
         free = 0 if self._solo else self.slots.size - busy
         if free == 0:
-            self.wake.wait(self.settings.poll_interval)
+            self._idle_wait(self.wake, self.settings.poll_interval)
             self.wake.clear()
             return True
         self.wake.clear()  # a wake-up from here on is not lost: the wait below sees it
@@ -146,7 +146,7 @@ class Dispatcher:
                 self._solo_pending = False
             self.outage.ok()
         except DatabaseUnavailable as exc:  # the database is not answering: wait, try again
-            self.stop.soft.wait(self.outage.failed(exc))
+            self._idle_wait(self.stop.soft, self.outage.failed(exc))
             return True
         for job in jobs:
             self.slots.submit(job)
@@ -154,8 +154,21 @@ class Dispatcher:
             return True
         if once and self._drained(inputs_pending, closed):
             return False
-        self.wake.wait(self.settings.poll_interval)
+        self._idle_wait(self.wake, self.settings.poll_interval)
         return True
+
+    def _idle_wait(self, flag: threading.Event, seconds: float) -> None:
+        """Wait on `flag` for at most `seconds` with the heartbeat idle: waiting for work
+        or for the database to come back (a backoff of up to BACKOFF_MAX_SECONDS) is not
+        a step that can hang, and must not read as a stall to the watchdog."""
+        heartbeat = self.heartbeat
+        if heartbeat is not None:
+            heartbeat.idle()
+        try:
+            flag.wait(seconds)
+        finally:
+            if heartbeat is not None:
+                heartbeat.busy()
 
     def _claim(
         self, free: int, closed: list[str], crashes: int, solo: bool, limits: dict[str, int]
