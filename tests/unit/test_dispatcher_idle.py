@@ -1,5 +1,6 @@
 """The dispatcher's heartbeat is idle while it waits (for work, for a free slot, for the
-database to come back), so a long outage backoff never reads as a stall; busy in a round."""
+database to come back), so a long outage backoff never reads as a stall; busy in a round.
+And it notes a slot that outlived the shutdown timeout (the engines are then kept)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,26 @@ def test_the_heartbeat_is_idle_while_the_dispatcher_waits(down: bool) -> None:
     )
     dispatcher.run()
     assert watched.busy_at_wait == [False, False, False]
+
+
+def test_a_slot_that_outlives_the_shutdown_timeout_keeps_the_engines() -> None:
+    class Slots:
+        def __init__(self, finished: bool) -> None:
+            self.finished = finished
+
+        def close(self, timeout: float | None = None) -> bool:
+            return self.finished
+
+    for finished in (True, False):
+        dispatcher = Dispatcher(
+            load_settings(shutdown_timeout=0),
+            None,  # type: ignore[arg-type]
+            {},
+            "w1",
+            lambda job: None,
+            StopFlags(),
+            threading.Event(),
+        )
+        dispatcher.slots = Slots(finished)  # type: ignore[assignment]
+        dispatcher._close_slots()
+        assert dispatcher.slots_finished is finished

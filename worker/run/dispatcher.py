@@ -66,6 +66,9 @@ class Dispatcher:
         # Issue #19: which jobs this daemon can run (its models, its files), model by model.
         self.router = router
         self.slots = self._new_slots()
+        # False once a slot outlived the shutdown timeout: it may still be inside llama.cpp,
+        # so the engines must not be freed under it (ModelManager.leave_engines_to_exit).
+        self.slots_finished = True
 
     def _new_slots(self) -> SlotPool:
         size = self.router.slots if self.router is not None else max(1, self.settings.parallel)
@@ -117,6 +120,7 @@ class Dispatcher:
         if self.stop.hard.is_set():
             limit = min(limit, HARD_STOP_JOIN_SECONDS)
         if not self.slots.close(limit + HARD_STOP_JOIN_SECONDS):
+            self.slots_finished = False
             event("slots.not_finished", logging.WARNING, seconds=round(limit, 1))
 
     def _dispatch(self, once: bool, inputs_pending: Callable[[], int]) -> bool:
