@@ -27,6 +27,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "EDGE_WORKER_"
 DEFAULT_MODEL_NAME = "gemma-3-270m"
+# How long one SQLite statement waits for the write lock (worker.queue.database sets it);
+# here because the settings' check of stall_seconds needs it too.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 # The shipped pipelines are package data (a symlink `pipelines/` points here from a checkout).
 SHIPPED_PIPELINES_DIR = Path(str(files("worker.pipelines") / "shipped"))
 
@@ -173,7 +176,10 @@ class Settings(BaseSettings):
     # that stops answering (keepalives) fails that call: the caller retries with backoff.
     db_connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect")
     db_statement_timeout: float = Field(
-        default=60.0, ge=0, description="seconds a statement may run (0: no limit)"
+        default=60.0,
+        ge=0,
+        description="seconds a statement may run (0, no limit, only without PostgreSQL: "
+        "with db_connect_timeout it must stay under stall_seconds)",
     )
     db_lock_timeout: float = Field(
         default=15.0, ge=0, description="seconds a statement may wait for a lock (0: no limit)"
@@ -245,6 +251,49 @@ class Settings(BaseSettings):
             raise ValueError("console_actions needs console = true")
         if self.console_actions and self.console_token_file is None:
             raise ValueError("console_actions needs console_token_file (the action token)")
+        return self
+
+    @model_validator(mode="after")
+    def _waits_fit_the_stall_bound(self) -> Settings:
+        # A heartbeat at work (the dispatcher's round, a slot's job) is a stall once silent
+        # for stall_seconds, and one database call does not beat while it waits. So every
+        # wait that is legal by these settings must end within stall_seconds, or the
+        # watchdog restarts a daemon that was only waiting on a legal query:
+        # - the dispatcher waits poll_interval between rounds (idle) but a round is busy;
+        #   stall_seconds must be longer than a poll so the two never blur;
+        # - PostgreSQL: one call may make a connection (db_connect_timeout) and then run a
+        #   statement to its db_statement_timeout. That timeout must be positive: 0 (no
+        #   limit) lets a statement outlast stall_seconds, and the watchdog would restart
+        #   the daemon instead of failing the call. db_lock_timeout needs no check: lock
+        #   waits count toward statement_timeout, so 0 or a larger value is still bounded;
+        # - SQLite: a statement waits up to the busy timeout for the write lock.
+        if self.stall_seconds <= self.poll_interval:
+            raise ValueError(
+                f"stall_seconds ({self.stall_seconds:g}) must be greater than poll_interval "
+                f"({self.poll_interval:g})"
+            )
+        backend = self.resolved_database_url.partition(":")[0].partition("+")[0]
+        if backend == "postgresql":
+            if self.db_statement_timeout <= 0:
+                raise ValueError(
+                    "db_statement_timeout must be positive with PostgreSQL: without a limit "
+                    f"one statement can outlast stall_seconds ({self.stall_seconds:g}) and the "
+                    "watchdog restarts the daemon"
+                )
+            waited = self.db_connect_timeout + self.db_statement_timeout
+            if waited >= self.stall_seconds:
+                raise ValueError(
+                    f"db_connect_timeout ({self.db_connect_timeout:g}) + db_statement_timeout "
+                    f"({self.db_statement_timeout:g}) must be less than stall_seconds "
+                    f"({self.stall_seconds:g}): one database call may wait that long"
+                )
+        elif backend == "sqlite":
+            busy = SQLITE_BUSY_TIMEOUT_MS / 1000
+            if self.stall_seconds <= busy:
+                raise ValueError(
+                    f"stall_seconds ({self.stall_seconds:g}) must be greater than SQLite's "
+                    f"busy timeout ({busy:g} s): one database call may wait that long"
+                )
         return self
 
     @field_validator("memory_budget", mode="before")

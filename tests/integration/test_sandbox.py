@@ -20,7 +20,14 @@ from worker.batch.request import LineError
 from worker.errors import GenerationInterrupted, InputError, InputTooCostly
 from worker.io.readers import Document, ReaderName, ReadLimits, read_input
 from worker.llm.grammar import InvalidResult, UnsupportedSchema
-from worker.sandbox import JobDeadline, Sandbox, SandboxBroken, SandboxClosed, SandboxLimits
+from worker.sandbox import (
+    ChildKilled,
+    JobDeadline,
+    Sandbox,
+    SandboxBroken,
+    SandboxClosed,
+    SandboxLimits,
+)
 from worker.sandbox.parsing import Parsing
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,6 +85,21 @@ def test_a_sleeper_is_killed_at_the_wall_clock_limit(sandbox: Sandbox) -> None:
 def test_a_crashing_parser_fails_its_task_with_the_reason(sandbox: Sandbox) -> None:
     with pytest.raises(InputTooCostly, match=r"the parser crashed \(SIGABRT"):
         sandbox.call("probe.abort")
+    still_works(sandbox)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_child_killed_from_outside_mid_task_is_retried_not_the_inputs_fault(
+    sandbox: Sandbox, signum: int
+) -> None:
+    # The host's OOM killer or an operator: neither the parent nor a limit sent it.
+    (pid,) = sandbox.pids()
+    killer = threading.Timer(0.5, os.kill, (pid, signum))
+    killer.start()
+    with pytest.raises(ChildKilled, match=rf"killed from outside \({signal.Signals(signum).name}"):
+        sandbox.call("probe.sleep", 30)
+    killer.join()
+    assert not isinstance(ChildKilled("x"), InputError)  # the runner retries it
     still_works(sandbox)
 
 

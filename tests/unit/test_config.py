@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,40 @@ def test_sqlite_default_lives_in_the_data_dir(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path)
     assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve()}/jobs.db"
     assert settings.folder("inbox", "summarize") == tmp_path / "inbox" / "summarize"
+
+
+PG = "postgresql+psycopg://edge@db/jobs"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stall_seconds": 2, "poll_interval": 2}, r"stall_seconds \(2\) .* poll_interval \(2\)"),
+        ({"stall_seconds": 10}, r"stall_seconds \(10\) .* SQLite's busy timeout \(10 s\)"),
+        (
+            {"database_url": PG, "db_statement_timeout": 0},
+            r"db_statement_timeout must be positive .* stall_seconds \(120\)",
+        ),
+        (
+            {"database_url": PG, "stall_seconds": 70},
+            r"db_connect_timeout \(10\) \+ db_statement_timeout \(60\) .* stall_seconds \(70\)",
+        ),
+    ],
+)
+def test_a_wait_the_settings_allow_must_end_before_the_watchdog_calls_it_a_stall(
+    overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(**overrides)
+
+
+def test_waits_that_end_before_stall_seconds_are_accepted() -> None:
+    assert load_settings(stall_seconds=11, poll_interval=2).stall_seconds == 11
+    fitting = load_settings(
+        database_url=PG,
+        stall_seconds=20,
+        db_connect_timeout=3,
+        db_statement_timeout=10,
+        db_lock_timeout=0,  # lock waits count toward statement_timeout: still bounded
+    )
+    assert fitting.db_lock_timeout == 0

@@ -297,3 +297,26 @@ def test_a_batch_file_mixes_chat_completion_and_embedding_lines(
     )
     assert failed["tokens"]["code"] == "invalid_request"
     assert failed["long"]["code"] == "context_length_exceeded"
+
+
+def test_embeddings_go_to_the_submitters_folder_with_outputs_per_submitter(
+    emb_settings: Settings, store: JobStore, embedder: FakeEmbedder
+) -> None:
+    settings = emb_settings.model_copy(update={"outputs_per_submitter": True})
+    uid = str(os.getuid())  # the inputs' owner
+    drop(settings, store, "index", "doc.txt", b"one document")
+    drop(settings, store, "index", "docs.jsonl", json.dumps({"text": "a record"}).encode())
+    drop(settings, store, "npy", "rows.jsonl", json.dumps({"text": "a row"}).encode())
+    run(settings, store, embedder, FakeEngine())
+    assert [job.status for job in store.list_jobs() if job.parent_id is None] == ["succeeded"] * 3
+    index, npy = settings.folder("outbox", "index"), settings.folder("outbox", "npy")
+    assert sorted(p.name for p in index.iterdir()) == [uid]
+    assert sorted(p.name for p in (index / uid).iterdir()) == [
+        "doc.txt.embedding.json",
+        "docs.jsonl.embeddings.jsonl",
+    ]
+    assert sorted(p.name for p in npy.iterdir()) == [uid]
+    assert sorted(p.name for p in (npy / uid).iterdir()) == [
+        "rows.jsonl.embeddings.ids.jsonl",
+        "rows.jsonl.embeddings.npy",
+    ]

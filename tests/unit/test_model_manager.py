@@ -3,6 +3,7 @@ use), and the start-up plan of the served models against the real GGUF's header.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -165,3 +166,21 @@ def test_threads_are_split_between_the_models_that_fit_together() -> None:
     assert thread_share(2, cores=2) == 1
     assert thread_share(3, cores=2) == 1
     assert thread_share(1, cores=16) == 16
+
+
+def test_engines_are_not_freed_at_close_while_a_slot_may_still_use_them(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[FakeEngine] = []
+    m = manager(opened)
+    m.load("a")
+    m.leave_engines_to_exit()  # a slot outlived shutdown_timeout
+    monkeypatch.setattr(logging.getLogger("edge_worker"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="edge_worker"):
+        m.close()
+    assert not opened[0].closed  # freeing it under the slot's thread: a use-after-free
+    assert [r.getMessage() for r in caplog.records] == ["models.left_to_exit"]
+    m2 = manager(opened)
+    m2.load("a")
+    m2.close()  # every slot finished: freed
+    assert opened[1].closed

@@ -9,18 +9,22 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.clock import frozen
 from tests.fakes import FakeEngine
-from tests.unit.test_runner import drop, make_runner
+from tests.harness import Runner
+from tests.unit.test_runner import PIPELINES, drop, make_runner
 from worker.config import Settings
 from worker.io.atomic import write_atomic
 from worker.llm.engine import Completion
 from worker.llm.generation import Generation
 from worker.queue.jobs import JobStore, NewJob, utcnow
 from worker.queue.outage import DatabaseUnavailable
+from worker.run.stop import StopFlags
+from worker.sandbox import ChildKilled, Sandbox
 
 
 @pytest.fixture
@@ -171,3 +175,31 @@ def test_shutdown_during_an_outage_gives_up_without_recording(
     assert job is not None and job.status == "running"  # its lease expires; it runs again
     (abandoned,) = events("job.abandoned")
     assert abandoned.fields["reason"].startswith("database unavailable at shutdown")  # type: ignore[attr-defined]
+
+
+class KilledSandbox(Sandbox):
+    """Every parsing task's child is killed from outside (the host's OOM killer)."""
+
+    def call(self, task: str, *args: Any, deadline: float | None = None, beat: Any = None) -> Any:
+        raise ChildKilled(f"the parsing child was killed from outside (SIGKILL) while {task}")
+
+
+def test_a_parser_killed_from_outside_is_retried_not_failed(
+    settings: Settings, store: JobStore
+) -> None:
+    job_id = drop(settings, store, "a.txt", b"hello")
+    runner = Runner(
+        settings,
+        store,
+        FakeEngine(),
+        PIPELINES,
+        "w1",
+        StopFlags(),
+        threading.Event(),
+        sandbox=KilledSandbox(start=False),
+    )
+    runner.run(once=True)
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.attempts) == ("queued", 1)
+    assert job.error is not None and "killed from outside" in job.error
+    assert (settings.folder("inbox", "echo") / "a.txt").read_bytes() == b"hello"

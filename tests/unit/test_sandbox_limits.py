@@ -3,7 +3,10 @@ a child means, and the errors that travel back from a child."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import pickle
+import pkgutil
 import signal
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from worker.batch.request import LineError
 from worker.config import load_settings
 from worker.errors import InputError, InputTooCostly
+from worker.io.jsontext import JSONTooDeep
 from worker.io.readers import ReadLimits
 from worker.sandbox.framing import HEADER, encode
 from worker.sandbox.limits import (
@@ -18,6 +22,7 @@ from worker.sandbox.limits import (
     cpu_soft_limit,
     death_reason,
     describe,
+    killed_from_outside,
     limit_reason,
     over_limit,
     size_text,
@@ -94,6 +99,32 @@ def test_what_the_end_of_a_child_means() -> None:
     assert death_reason(3, LIMITS) == "the parser exited with status 3"
 
 
+@pytest.mark.parametrize(
+    ("returncode", "outside"),
+    [
+        (-signal.SIGKILL, True),  # the host's OOM killer, an operator's kill -9
+        (-signal.SIGTERM, True),
+        (-signal.SIGHUP, True),
+        (-signal.SIGXCPU, False),  # RLIMIT_CPU
+        (-signal.SIGABRT, False),  # a C parser refused memory under RLIMIT_AS
+        (-signal.SIGSEGV, False),
+        (-signal.SIGBUS, False),
+        (3, False),  # an exit of its own
+        (None, False),
+    ],
+)
+def test_only_a_signal_no_limit_explains_is_a_kill_from_outside(
+    returncode: int | None, outside: bool
+) -> None:
+    assert killed_from_outside(returncode) is outside
+
+
+def test_a_sigkill_at_the_hard_cpu_limit_is_the_limit_not_a_kill_from_outside() -> None:
+    # The kernel sends SIGKILL, not SIGXCPU, when a finite hard RLIMIT_CPU is reached.
+    assert not killed_from_outside(-signal.SIGKILL, cpu_total=99.6, cpu_hard_limit=100)
+    assert killed_from_outside(-signal.SIGKILL, cpu_total=3.0, cpu_hard_limit=100)
+
+
 def test_input_too_costly_is_an_input_error_with_its_prefix_and_survives_pickling() -> None:
     error = InputTooCostly("over the 30 s CPU limit while reading HTML")
     assert isinstance(error, InputError)
@@ -118,3 +149,45 @@ def test_a_message_is_its_length_then_its_pickle() -> None:
     (size,) = HEADER.unpack(framed[: HEADER.size])
     assert size == len(framed) - HEADER.size
     assert pickle.loads(framed[HEADER.size :]) == {"a": 1}
+
+
+# Errors with their own __init__ that a sandbox task can raise: each must come back from
+# the child as it was raised (the default pickling calls __init__ with the message).
+CROSSING = [
+    InputTooCostly("over the 30 s CPU limit while reading HTML"),
+    JSONTooDeep(64),
+    LineError("invalid_request", "bad schema", "response_format"),
+]
+
+
+@pytest.mark.parametrize("error", CROSSING, ids=lambda e: type(e).__name__)
+def test_errors_with_their_own_init_survive_the_sandbox_boundary(error: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error) and copy.args == error.args
+    assert vars(copy) == vars(error)
+
+
+def test_every_error_a_sandbox_task_can_raise_with_its_own_init_is_checked() -> None:
+    # The packages a child imports for its tasks (worker.sandbox.tasks.warm).
+    import worker.batch
+    import worker.errors
+    import worker.io
+    import worker.llm.grammar
+    import worker.sandbox
+
+    modules = [worker.errors, worker.llm.grammar]
+    for package in (worker.batch, worker.io, worker.sandbox):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not info.name.endswith(".child"):
+                modules.append(importlib.import_module(info.name))
+    custom = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if inspect.isclass(cls)
+        and issubclass(cls, BaseException)
+        and cls.__module__.startswith("worker.")
+        and "__init__" in cls.__dict__
+    }
+    assert custom == {type(error) for error in CROSSING}

@@ -21,6 +21,12 @@ class JSONTooDeep(InputError):
 
     def __init__(self, max_depth: int) -> None:
         super().__init__(f"JSON nesting is deeper than {max_depth} levels")
+        self.max_depth = max_depth
+
+    def __reduce__(self) -> tuple[type[JSONTooDeep], tuple[int]]:
+        # Raised in the sandbox's children: pickled as its argument, not its message
+        # (the default would call __init__ with the message and garble it).
+        return (type(self), (self.max_depth,))
 
 
 def nesting_depth_over(value: Any, max_depth: int) -> bool:

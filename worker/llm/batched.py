@@ -57,8 +57,6 @@ DEFAULT_SPECULATE = 4
 SEQ_ORDER = True
 # How long close() waits for the decode thread (it ends within one decode call).
 CLOSE_JOIN_SECONDS = 30.0
-# A single llama_decode call running longer than this is a hung decode (the watchdog).
-DECODE_STALL_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -224,7 +222,7 @@ class BatchedEngine:
         self._closed = threading.Event()
         self._freed = False
         # Busy while a step runs: a llama_decode call that never returns stops the pings.
-        self._heartbeat = LIVENESS.register("decode", DECODE_STALL_SECONDS)
+        self._heartbeat = LIVENESS.register("decode", options.decode_stall_seconds)
         self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
         self._thread.start()
 

@@ -17,7 +17,7 @@ from worker.config import ModelSpec, Settings
 from worker.errors import InputError, ModelError
 from worker.llm.backends import build_info, offload_error
 from worker.llm.embedding import Embedder, EmbeddingEngine, EmbeddingOptions
-from worker.llm.engine import EngineOptions
+from worker.llm.engine import EngineOptions, decode_stall_seconds
 from worker.llm.model_files import resolve_model
 
 
@@ -62,6 +62,7 @@ def open_embedder(settings: Settings, name: str) -> EmbeddingEngine:
         n_threads=settings.n_threads or getattr(spec, "n_threads", None),
         n_gpu_layers=n_gpu_layers,
         seed=settings.seed,
+        decode_stall_seconds=decode_stall_seconds(settings.stall_seconds),
     )
     return EmbeddingEngine(
         resolve_model(settings, name), options, embedding_options(settings, spec)

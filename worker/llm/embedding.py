@@ -52,8 +52,6 @@ from worker.llm.pooling import (
 log = logging.getLogger(__name__)
 
 CLOSE_JOIN_SECONDS = 30.0
-# A single llama_decode call running longer than this is a hung decode (the watchdog).
-DECODE_STALL_SECONDS = 120.0
 # How often a waiting caller looks at its stop flag and at the engine's state.
 WAIT_STEP_SECONDS = 0.25
 LongInput = Literal["fail", "chunk"]
@@ -167,7 +165,7 @@ class EmbeddingEngine:
         self._waiting: deque[_Sequence] = deque()
         self._closed = threading.Event()
         # Busy while a call decodes: a llama_decode call that never returns stops the pings.
-        self._heartbeat = LIVENESS.register("embed-decode", DECODE_STALL_SECONDS)
+        self._heartbeat = LIVENESS.register("embed-decode", options.decode_stall_seconds)
         self._thread = threading.Thread(target=self._loop, name="embed-decode", daemon=True)
         self._thread.start()
 

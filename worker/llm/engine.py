@@ -20,6 +20,18 @@ class Completion:
     finish_reason: str
 
 
+# The shortest bound on a single llama_decode call before the watchdog calls it hung.
+MIN_DECODE_STALL_SECONDS = 120.0
+
+
+def decode_stall_seconds(stall_seconds: float) -> float:
+    """The decode heartbeat's bound for the `stall_seconds` setting: never below
+    MIN_DECODE_STALL_SECONDS (one decode call of a big batch on a slow CPU takes long),
+    and never below the setting, so an operator who raises stall_seconds for a slow box
+    is not overruled by the engine."""
+    return max(stall_seconds, MIN_DECODE_STALL_SECONDS)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """llama.cpp parameters that the settings control."""
@@ -28,6 +40,8 @@ class EngineOptions:
     n_threads: int | None = None
     n_gpu_layers: int = 0
     seed: int = 0
+    # A single llama_decode call running longer than this is a hung decode (the watchdog).
+    decode_stall_seconds: float = MIN_DECODE_STALL_SECONDS
 
 
 class Engine(Protocol):

@@ -12,7 +12,7 @@ from worker.config import Settings
 from worker.errors import ModelError
 from worker.llm.backends import build_info, offload_error
 from worker.llm.batched import PREFIX_CACHE_SLOTS, BatchedEngine, BatchOptions
-from worker.llm.engine import EngineOptions
+from worker.llm.engine import EngineOptions, decode_stall_seconds
 from worker.llm.memory import EngineShape
 from worker.llm.model_files import ModelFile, resolve_model
 from worker.llm.repack_probe import decide_repack
@@ -66,6 +66,7 @@ def engine_options(settings: Settings, config: ModelConfig | None = None) -> Eng
         n_threads=config.n_threads,
         n_gpu_layers=config.n_gpu_layers,
         seed=settings.seed,
+        decode_stall_seconds=decode_stall_seconds(settings.stall_seconds),
     )
 
 

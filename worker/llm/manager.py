@@ -142,6 +142,8 @@ class ModelManager:
         self._loader: threading.Thread | None = None
         # Counters of engines already closed, so the totals never go down.
         self._retired_stats: dict[str, int] = {}
+        # Set at shutdown when a slot thread outlived shutdown_timeout (see close).
+        self._leave_to_exit = False
 
     # Reading -------------------------------------------------------------------
     @property
@@ -323,8 +325,26 @@ class ModelManager:
         self.on_change()
         return True
 
+    def leave_engines_to_exit(self) -> None:
+        """A slot thread did not finish within shutdown_timeout: it may still be inside
+        llama.cpp with an engine's context, and freeing that context under it is a
+        use-after-free (a segfault on the way out). `close` then frees nothing; the
+        engines go with the process."""
+        self._leave_to_exit = True
+
     def close(self) -> None:
-        """Unload every model (after the slots stopped); waits for a load in progress."""
+        """Unload every model (after the slots stopped); waits for a load in progress.
+        After `leave_engines_to_exit`, frees nothing and says so."""
+        if self._leave_to_exit:
+            with self._lock:
+                loaded = [n for n, r in self._records.items() if r.engine is not None]
+            event(
+                "models.left_to_exit",
+                logging.WARNING,
+                models=loaded,
+                reason="a slot did not finish within shutdown_timeout and may still use them",
+            )
+            return
         loader = self._loader
         if loader is not None:
             loader.join(LOADER_JOIN_SECONDS)

@@ -8,8 +8,11 @@ model with them and decodes a few tokens; if it dies of a signal, or fails in an
 way, the engine loads the model without them. The answer is kept per model file for the
 life of the process, and on disk beside the model (`.<name>.repack-probe.json`), keyed
 by the file's size and mtime and by the CPU features and version of llama.cpp, so a
-restart (or a crash loop) does not load the model twice again. Set `repack_weights` to
-skip the probe (worth it for a model too large to load twice).
+restart (or a crash loop) does not load the model twice again. Only a clean answer is
+kept on disk: the child decoded (yes), or died of SIGILL, SIGSEGV or SIGBUS (no). A
+timeout, a SIGKILL or SIGTERM, an error exit may be load, the OOM killer or an operator,
+not the CPU: the next start probes again. Set `repack_weights` to skip the probe (worth
+it for a model too large to load twice).
 """
 
 from __future__ import annotations
@@ -30,21 +33,27 @@ from worker.logs import event
 # longer than this is stuck, and its answer is no.
 PROBE_TIMEOUT_SECONDS = 180.0
 PROBE_PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
+# The deaths that say repacked weights do not work here: an instruction the CPU does not
+# run (AMX on some virtual machines), or a fault in the repacked kernels.
+_CPU_FAULTS = frozenset({signal.SIGILL, signal.SIGSEGV, signal.SIGBUS})
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """The probe's verdict and, when it is no, why."""
+    """The probe's verdict and, when it is no, why. `clean`: the answer is the CPU's (a
+    decode, or a fault), worth remembering on disk; else it may be load or a kill."""
 
     repack: bool
     reason: str
+    clean: bool = False
 
 
 def verdict(returncode: int | None, stderr: str) -> ProbeResult:
     """Read the child's exit: 0 is yes; a signal (SIGILL above all), an error or a
-    timeout (None) is no, with a one-line reason."""
+    timeout (None) is no, with a one-line reason. Clean (remembered on disk): 0, and a
+    death by SIGILL, SIGSEGV or SIGBUS."""
     if returncode == 0:
-        return ProbeResult(True, "the probe decoded with repacked weights")
+        return ProbeResult(True, "the probe decoded with repacked weights", clean=True)
     if returncode is None:
         return ProbeResult(False, f"the probe did not finish in {PROBE_TIMEOUT_SECONDS:.0f} s")
     if returncode < 0:
@@ -52,7 +61,8 @@ def verdict(returncode: int | None, stderr: str) -> ProbeResult:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        return ProbeResult(False, f"the probe died with {name} using repacked weights")
+        clean = -returncode in _CPU_FAULTS
+        return ProbeResult(False, f"the probe died with {name} using repacked weights", clean)
     last = stderr.strip().splitlines()[-1:] or ["no message"]
     return ProbeResult(False, f"the probe failed (exit {returncode}): {last[0][:200]}")
 
@@ -96,17 +106,22 @@ def _cache_path(model_path: Path) -> Path:
 
 def remembered_probe(model_path: Path) -> ProbeResult:
     """The probe's answer for `model_path`: from the file beside the model when its key
-    still matches, else probed now and written there (where the folder is writable)."""
+    still matches, else probed now and, when the answer is clean, written there (where
+    the folder is writable)."""
     key = _probe_key(model_path)
     cache = _cache_path(model_path)
     try:
         stored = json.loads(cache.read_text())
-        if stored.get("key") == key:
-            return ProbeResult(bool(stored["repack"]), str(stored["reason"]) + " (remembered)")
+        # Without `clean`: written by a version that kept any answer (a timeout too).
+        if stored.get("key") == key and stored.get("clean") is True:
+            reason = str(stored["reason"]) + " (remembered)"
+            return ProbeResult(bool(stored["repack"]), reason, clean=True)
     except (OSError, ValueError, KeyError, AttributeError):
         pass
     result = probe_repack(model_path)
-    record = {"key": key, "repack": result.repack, "reason": result.reason}
+    if not result.clean:  # a timeout or a kill may be load or an operator: ask again next start
+        return result
+    record = {"key": key, "repack": result.repack, "reason": result.reason, "clean": True}
     temp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):  # a read-only models folder: probe again next time
         temp.write_text(json.dumps(record))

@@ -354,6 +354,8 @@ def _serve(
         started.set()
         dispatcher.run(once=once, inputs_pending=watcher.pending)
     finally:
+        if not dispatcher.slots_finished:  # a slot may still be inside llama.cpp
+            manager.leave_engines_to_exit()
         notifier.send("STOPPING=1", "STATUS=stopping")
         event("daemon.stopping", worker=worker_id)
         group.stop_all()

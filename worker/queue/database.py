@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+# Re-exported: callers read the busy timeout here, beside the engine that sets it.
+from worker.config import SQLITE_BUSY_TIMEOUT_MS as SQLITE_BUSY_TIMEOUT_MS
+
 if TYPE_CHECKING:
     from worker.config import Settings
-
-SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ class Dispatcher:
         # Issue #19: which jobs this daemon can run (its models, its files), model by model.
         self.router = router
         self.slots = self._new_slots()
+        # False once a slot outlived the shutdown timeout: it may still be inside llama.cpp,
+        # so the engines must not be freed under it (ModelManager.leave_engines_to_exit).
+        self.slots_finished = True
 
     def _new_slots(self) -> SlotPool:
         size = self.router.slots if self.router is not None else max(1, self.settings.parallel)
@@ -117,6 +120,7 @@ class Dispatcher:
         if self.stop.hard.is_set():
             limit = min(limit, HARD_STOP_JOIN_SECONDS)
         if not self.slots.close(limit + HARD_STOP_JOIN_SECONDS):
+            self.slots_finished = False
             event("slots.not_finished", logging.WARNING, seconds=round(limit, 1))
 
     def _dispatch(self, once: bool, inputs_pending: Callable[[], int]) -> bool:
@@ -126,7 +130,7 @@ class Dispatcher:
             self._solo = False
         free = 0 if self._solo else self.slots.size - busy
         if free == 0:
-            self.wake.wait(self.settings.poll_interval)
+            self._idle_wait(self.wake, self.settings.poll_interval)
             self.wake.clear()
             return True
         self.wake.clear()  # a wake-up from here on is not lost: the wait below sees it
@@ -146,7 +150,7 @@ class Dispatcher:
                 self._solo_pending = False
             self.outage.ok()
         except DatabaseUnavailable as exc:  # the database is not answering: wait, try again
-            self.stop.soft.wait(self.outage.failed(exc))
+            self._idle_wait(self.stop.soft, self.outage.failed(exc))
             return True
         for job in jobs:
             self.slots.submit(job)
@@ -154,8 +158,21 @@ class Dispatcher:
             return True
         if once and self._drained(inputs_pending, closed):
             return False
-        self.wake.wait(self.settings.poll_interval)
+        self._idle_wait(self.wake, self.settings.poll_interval)
         return True
+
+    def _idle_wait(self, flag: threading.Event, seconds: float) -> None:
+        """Wait on `flag` for at most `seconds` with the heartbeat idle: waiting for work
+        or for the database to come back (a backoff of up to BACKOFF_MAX_SECONDS) is not
+        a step that can hang, and must not read as a stall to the watchdog."""
+        heartbeat = self.heartbeat
+        if heartbeat is not None:
+            heartbeat.idle()
+        try:
+            flag.wait(seconds)
+        finally:
+            if heartbeat is not None:
+                heartbeat.busy()
 
     def _claim(
         self, free: int, closed: list[str], crashes: int, solo: bool, limits: dict[str, int]

@@ -110,6 +110,36 @@ def limit_reason(limit: Limit, limits: SandboxLimits, job_seconds: float | None 
     return f"over the {_seconds(limits.timeout)} s time limit"
 
 
+# Signals a child brings on itself while it works on its task: the kernel's SIGXCPU at
+# RLIMIT_CPU, and a C parser that aborts or faults (an allocation RLIMIT_AS refused, or a
+# bug the input triggers). Each is the input's doing and comes again on a retry.
+_SELF_INFLICTED = frozenset(
+    {signal.SIGXCPU, signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+)
+
+
+def killed_from_outside(
+    returncode: int | None, cpu_total: float = 0.0, cpu_hard_limit: float | None = None
+) -> bool:
+    """Whether a child that the parent did not kill was ended by a signal that no limit of
+    its task explains: the host's OOM killer or an operator (SIGKILL), a SIGTERM or SIGHUP
+    sent to the process group. Such an end is not the input's fault: the job is retried
+    (and max_attempts still bounds an input that truly brings the OOM killer each time).
+
+    `cpu_total`: the child's CPU seconds over its whole life, as last read from /proc;
+    `cpu_hard_limit`: its hard RLIMIT_CPU where finite. The kernel sends SIGKILL, not
+    SIGXCPU, at the hard limit (the soft one is clamped to it), so a SIGKILL within a
+    second of that limit is a CPU limit hit, not a kill from outside."""
+    if returncode is None or returncode >= 0:
+        return False  # unkillable, or an exit of its own: the parser's doing
+    signum = -returncode
+    if signum in _SELF_INFLICTED:
+        return False
+    if signum == signal.SIGKILL and cpu_hard_limit is not None:
+        return cpu_total < cpu_hard_limit - 1.0
+    return True
+
+
 def death_reason(returncode: int | None, limits: SandboxLimits) -> str:
     """Why a child that we did not kill ended, from its exit status."""
     if returncode is None:

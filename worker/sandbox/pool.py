@@ -13,8 +13,10 @@ and waits for the reply until the earlier of the job's deadline and `timeout`, c
 - wall clock: the parent kills the child at the deadline.
 
 A task over a limit, or a child that dies under it, costs that task only: the child is
-replaced at once and the call raises InputTooCostly. A child is recycled after
-`recycle_after` tasks. Every wait here is bounded; `close` never hangs.
+replaced at once and the call raises InputTooCostly. A child killed from outside (the
+host's OOM killer, an operator: a signal that neither the parent nor a limit sent) is
+not the input's fault: the call raises ChildKilled and the job is retried. A child is
+recycled after `recycle_after` tasks. Every wait here is bounded; `close` never hangs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from worker.errors import GenerationInterrupted, InputTooCostly
 from worker.logs import event
@@ -39,6 +43,7 @@ from worker.sandbox.limits import (
     SandboxLimits,
     death_reason,
     describe,
+    killed_from_outside,
     limit_reason,
     over_limit,
     task_until,
@@ -67,6 +72,12 @@ class SandboxBroken(RuntimeError):
     (the job is retried; the child's stderr says why)."""
 
 
+class ChildKilled(RuntimeError):
+    """The child running the task was killed from outside (the host's OOM killer, an
+    operator's kill), not by the parent and not by a limit: not the input's fault, so
+    the job is retried (a RuntimeError, like SandboxBroken: the runner retries those)."""
+
+
 class JobDeadline(GenerationInterrupted):
     """The job's own deadline (job_timeout) came while it waited on the sandbox; the
     runner reports it as a job_timeout."""
@@ -80,6 +91,7 @@ class _Child:
     ready: bool = False
     rlimits: bool = False
     cpu_at_start: float = 0.0
+    cpu_total: float = 0.0  # CPU seconds of its whole life, as last read from /proc
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +112,20 @@ def _address_space(pid: int) -> int:
             return int(handle.read().split()[0]) * _PAGE_SIZE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _cpu_hard_limit() -> float | None:
+    """The hard RLIMIT_CPU a child inherits from the daemon (children lower only the soft
+    one), None where it is unlimited."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    return None if hard == resource.RLIM_INFINITY else float(hard)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class Sandbox:
@@ -136,8 +162,9 @@ class Sandbox:
 
         `deadline`: time.monotonic() by which the job must end (its job_timeout), or None.
         `beat`: called at least once a second while the caller waits.
-        InputTooCostly when the task runs past a limit or its child dies; JobDeadline at
-        the job's deadline; SandboxClosed once the sandbox is closing.
+        InputTooCostly when the task runs past a limit or its child dies of it; ChildKilled
+        when its child is killed from outside; JobDeadline at the job's deadline;
+        SandboxClosed once the sandbox is closing.
         """
         step = describe(task, args)
         child = self._take(deadline, beat)
@@ -320,7 +347,7 @@ class Sandbox:
             try:
                 reply = child.channel.pump(min(POLL, left))
             except ChannelClosed:
-                code = self._kill(child.proc)
+                code, we_killed = self._reap(child.proc)
                 if self._closed:
                     raise SandboxClosed("the parsing sandbox closed") from None
                 self.stats["died"] += 1
@@ -337,7 +364,7 @@ class Sandbox:
                         f"a parsing child could not start ({death_reason(code, self.limits)}); "
                         "see the daemon's stderr"
                     ) from None
-                raise InputTooCostly(f"{death_reason(code, self.limits)} while {step}") from None
+                self._died(child, code, we_killed, step)
             if reply is not None:
                 if reply[0] != "ready":
                     return (str(reply[0]), reply[1])
@@ -356,11 +383,40 @@ class Sandbox:
                     self._over(over, step, started)
 
     @staticmethod
+    def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, bool]:
+        """The exit status of a child whose reply pipe closed, and whether the parent had
+        to kill it: it closed its pipe because it is ending, so it gets a bounded wait to
+        end by itself first (a SIGKILL of ours must not read as one from outside)."""
+        try:
+            return proc.wait(timeout=EXIT_WAIT), False
+        except subprocess.TimeoutExpired:
+            return Sandbox._kill(proc), True
+
+    def _died(self, child: _Child, code: int | None, we_killed: bool, step: str) -> NoReturn:
+        """Raise what the end of a ready child during its task means."""
+        if we_killed:  # it closed its pipe and then hung: the parser's doing
+            raise InputTooCostly(f"{death_reason(None, self.limits)} while {step}") from None
+        hard = _cpu_hard_limit() if child.rlimits else None
+        if killed_from_outside(code, child.cpu_total, hard):
+            assert code is not None  # killed_from_outside says False for None
+            self.stats["killed_outside"] += 1
+            raise ChildKilled(
+                f"the parsing child was killed from outside ({_signal_name(-code)}: the "
+                f"host's OOM killer or an operator, not a limit) while {step}; the job is "
+                "retried"
+            ) from None
+        if code == -signal.SIGKILL:  # the kernel's kill at the hard RLIMIT_CPU
+            raise InputTooCostly(f"{limit_reason('cpu', self.limits)} while {step}") from None
+        raise InputTooCostly(f"{death_reason(code, self.limits)} while {step}") from None
+
+    @staticmethod
     def _cpu_baseline(child: _Child) -> float:
-        return _cpu_seconds(child.proc.pid) or 0.0
+        child.cpu_total = _cpu_seconds(child.proc.pid) or 0.0
+        return child.cpu_total
 
     def _parent_check(self, child: _Child) -> Limit | None:
-        used = (_cpu_seconds(child.proc.pid) or 0.0) - child.cpu_at_start
+        child.cpu_total = _cpu_seconds(child.proc.pid) or child.cpu_total
+        used = child.cpu_total - child.cpu_at_start
         return over_limit(used, _address_space(child.proc.pid), self.limits)
 
     def _over(self, limit: Limit, step: str, started: float) -> None:

@@ -60,7 +60,7 @@ class DocumentFile:
             records.expand(context, job, pipeline, document)
             return EXPANDED
         if embeds(settings, pipeline):
-            output = embed.file_output(context, pipeline, ref.name)
+            output = embed.file_output(context, pipeline, ref.name, ref.owner(settings))
             return embed.run_document(context, attempt, ref, document.text, output)
         run = context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)

@@ -29,7 +29,7 @@ import numpy as np
 
 from worker.errors import GenerationInterrupted
 from worker.io.atomic import write_atomic
-from worker.io.files import FileRef, FileVersion, digest_of_key
+from worker.io.files import FileRef, FileVersion, digest_of_key, output_folder
 from worker.io.naming import fit_name
 from worker.llm.embedding import Embedder
 from worker.llm.model_files import resolve_model
@@ -187,9 +187,13 @@ def embed_file(
     return JobResult(json.dumps(result), tokens, 0, output)
 
 
-def file_output(context: JobContext, pipeline: Pipeline, input_name: str) -> Path:
-    """`outbox/<pipeline>/<input name>.embedding.json`."""
-    return context.settings.folder("outbox", pipeline.name) / fit_name(input_name, FILE_SUFFIX)
+def file_output(
+    context: JobContext, pipeline: Pipeline, input_name: str, owner: int | None
+) -> Path:
+    """`outbox/<pipeline>/<input name>.embedding.json` (in `outbox/<pipeline>/<uid>/` of the
+    input's `owner` with outputs_per_submitter, like every other output)."""
+    folder = output_folder(context.settings, pipeline.name, owner)
+    return folder / fit_name(input_name, FILE_SUFFIX)
 
 
 def record_id(fields: Mapping[str, Any] | None) -> Any:
@@ -254,9 +258,10 @@ def gather(
     records_of: int | None = None,
 ) -> JobResult:
     """Every record's vector, in input order, into `<name>.embeddings.jsonl` (or `.npy`
-    and its ids file). `records_of`: the job whose records to write (default: this one's)."""
+    and its ids file), in the input owner's folder with outputs_per_submitter.
+    `records_of`: the job whose records to write (default: this one's)."""
     settings = context.settings
-    folder = settings.folder("outbox", pipeline.name)
+    folder = output_folder(settings, pipeline.name, ref.owner(settings))
     mode = settings.output_mode
     texts: list[str] = []
     vectors: list[Vector] = []

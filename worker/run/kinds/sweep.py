@@ -61,7 +61,7 @@ class SweptFile:
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
         if embeds(settings, pipeline):
-            output = embed.file_output(self.context, pipeline, path.name)
+            output = embed.file_output(self.context, pipeline, path.name, file_owner(path))
             return embed.embed_file(
                 self.context,
                 pipeline,
