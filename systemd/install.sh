@@ -507,6 +507,6 @@ else
 fi
 
 printf '\nnext: systemctl enable --now edge-worker.service   (an upgrade: systemctl restart edge-worker)\n'
-printf '      (or one instance per model/GPU: edge-worker@NAME.service with %s/NAME.toml)\n' \
+printf '      (or instances, e.g. one per GPU: edge-worker@NAME.service with %s/NAME.toml)\n' \
     "$SYSCONFDIR/edge-worker"
 printf '      submitters: usermod -aG %s USER (then log in again)\n' "$SUBMIT_GROUP"
