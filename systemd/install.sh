@@ -10,7 +10,12 @@
 # copy of this folder and pipelines/; unpack its tarball anywhere and run this script
 # from it. What it does (never overwriting a file an administrator may have edited,
 # except the units themselves):
-#   - checks the kit before it trusts it: no symbolic link in it, its files exactly the
+#   - copies what it uses of the kit (the wheelhouse; the units, example config,
+#     pipelines and guide) into a fresh private folder of its own (mktemp -d, 0700),
+#     checks the copy and uses only the copy: whoever can write the kit (unpacked by a
+#     user, installed with sudo) cannot swap a wheel, a unit or a pipeline between its
+#     check and its use;
+#   - checks the copy before it trusts it: no symbolic link in it, its files exactly the
 #     ones SHA256SUMS lists, every sum right; then makes $PREFIX/venvs/<version>-<hash>/
 #     with `pip install --require-hashes --no-index --only-binary :all:` from a
 #     requirements file it generates (the resolved wheels, each with its sha256 from
@@ -45,6 +50,8 @@
 #   PYTHON      the Python that makes the venv (default: /usr/bin/python3; must match
 #               the wheelhouse's version, see its manifest.txt, and not live under
 #               /root or /home, which the service cannot see)
+#   TMPDIR      where the private copy of the kit is made (default: /tmp; it needs room
+#               for the whole wheelhouse, and must be root's or sticky)
 set -eu
 
 DESTDIR=${DESTDIR:-}
@@ -99,55 +106,107 @@ if [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
     die "run as root, or set DESTDIR to install into a staging folder"
 fi
 
-for file in edge-worker.service edge-worker@.service edge-worker.sysusers config.example.toml; do
-    [ -f "$here/$file" ] || die "missing $here/$file"
-    [ ! -L "$here/$file" ] || die "$here/$file is a symbolic link; the kit holds regular files only"
-done
-[ -d "$root/pipelines" ] || die "missing $root/pipelines"
-# Pipelines are copied as they are: a link in them (to /etc/shadow, say) is refused.
-odd=$(find "$root/pipelines/" ! -type f ! -type d | head -n 1)
-[ -z "$odd" ] || die "$odd is not a regular file (a symbolic link?): the pipelines must be plain files"
+umask 022
+work=$(mktemp -d) || die "cannot make a temporary folder"
+trap 'rm -rf "$work"' EXIT
+# mktemp's folder is ours (0700), but a parent that others may write without the sticky
+# bit (a TMPDIR like that) would let them rename it away and put their own in its place.
+loose=$(find "$(dirname -- "$work")" -maxdepth 0 -perm /0022 ! -perm -1000)
+[ -z "$loose" ] || die "$loose is writable by others and not sticky: set TMPDIR to a safe folder"
+kit_files=$work/kit-files
+kit_sums=$work/kit-sums
 
 if [ -z "${WHEELHOUSE:-}" ] && [ -d "$root/wheels" ]; then
     WHEELHOUSE=$root
 fi
 WHEELHOUSE=${WHEELHOUSE:-}
 
-umask 022
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-kit_files=$work/kit-files
-kit_sums=$work/kit-sums
+# Where the kit came from, for messages; $here and $root name the private copy below.
+kit_here=$here
+kit_root=$root
+if [ -z "$DESTDIR" ] && [ -n "$(find "$here" "$here/install.sh" -maxdepth 0 \( ! -user 0 -o -perm /0022 \) 2>/dev/null)" ]; then
+    printf 'warning: %s (or its folder) is not root'"'"'s alone: whoever can write it could have changed this script (the rest of the kit is copied and checked)\n' "$here/install.sh" >&2
+fi
+
+# Copy ------------------------------------------------------------------------------
+# Everything the kit gives is copied first, and only the copy is checked and used: cp
+# runs as root into $work, so the copies are root's and 0644/0755 (umask), out of
+# reach of whoever owns the kit. -P copies a link as a link (never what it points to),
+# so the checks, made on the copy, still see it and refuse it.
+copy_kit() {
+    cp -RP -- "$1" "$2" || die "could not copy $1 from the kit into $work"
+}
+if [ -n "$WHEELHOUSE" ]; then
+    [ -d "$WHEELHOUSE" ] && [ ! -L "$WHEELHOUSE" ] || die "WHEELHOUSE $WHEELHOUSE is not a folder"
+    mkdir "$work/house"
+    copy_kit "$WHEELHOUSE/." "$work/house/"
+fi
+if [ -n "$WHEELHOUSE" ] && [ "$(cd "$WHEELHOUSE" && pwd -P)" = "$(cd "$root" && pwd -P)" ]; then
+    # An unpacked wheelhouse: its SHA256SUMS covers systemd/, pipelines/ and docs/ too.
+    copy=$work/house
+else
+    copy=$work/source
+    mkdir "$copy" "$copy/systemd"
+    for file in edge-worker.service edge-worker@.service edge-worker.sysusers config.example.toml; do
+        if [ -e "$here/$file" ] || [ -L "$here/$file" ]; then
+            copy_kit "$here/$file" "$copy/systemd/$file"
+        fi
+    done
+    if [ -d "$root/pipelines" ]; then
+        # In a checkout, pipelines/ is itself a link (to the package's shipped ones): it is
+        # followed; nothing below it is.
+        mkdir "$copy/pipelines"
+        copy_kit "$root/pipelines/." "$copy/pipelines/"
+    fi
+    if [ -e "$root/docs/systemd.md" ] || [ -L "$root/docs/systemd.md" ]; then
+        mkdir "$copy/docs"
+        copy_kit "$root/docs/systemd.md" "$copy/docs/systemd.md"
+    fi
+fi
+here=$copy/systemd
+root=$copy
+
+for file in edge-worker.service edge-worker@.service edge-worker.sysusers config.example.toml; do
+    [ -f "$here/$file" ] || [ -L "$here/$file" ] || die "missing $kit_here/$file"
+    [ ! -L "$here/$file" ] || die "$kit_here/$file is a symbolic link; the kit holds regular files only"
+done
+[ -d "$root/pipelines" ] && [ ! -L "$root/pipelines" ] || die "missing $kit_root/pipelines"
+# Pipelines are copied as they are: a link in them (to /etc/shadow, say) is refused.
+odd=$(cd "$root" && find pipelines/ ! -type f ! -type d | head -n 1)
+[ -z "$odd" ] || die "$kit_root/$odd is not a regular file (a symbolic link?): the pipelines must be plain files"
+[ ! -L "$root/docs/systemd.md" ] || die "$kit_root/docs/systemd.md is a symbolic link; the kit holds regular files only"
 
 # Code ---------------------------------------------------------------------------
 check_kit() {
     # Nothing in the kit may be a link, a FIFO or a device; its files must be exactly the
     # ones SHA256SUMS lists (an added pip-*.whl or a second wheel of a dependency is what
-    # pip would run as root), and every sum must match.
+    # pip would run as root), and every sum must match. $1 is the private copy (what is
+    # checked, and later used), $2 the kit it came from (named in messages).
     kit=$1
+    shown=$2
     [ -f "$kit/SHA256SUMS" ] && [ ! -L "$kit/SHA256SUMS" ] ||
-        die "no $kit/SHA256SUMS: install only from a wheelhouse made by make wheelhouse (its files and their sha256)"
+        die "no $shown/SHA256SUMS: install only from a wheelhouse made by make wheelhouse (its files and their sha256)"
     # One "<sha256>  <plain relative name>" per line: nothing sha256sum would escape.
     ! grep -q -v -E '^[0-9a-f]{64}  [A-Za-z0-9._+@=-][A-Za-z0-9._+@=/-]*$' "$kit/SHA256SUMS" ||
-        die "$kit/SHA256SUMS has a line that is not '<sha256>  <plain file name>'"
+        die "$shown/SHA256SUMS has a line that is not '<sha256>  <plain file name>'"
     odd=$(cd "$kit" && find . ! -type f ! -type d | head -n 1)
-    [ -z "$odd" ] || die "$kit/${odd#./} is not a regular file (a symbolic link?): the wheelhouse was changed"
+    [ -z "$odd" ] || die "$shown/${odd#./} is not a regular file (a symbolic link?): the wheelhouse was changed"
     unlisted=$(cd "$kit" && { find . -type f ! -path ./SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort >"$kit_files"
         sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | LC_ALL=C sort >"$kit_sums"
         comm -3 "$kit_files" "$kit_sums" | head -n 3; })
     [ -z "$unlisted" ] ||
-        die "$kit/SHA256SUMS does not match: the wheelhouse's files are not exactly the ones it lists (it was changed): $(echo $unlisted)"
+        die "$shown/SHA256SUMS does not match: the wheelhouse's files are not exactly the ones it lists (it was changed): $(echo $unlisted)"
     (cd "$kit" && sha256sum --check --quiet --strict SHA256SUMS) ||
-        die "$kit/SHA256SUMS does not match: the wheelhouse is damaged or was changed"
-    say checked "$kit/SHA256SUMS (every file, nothing else)"
+        die "$shown/SHA256SUMS does not match: the wheelhouse is damaged or was changed"
+    say checked "$shown/SHA256SUMS (every file, nothing else; in a private copy, the one installed from)"
 }
 
 install_code() {
     # A wheelhouse from `make wheelhouse` has wheels/; a plain folder of wheels works too.
+    # $1 is the checked private copy of the wheelhouse: nothing is read from the kit.
     house=$1
     wheels=$house
     [ -d "$house/wheels" ] && wheels=$house/wheels
-    check_kit "$house"
     set -- "$wheels"/edge_worker-*.whl
     [ $# -eq 1 ] && [ -f "$1" ] || die "want exactly one edge_worker-*.whl in $wheels"
     own_wheel=${1##*/}
@@ -249,7 +308,8 @@ EOF_PY
 }
 
 if [ -n "$WHEELHOUSE" ]; then
-    install_code "$WHEELHOUSE"
+    check_kit "$work/house" "$WHEELHOUSE"
+    install_code "$work/house"
 else
     printf 'warning: no wheelhouse (set WHEELHOUSE, or run from an unpacked `make wheelhouse`): the code is not installed\n' >&2
 fi
@@ -314,11 +374,11 @@ fi
 # Pipelines: copied once, as a whole folder with schemas/ (a pipeline's json_schema
 # file lives there); later edits and deletions are kept.
 if [ -e "$conf_dest/pipelines" ]; then
-    say kept "$conf_dest/pipelines (already there; the shipped ones are in $root/pipelines)"
+    say kept "$conf_dest/pipelines (already there; the shipped ones are in $kit_root/pipelines)"
 else
     rm -rf "$conf_dest/.pipelines.tmp"
     mkdir "$conf_dest/.pipelines.tmp"
-    # -P: never follow a link (there is none: checked above; this is the second lock).
+    # -P: never follow a link (there is none in the copy: checked above).
     cp -RP "$root/pipelines/." "$conf_dest/.pipelines.tmp/"
     find "$conf_dest/.pipelines.tmp" -type d -exec chmod 0755 {} +
     find "$conf_dest/.pipelines.tmp" -type f -exec chmod 0644 {} +
@@ -447,6 +507,6 @@ else
 fi
 
 printf '\nnext: systemctl enable --now edge-worker.service   (an upgrade: systemctl restart edge-worker)\n'
-printf '      (or one instance per model/GPU: edge-worker@NAME.service with %s/NAME.toml)\n' \
+printf '      (or instances, e.g. one per GPU: edge-worker@NAME.service with %s/NAME.toml)\n' \
     "$SYSCONFDIR/edge-worker"
 printf '      submitters: usermod -aG %s USER (then log in again)\n' "$SUBMIT_GROUP"

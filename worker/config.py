@@ -141,7 +141,9 @@ class Settings(BaseSettings):
     # outbox/<pipeline>/ (the shipped systemd config turns it on).
     outputs_per_submitter: bool = False
     # What one schedule fire may walk of its sweep globs (links are never followed):
-    # entries seen, and seconds. A fire that runs out logs sweep.truncated.
+    # entries seen, and seconds. A fire that runs out logs sweep.truncated. The same
+    # budget, files read and seconds, bounds what a fire takes of a scheduled inbox
+    # (inbox.truncated; the rest waits for the next fire).
     sweep_max_entries: int = Field(default=100_000, ge=1)
     sweep_max_seconds: float = Field(default=60.0, gt=0)
     # The parsing sandbox (worker/sandbox/): untrusted bytes become text, records,

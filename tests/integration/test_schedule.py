@@ -5,6 +5,7 @@ Two `Scheduler`s on one database stand for two daemons: each has its own engine.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from worker.queue.jobs import JobStore
 from worker.queue.migrate import upgrade
 from worker.sources.inbox import InboxWatcher
 from worker.sources.schedules import Scheduler
+from worker.sources.walk import Budget
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = "Q: {{ input }}"
@@ -250,3 +252,48 @@ def test_scheduled_inbox_is_taken_only_at_fires(settings: Settings, tmp_path: Pa
     assert (job.pipeline, job.source, job.source_path) == ("nightly", "file", "nightly/doc.txt")
     assert scheduler.fire("nightly", t0 + timedelta(days=1)) == []  # same file version
     assert scheduler.fires.outcome(scheduler.fires.list_fires("nightly")[-1].id).waiting == 1
+
+
+def test_a_scheduled_inbox_backlog_is_taken_within_a_budget_over_fires(
+    settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fire takes at most sweep_max_entries new files of a big inbox and logs how many
+    it left; the next fires take the rest (queued files still waiting do not use up
+    their budget). A small inbox is taken whole, as before."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    store = JobStore(make_db_engine(url))
+    pipelines = {
+        "nightly": Pipeline(
+            name="nightly", prompt=PROMPT, schedule="0 2 * * *", inbox_mode="scheduled"
+        )
+    }
+    small = settings.model_copy(update={"sweep_max_entries": 2})
+    watcher = InboxWatcher(small, store, pipelines, held=["nightly"])
+    inbox = small.folder("inbox", "nightly")
+    inbox.mkdir(parents=True)
+    for i in range(5):
+        (inbox / f"doc{i}.txt").write_text(f"doc {i}")
+    scheduler = Scheduler(small, store, pipelines, "a", watcher.enqueue_inbox)
+    t0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    monkeypatch.setattr(logging.getLogger("edge_worker"), "propagate", True)
+    taken: list[list[str | None]] = []
+    with caplog.at_level(logging.INFO, logger="edge_worker"):
+        for day in range(4):
+            jobs = scheduler.fire("nightly", t0 + timedelta(days=day)) or []
+            taken.append([getattr(store.get(j), "source_path", None) for j in jobs])
+    assert taken == [
+        ["nightly/doc0.txt", "nightly/doc1.txt"],
+        ["nightly/doc2.txt", "nightly/doc3.txt"],
+        ["nightly/doc4.txt"],
+        [],
+    ]
+    cut = [r.fields for r in caplog.records if r.getMessage() == "inbox.truncated"]  # type: ignore[attr-defined]
+    assert [(f["jobs"], f["left"]) for f in cut] == [(2, 3), (2, 1)]
+    # Out of time: nothing is read, everything is left for the next fire.
+    (inbox / "doc5.txt").write_text("doc 5")
+    assert watcher.enqueue_inbox("nightly", Budget(max_entries=100, max_seconds=-1.0)) == []
+    assert len(watcher.enqueue_inbox("nightly", Budget(max_entries=100, max_seconds=60))) == 1

@@ -160,6 +160,51 @@ def test_a_hung_fire_is_noticed_and_does_not_hold_up_stop_or_reload(
         release.set()
 
 
+def test_a_fire_is_judged_hung_by_its_progress_not_its_whole_length(
+    settings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fire that sweeps and then takes its inbox (each phase within its own budget) is
+    not hung for having run longer than fire_stall_after in all; a phase that stops
+    making progress still is."""
+    inbox_entered = threading.Event()
+    release = threading.Event()
+
+    def slow_sweep(_self: object, _pipeline: str, _patterns: object) -> list[int]:
+        time.sleep(1.5)  # within its budget: less than fire_stall_after
+        return []
+
+    def stuck_inbox(_pipeline: str) -> list[int]:
+        inbox_entered.set()
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(sweep_module.Sweeper, "sweep", slow_sweep)
+    both = {
+        "s": Pipeline(
+            name="s",
+            prompt=PROMPT,
+            schedule="0 2 * * *",
+            sweep=("swept/*.txt",),
+            inbox_mode="scheduled",
+        )
+    }
+    running = Scheduler(settings, store, both, "w", enqueue_inbox=stuck_inbox)
+    running.fire_stall_after = 2.0
+
+    def work() -> None:
+        running.fire("s", T0)
+
+    try:
+        assert running._launch("s", T0, work)
+        assert inbox_entered.wait(10)
+        time.sleep(1.0)  # 2.5 s into the fire, 1 s into its inbox phase
+        assert running.hung() == [] and not running.stalled()
+        time.sleep(1.5)  # the inbox phase itself makes no progress past the limit
+        assert [f.pipeline for f in running.hung()] == ["s"]
+    finally:
+        release.set()
+
+
 def test_a_reload_during_a_database_outage_keeps_schedules_on(
     settings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -259,7 +260,15 @@ GUARDED = ("systemctl", "systemd-sysusers", "useradd", "groupadd", "usermod", "c
 def _run_install(
     tmp_path: Path, destdir: Path, **variables: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run install.sh with DESTDIR, with fakes first on PATH that record system changes."""
+    """Run the checkout's install.sh with DESTDIR (see `_run_kit_install`)."""
+    return _run_kit_install(SYSTEMD_DIR / "install.sh", tmp_path, destdir, variables)
+
+
+def _run_kit_install(
+    script: Path, tmp_path: Path, destdir: Path, variables: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run the install.sh `script` with DESTDIR, with fakes first on PATH that record
+    system changes."""
     fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir(exist_ok=True)
     marker = tmp_path / "system-changed"
@@ -274,7 +283,7 @@ def _run_install(
         "PATH": f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
     }
     result = subprocess.run(
-        ["sh", str(SYSTEMD_DIR / "install.sh")],
+        ["sh", str(script)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -373,6 +382,109 @@ def test_install_with_prefix_rewrites_paths(tmp_path: Path) -> None:
     assert "WorkingDirectory=/srv/edge-worker\n" in text
     assert "/opt/edge-worker" not in text
     assert (stage / "srv/edge-worker/docs/systemd.md").is_file()
+
+
+def _wheel(path: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A minimal pure-Python wheel at `path` (its RECORD right) holding `files`."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name.replace('-', '_')}-{version}.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for member, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{member},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_install_uses_only_its_checked_copy_of_the_kit(tmp_path: Path) -> None:
+    """A kit its unpacker can still write: a pip wheel and a unit swapped after the
+    SHA256SUMS check (at install.sh's first Python call) are never used; what was
+    checked is what gets installed."""
+    import ensurepip
+
+    bundled = sorted((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))
+    if not bundled:
+        pytest.skip("this Python has no bundled pip wheel")
+    kit = tmp_path / "kit"
+    shutil.copytree(SYSTEMD_DIR, kit / "systemd")
+    shutil.copytree(REPO / "pipelines", kit / "pipelines")
+    wheels = kit / "wheels"
+    wheels.mkdir()
+    (pip_wheel,) = [shutil.copy(bundled[-1], wheels)]
+    main = "def main():\n    print('edge-worker stand-in')\n"
+    entry = "[console_scripts]\nedge-worker = edge_worker_stub:main\n"
+    _wheel(
+        wheels / "edge_worker-0.1.0-py3-none-any.whl",
+        "edge-worker",
+        "0.1.0",
+        {"edge_worker_stub.py": main, "edge_worker-0.1.0.dist-info/entry_points.txt": entry},
+    )
+    files = sorted(p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file())
+    sums = subprocess.run(
+        ["sha256sum", "--", *files], cwd=kit, capture_output=True, text=True, check=True
+    )
+    (kit / "SHA256SUMS").write_text(sums.stdout)
+
+    # The swap: a pip that runs code (as root, in production) and a unit that starts a
+    # shell, put in place once the kit was checked, just before its wheels are used.
+    ran = tmp_path / "evil-pip-ran"
+    evil = tmp_path / "evil-pip.whl"
+    code = f"open({str(ran)!r}, 'w').close()\n"
+    _wheel(evil, "pip", "99.0", {"pip/__init__.py": "", "pip/__main__.py": code})
+    unit = kit / "systemd/edge-worker.service"
+    shipped_unit = unit.read_text(encoding="utf-8")
+    swapped = tmp_path / "swapped"
+    python = tmp_path / "python-that-swaps"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e "{swapped}" ]; then\n'
+        f'    : >"{swapped}"\n'
+        f'    cp "{evil}" "{pip_wheel}"\n'
+        f"    printf '[Service]\\nExecStart=/bin/sh\\n' >\"{unit}\"\n"
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n',
+        encoding="utf-8",
+    )
+    python.chmod(0o755)
+
+    stage = tmp_path / "stage"
+    script = kit / "systemd/install.sh"
+    result = _run_kit_install(script, tmp_path, stage, {"PYTHON": str(python)})
+    assert swapped.exists(), "the swap never happened: the test tests nothing"
+    assert not ran.exists(), "install.sh ran a pip wheel swapped after the check"
+    assert result.returncode == 0, result.stderr
+    installed = stage / "etc/systemd/system/edge-worker.service"
+    assert installed.read_text(encoding="utf-8") == shipped_unit
+    venv = stage / "opt/edge-worker/.venv"
+    assert "edge-worker==0.1.0 --hash=sha256:" in (venv / ".requirements.txt").read_text()
+    assert "checked" in result.stdout and "private copy" in result.stdout
+
+
+def test_install_refuses_a_link_in_the_kit_it_copied(tmp_path: Path) -> None:
+    """The copy keeps a link as a link, and the check of the copy refuses it."""
+    kit = tmp_path / "kit"
+    shutil.copytree(SYSTEMD_DIR, kit / "systemd")
+    shutil.copytree(REPO / "pipelines", kit / "pipelines")
+    (kit / "systemd/edge-worker.sysusers").unlink()
+    (kit / "systemd/edge-worker.sysusers").symlink_to("/etc/passwd")
+    stage = tmp_path / "stage"
+    result = _run_kit_install(kit / "systemd/install.sh", tmp_path, stage, {})
+    assert result.returncode != 0
+    assert f"{kit}/systemd/edge-worker.sysusers is a symbolic link" in result.stderr
+    assert not (stage / "etc/sysusers.d").exists()
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,11 @@ window, the sidecar `<name>.meta.json`, and the batch object's extra fields.
   `response: {status_code, request_id, body: {error: {message, type, param, code}}}`.
 - The top-level `error` is only for `batch_expired`, `batch_cancelled` and timeouts.
 - A file whose lines break the file format (not JSON, no or a duplicate `custom_id`,
-  a method or url that is not allowed, urls that differ) fails at `validating` with
+  a method or a url that is not supported) fails at `validating` with
   `errors.data[].line` set; none of its lines runs.
+- Unlike OpenAI's, a file may mix urls (chat, completions, embeddings): that is not a
+  format error; each line runs on its own, and the batch's `endpoint` is its first
+  valid line's url.
 - The completion window (default 24 h) and `metadata` come from an optional sidecar
   `<name>.meta.json` beside the input; lines still waiting when it passes end as
   `batch_expired` and the batch as `expired`.
@@ -207,7 +210,7 @@ def validation_errors(errors: Sequence[tuple[int, LineError]]) -> list[dict[str,
     """`errors.data` of a file that fails at `validating`: its file-level line errors.
 
     Unlike OpenAI's, a file may mix endpoints (chat, completions, embeddings): each line
-    runs on its own model, and the batch's `endpoint` is its first request's."""
+    runs on its own model, and the batch's `endpoint` is its first valid line's url."""
     found = [
         {"code": e.code, "message": e.message, "param": e.param, "line": n}
         for n, e in errors

@@ -1,10 +1,10 @@
-"""The embedding engines a daemon serves, opened from the model table's `kind = "embed"`
-entries, by model name.
+"""Embedding engines, opened from the model table's `kind = "embed"` entries, by model name.
 
-`open_embedder(settings, name)` and `memory_shape(settings, config)` are what the model
-manager (memory budget, loading on demand) calls. Until it serves embedding models,
-`Embedders` loads every embed model a pipeline can reach at start-up (so a missing or
-corrupt one stops start-up, as for the generation model) and keeps it resident.
+`open_embedder(settings, name)` and `memory_shape(settings, config)` are the hooks the
+model manager (`worker.llm.serving`) calls: a daemon serves embedding models like
+generation models, loaded on demand within the memory budget, each with its share of
+the cores. `Embedders` is a fixed set of engines by name for a runner without a model
+manager (tests, tools): `Embedders.open` loads each named model and keeps it resident.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from worker.llm.model_files import resolve_model
 
 
 class ModelNotServed(InputError):
-    """A model name this daemon has no embedding engine for (loaded at start-up only)."""
+    """A model name an `Embedders` set (a runner without a model manager) has no engine for."""
 
 
 def embedding_options(settings: Settings, spec: ModelSpec) -> EmbeddingOptions:
@@ -123,8 +123,7 @@ class Embedders:
         if engine is None:
             served = ", ".join(self.names()) or "none"
             raise ModelNotServed(
-                f"embedding model {name!r} is not loaded by this daemon (embedding models: "
-                f"{served}); embedding models load at start-up: restart the daemon"
+                f"embedding model {name!r} is not one of this runner's embedding models ({served})"
             )
         return engine
 

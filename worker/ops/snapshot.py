@@ -1,5 +1,5 @@
 """The one cached snapshot that the HTTP port answers from (`/healthz`, `/metrics`, the
-console), refreshed every `console_refresh` seconds by one background loop.
+console), refreshed every `snapshot_interval` seconds (a setting) by one background loop.
 
 No request of the port queries the database: a page reads the last snapshot. A job
 page asked for that the snapshot does not hold yet is noted (`want_job`, a bounded

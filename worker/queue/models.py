@@ -121,7 +121,7 @@ class Job(Base):
     item_index: Mapped[int | None] = mapped_column(Integer)
     # Who inserted the row: on PostgreSQL the database role (`DEFAULT current_user`,
     # which a submitter role cannot override); row-level security shows a submitter
-    # its own rows only (migration 0006). NULL on SQLite.
+    # its own rows only (both from migration 0007). NULL on SQLite.
     submitted_by: Mapped[str | None] = mapped_column(String(200))
     # File and sweep jobs: the instance (data folder, `<data_dir>/instance-id`) that saw
     # the file; only a daemon of that instance claims them. NULL: any daemon.

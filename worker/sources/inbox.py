@@ -46,6 +46,7 @@ from worker.queue.outage import DatabaseUnavailable
 from worker.sources.inbox_events import FolderEvents
 from worker.sources.inbox_memory import QueuedVersions
 from worker.sources.settle import Observation, is_settled, observe
+from worker.sources.walk import Budget
 
 TICK_SECONDS = 0.2
 # Work one tick may do (settle checks, reads, enqueues) before it yields to the next.
@@ -295,24 +296,43 @@ class InboxWatcher(BackgroundLoop):
         del self._candidates[path]
         self._enqueue(path, info)
 
-    def enqueue_inbox(self, pipeline: str) -> list[int]:
-        """Enqueue every file waiting in `inbox/<pipeline>/` now (a schedule fire).
+    def enqueue_inbox(self, pipeline: str, budget: Budget | None = None) -> list[int]:
+        """Enqueue the files waiting in `inbox/<pipeline>/` now (a schedule fire), in name
+        order, within `budget` (by default `sweep_max_entries` files read and
+        `sweep_max_seconds`, as a sweep): a bigger backlog is cut off, logged
+        (`inbox.truncated`), and its rest taken by the next fires, so a legitimate fire
+        never runs long enough to look hung.
 
         Files written to within the settle time are left for the next fire.
         Returns the ids of the new jobs.
         """
+        if budget is None:
+            budget = Budget(self.settings.sweep_max_entries, self.settings.sweep_max_seconds)
         folder = self.settings.folder("inbox", pipeline)
         try:
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except FileNotFoundError:
             return []
         job_ids: list[int] = []
-        for entry in entries:
+        for index, entry in enumerate(entries):
+            if budget.exhausted():
+                event(
+                    "inbox.truncated",
+                    logging.WARNING,
+                    pipeline=pipeline,
+                    jobs=len(job_ids),
+                    read=budget.entries,
+                    left=len(entries) - index,
+                    seconds=round(time.monotonic() - budget.started, 1),
+                    hint="the next fires take the rest; or raise sweep_max_entries / "
+                    "sweep_max_seconds",
+                )
+                break
             path = Path(entry.path)
             # One file's problem (a name that is not UTF-8, a read error) is logged and
             # skipped: the files after it are still taken.
             try:
-                job_id = self._enqueue_held(path)
+                job_id = self._enqueue_held(path, budget)
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
@@ -327,7 +347,7 @@ class InboxWatcher(BackgroundLoop):
                 job_ids.append(job_id)
         return job_ids
 
-    def _enqueue_held(self, path: Path) -> int | None:
+    def _enqueue_held(self, path: Path, budget: Budget) -> int | None:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
@@ -344,6 +364,9 @@ class InboxWatcher(BackgroundLoop):
             return None
         if self.queued.unchanged(path, info):
             return None
+        # Only files that are read count against the entries: queued files still waiting
+        # to run cost one lstat, and a backlog of them must not use up every next fire.
+        budget.entries += 1
         return self._enqueue(path, info)
 
     def _enqueue(self, path: Path, info: os.stat_result) -> int | None:

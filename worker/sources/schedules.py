@@ -10,7 +10,11 @@ Each fire runs in a thread of its own, one at a time per pipeline; APScheduler's
 threads only start them, so they never wait on a fire. A fire still running when the
 next one is due makes that one skip, logged (`schedule.fire_skipped`, or
 `schedule.fire_hung` past `fire_stall_after`), and a fire running past it shows as
-`stalled()` (the watchdog stops, systemd restarts the daemon). The start-up catch-up
+`stalled()` (the watchdog stops, systemd restarts the daemon). Hung is judged by
+progress, not by the fire's whole length: each phase (the sweep walk, the waiting inbox)
+has its own budget of `sweep_max_seconds`, and the clock restarts at each phase, so a
+fire that does both, or takes a big inbox backlog, is not mistaken for a hung one. The
+start-up catch-up
 runs in such a thread too, after the service started (READY is not held up by a big
 sweep), retrying through a database outage. A reload swaps the APScheduler of the new
 pipelines in for the old one without touching the database: a database blip cannot
@@ -23,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,18 +48,25 @@ log = logging.getLogger(__name__)
 LATE_FIRE_SECONDS = 30
 # At stop, how long to wait for fires in progress to finish enqueueing.
 STOP_WAIT_SECONDS = 10.0
-# A fire may walk for sweep_max_seconds; beyond that plus this margin it is hung.
+# A fire's phase (its sweep, its inbox) may work for sweep_max_seconds; a fire that made
+# no progress (finished no phase) for that plus this margin is hung.
 STALL_MARGIN_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
 class RunningFire:
-    """A fire in progress: its pipeline, its time and when it began (monotonic)."""
+    """A fire in progress: its pipeline, its time, when it began and when it last made
+    progress (began its current phase; monotonic)."""
 
     pipeline: str
     fire_time: datetime | None  # None: the start-up catch-up, time not known yet
     started: float
     thread: threading.Thread
+    progressed: float = 0.0
+
+    def idle_seconds(self, now: float) -> float:
+        """Seconds since the fire last made progress."""
+        return now - max(self.started, self.progressed)
 
 
 class Scheduler(BackgroundLoop):
@@ -190,9 +201,17 @@ class Scheduler(BackgroundLoop):
             return list(self._running.values())
 
     def hung(self) -> list[RunningFire]:
-        """Fires running for longer than `fire_stall_after` (a blocked read, a stuck call)."""
+        """Fires without progress for longer than `fire_stall_after` (a blocked read, a
+        stuck call): one phase ran past its budget and the margin."""
         now = time.monotonic()
-        return [f for f in self.running() if now - f.started > self.fire_stall_after]
+        return [f for f in self.running() if f.idle_seconds(now) > self.fire_stall_after]
+
+    def _progress(self, name: str) -> None:
+        """The fire of `name` running in this thread made progress (began a new phase)."""
+        with self._lock:
+            fire = self._running.get(name)
+            if fire is not None and fire.thread is threading.current_thread():
+                self._running[name] = replace(fire, progressed=time.monotonic())
 
     def stalled(self) -> bool:
         """Whether a fire hangs: the watchdog stops, and systemd restarts the daemon."""
@@ -205,6 +224,7 @@ class Scheduler(BackgroundLoop):
             pipeline=fire.pipeline,
             fire_time=fire.fire_time.isoformat() if fire.fire_time else None,
             running_seconds=round(time.monotonic() - fire.started, 1),
+            idle_seconds=round(fire.idle_seconds(time.monotonic()), 1),
             noticed=when,
         )
 
@@ -219,7 +239,7 @@ class Scheduler(BackgroundLoop):
                 )
                 self._running[name] = RunningFire(name, fire_time, time.monotonic(), thread)
         if busy is not None:
-            if time.monotonic() - busy.started > self.fire_stall_after:
+            if busy.idle_seconds(time.monotonic()) > self.fire_stall_after:
                 self._report_hung(busy, "next fire")
             else:
                 event(
@@ -347,6 +367,7 @@ class Scheduler(BackgroundLoop):
         if pipeline.sweep:
             job_ids += self.sweeper.sweep(name, pipeline.sweep)
         if pipeline.inbox_mode == "scheduled":
+            self._progress(name)  # the sweep is done: the inbox has a budget of its own
             job_ids += self.enqueue_inbox(name)
         self.fires.link(fire_id, job_ids)
         event(

@@ -99,6 +99,12 @@ class Budget:
             self.truncated = True
         return not self.truncated
 
+    def exhausted(self) -> bool:
+        """Whether the entries or the time ran out, without spending (truncated if so)."""
+        if self.entries >= self.max_entries or time.monotonic() - self.started > self.max_seconds:
+            self.truncated = True
+        return self.truncated
+
 
 @dataclass(frozen=True)
 class Found:
