@@ -165,3 +165,27 @@ def test_the_cli_downgrades_and_reports(tmp_path: Path, monkeypatch: pytest.Monk
     refused = runner.invoke(app, ["db", "downgrade", "9999"])
     assert refused.exit_code == 2
     assert current(url) == "0003"
+
+
+def test_a_database_at_head_is_not_migrated_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart on an up-to-date schema runs no migration, so it never waits on the
+    migration lock (on PostgreSQL an advisory key any connected role could hold); a
+    schema behind is still brought up."""
+    import worker.queue.migrate as migrate
+
+    upgrade(db_url)
+    calls: list[str] = []
+    real = migrate.command.upgrade
+
+    def counted(config: object, revision: str) -> None:
+        calls.append(revision)
+        real(config, revision)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(migrate.command, "upgrade", counted)
+    upgrade(db_url)
+    assert calls == []
+    downgrade(db_url, revisions()[-2])
+    upgrade(db_url)
+    assert calls == ["head"] and current(db_url) == revisions()[-1]

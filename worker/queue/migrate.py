@@ -35,8 +35,20 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision` (default: the newest)."""
+    """Bring the database at `url` to `revision` (default: the newest).
+
+    A database already at the newest revision is left alone without taking the
+    migration lock: on PostgreSQL that lock is an advisory key any role that can connect
+    could hold, and a daemon restarting on an up-to-date schema must not wait on it.
+    """
+    if revision == "head" and current(url) == head():
+        return
     command.upgrade(alembic_config(url), revision)
+
+
+def head() -> str | None:
+    """The newest revision this version ships."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def upgrade_when_reachable(url: str, within: float, revision: str = "head") -> None:
