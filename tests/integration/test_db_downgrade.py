@@ -173,17 +173,18 @@ def test_a_database_at_head_is_not_migrated_again(
     """A restart on an up-to-date schema runs no migration, so it never waits on the
     migration lock (on PostgreSQL an advisory key any connected role could hold); a
     schema behind is still brought up."""
-    import worker.queue.migrate as migrate
+    from alembic import command
+    from alembic.config import Config
 
     upgrade(db_url)
     calls: list[str] = []
-    real = migrate.command.upgrade
+    real = command.upgrade
 
-    def counted(config: object, revision: str) -> None:
+    def counted(config: Config, revision: str) -> None:
         calls.append(revision)
-        real(config, revision)  # type: ignore[arg-type]
+        real(config, revision)
 
-    monkeypatch.setattr(migrate.command, "upgrade", counted)
+    monkeypatch.setattr(command, "upgrade", counted)
     upgrade(db_url)
     assert calls == []
     downgrade(db_url, revisions()[-2])
