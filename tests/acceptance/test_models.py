@@ -81,17 +81,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, d
         metrics_interval=0.5,
         **SETTINGS,
     )
+    # Every file is in its inbox before the daemon starts, so the whole mix is queued at
+    # once: dropped while it runs, a pipeline whose files had not arrived yet is drained
+    # (nothing queued) and may rightly make room, and its files arriving later force a
+    # load that no count over the claim order alone can foresee.
+    inbox = root / "data" / "inbox"
+    for i in range(FILES):
+        for pipeline in PIPELINES:
+            folder = inbox / pipeline
+            folder.mkdir(parents=True, exist_ok=True)
+            part = folder / f".q{i}.txt.part"
+            part.write_text(f"What is {i} plus {len(pipeline)}?")
+            part.rename(folder / f"q{i}.txt")
     daemon = Daemon(env, root / "daemon.log")
     try:
         daemon.wait_for("daemon.ready", timeout=120)
-        inbox = root / "data" / "inbox"
-        for i in range(FILES):
-            for pipeline in PIPELINES:
-                folder = inbox / pipeline
-                folder.mkdir(parents=True, exist_ok=True)
-                part = folder / f".q{i}.txt.part"
-                part.write_text(f"What is {i} plus {len(pipeline)}?")
-                part.rename(folder / f"q{i}.txt")
         wait_until_final(root / "data", FILES * len(PIPELINES), timeout=240)
         yield daemon, env
     finally:

@@ -146,3 +146,21 @@ def test_a_failed_model_is_not_loaded_again_before_its_pause_and_gpu_memory_coun
     ]
     plan = decide(on_gpu, Memory(2 * GB, GB), 2, MAX_WAIT)
     assert (plan.load, plan.unload) == ("b", ("a",))  # the host has room, the GPU does not
+
+
+def test_a_model_loaded_or_used_a_moment_ago_is_not_evicted_as_drained() -> None:
+    """Its files may still be arriving one by one: it makes room only once it has been
+    idle SETTLE_SECONDS (a reload would cost more than the wait)."""
+    from worker.run.scheduling import SETTLE_SECONDS
+
+    models = [
+        model("a", loaded=True, queued=3),
+        model("b", loaded=True, idle_for=0.05),  # just loaded: nothing queued yet
+        model("c", queued=4, waited=1),
+    ]
+    plan = decide(models, BUDGET, free_slots=8, max_wait=MAX_WAIT)
+    assert plan.load is None and plan.unload == ()
+    assert plan.claims == (("a", 2),)
+    settled = [*models[:1], replace(models[1], idle_for=SETTLE_SECONDS), models[2]]
+    plan = decide(settled, BUDGET, free_slots=8, max_wait=MAX_WAIT)
+    assert plan.load == "c" and plan.unload == ("b",)

@@ -149,6 +149,12 @@ class ModelRouter:
         if solo:
             return self._claim_solo(args, serving)
         plan = self._plan(serving, free) if single is None else self._plan_one(single, free)
+        if plan.unload:
+            # An eviction costs a reload if the model's jobs arrive meanwhile (files being
+            # queued while this round ran): read the queue again and decide on that.
+            self._ready = self.store.ready_groups(self.instance, args.exclude_pipelines)
+            self._ready_at = self.clock()
+            plan = self._plan(serving, free)
         self._act(plan)
         jobs: list[ClaimedJob] = []
         try:
@@ -323,6 +329,7 @@ class ModelRouter:
                 waited=waited.get(v.name, 0.0),
                 since_evicted=None if v.evicted_at is None else now - v.evicted_at,
                 last_used=v.last_used,
+                idle_for=now - v.last_used,
             )
             for v in self.manager.views()
         ]

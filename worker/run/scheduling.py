@@ -6,7 +6,9 @@ The rules (README, "Several models"):
 - A loaded model takes jobs while it has ready ones, up to its `parallel` in hand.
 - A model with ready jobs that is not loaded is loaded when it fits the budget beside
   the loaded ones. To make room, models with nothing in hand and nothing queued (their
-  queue drained) are unloaded, least recently used first.
+  queue drained) are unloaded, least recently used first, once they have been idle
+  `SETTLE_SECONDS` (a folder's files are queued one by one: a model whose first files
+  are still arriving is not drained, and evicting it would cost a reload).
 - Models that still have work are not unloaded for another, until the other's oldest
   ready job has waited `max_wait` seconds (counted from its own model's last eviction,
   so two models cannot evict each other in a loop faster than that). Then the models
@@ -22,6 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from worker.llm.memory import Memory
+
+# A drained model loaded or used this recently is kept: its jobs may be arriving still.
+SETTLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class ModelDemand:
     waited: float = 0.0  # seconds its oldest ready job has waited
     since_evicted: float | None = None  # seconds since it was last unloaded for another
     last_used: float = 0.0  # when a job of it last started or ended (monotonic)
+    idle_for: float = float("inf")  # seconds since it was loaded or last used
 
     @property
     def wait(self) -> float:
@@ -113,7 +119,10 @@ def decide(models: Sequence[ModelDemand], budget: Memory, free_slots: int, max_w
         return plan
     room = _room([*loaded, *loading], budget)
     wanting = [m for m in models if not m.loaded and m.queued > 0 and m.loadable]
-    idle = sorted((m for m in loaded if m.drained), key=lambda m: m.last_used)
+    idle = sorted(
+        (m for m in loaded if m.drained and m.idle_for >= SETTLE_SECONDS),
+        key=lambda m: m.last_used,
+    )
     for want in sorted(wanting, key=lambda m: -m.wait):
         freed = _free_for(want, room, idle)
         if freed is not None:
