@@ -177,11 +177,15 @@ def test_a_suspect_runs_alone_only_on_its_own_loaded_model(tmp_path: Path, store
     with store.db.begin() as conn:  # both crashed workers: they run alone now
         conn.execute(text("UPDATE jobs SET crashes = 3"))
         conn.execute(text("UPDATE jobs SET model = 'b' WHERE id = :i"), {"i": other_model})
+    assert router.solo_waiting(3, ())
     jobs = router.claim(8, ARGS, solo=True)
     assert [j.id for j in jobs] == [own_model]
     assert {v.name: v.in_hand for v in manager.views()} == {"a": 1, "b": 0}
     finish(store, router, jobs)
     assert router.claim(8, ARGS, solo=True) == []  # b is not loaded: its suspect waits
+    # ... and the dispatcher is not told one waits (it would wait for a job it never
+    # claims, and the plan that loads b would never run).
+    assert not router.solo_waiting(3, ())
     assert {v.name: v.in_hand for v in manager.views()} == {"a": 0, "b": 0}
     job = store.get(other_model)
     assert job is not None and job.status == "queued"

@@ -297,7 +297,9 @@ def _serve(
         ),
         watcher,
         leases,
-        RecoverySweep(settings, store, wake, observer=metrics),
+        # --once ends when the queue is drained, usually within a lease period: it
+        # recovers expired leases at once, as it always did.
+        RecoverySweep(settings, store, wake, observer=metrics, start_grace=0.0 if once else None),
     ]
     # PostgreSQL: NOTIFY wakes an idle dispatcher at once (a flood: once per poll_interval).
     listener = listener_for(url, wake, settings.poll_interval)

@@ -218,10 +218,19 @@ class ModelRouter:
         return []
 
     def solo_waiting(self, max_crashes: int, exclude_pipelines: Collection[str]) -> bool:
-        """Whether a job that must run alone waits that this daemon can run now."""
-        runnable = self._runnable(self.serving())
-        return bool(runnable) and self.store.solo_waiting(
-            max_crashes, exclude_pipelines, runnable, self._routing(None, {})
+        """Whether a job that must run alone waits that this daemon can run now: exactly
+        the jobs `_claim_solo` takes (a suspect of a model not loaded is not waiting
+        here; the plan loads its model first), or the dispatcher would wait for a job it
+        never claims."""
+        serving = self.serving()
+        loaded = sorted({v.name for v in self.manager.views() if v.loaded})
+        for model in loaded:
+            if self.store.solo_waiting(
+                max_crashes, exclude_pipelines, sorted(serving), self._routing(model, serving)
+            ):
+                return True
+        return bool(self._orphans) and self.store.solo_waiting(
+            max_crashes, exclude_pipelines, self._orphans, self._routing(None, serving)
         )
 
     def has_ready(self, exclude_pipelines: Collection[str]) -> bool:
@@ -251,11 +260,6 @@ class ModelRouter:
             self.manager.hold(model)
             with self._lock:
                 self._job_models[(job.id, job.lease_token)] = model
-
-    def _runnable(self, serving: Mapping[str, str]) -> list[str]:
-        """Pipelines whose jobs can run now: those of loaded models, and orphans."""
-        loaded = {v.name for v in self.manager.views() if v.loaded}
-        return sorted({p for p, m in serving.items() if m in loaded} | set(self._orphans))
 
     def _single(self) -> ModelView | None:
         """The one served model, if there is just one and it is loaded."""
