@@ -38,8 +38,10 @@ class DocumentFile:
         context, job, pipeline = self.context, attempt.job, attempt.pipeline
         settings = context.settings
         ref = FileRef.parse(job.source_path or "", job.pipeline)
-        if context.store.has_children(job.id):
-            if context.store.batch_of_job(job.id) is not None:
+        # Read through an outage, as outcomes are written: an outage at the start of an
+        # attempt must not give the job back to be run again from the beginning.
+        if context.record(lambda: context.store.has_children(job.id)):
+            if context.record(lambda: context.store.batch_of_job(job.id)) is not None:
                 return batch_lines.gather(context, job, pipeline, ref, attempt.still_leased)
             if embeds(settings, pipeline):
                 return embed.gather(context, job, pipeline, ref, attempt.still_leased)
