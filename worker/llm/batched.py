@@ -43,6 +43,7 @@ from worker.llm.generation import Generation
 from worker.llm.grammar import compile_grammar
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
+from worker.llm.native import free_native, join_decoder
 from worker.llm.sampling import GrammarStats, SamplerChain
 from worker.llm.speculation import NgramLookup
 from worker.llm.ubatches import common_draft_length, weight_passes
@@ -309,22 +310,12 @@ class BatchedEngine:
         left to the process's exit, and a later `close()` frees it if the thread ended.
         """
         self._closed.set()
-        self._thread.join(timeout=join_timeout)
-        LIVENESS.unregister(self._heartbeat)
-        if self._thread.is_alive():
-            log.error(
-                "the decode thread is still running after %.1f s: llama.cpp's memory is "
-                "not freed (a context in use must not be)",
-                join_timeout,
-            )
+        if not join_decoder(self._thread, self._heartbeat, join_timeout, "decode thread"):
             return
         if self._freed:
             return
         self._freed = True
-        ll = self._ll
-        ll.llama_batch_free(self._batch)
-        ll.llama_free(self._ctx)
-        ll.llama_model_free(self._model)
+        free_native(self._ll, self._batch, self._ctx, self._model)
 
     # Decode thread ---------------------------------------------------------------
     def _loop(self) -> None:

@@ -39,6 +39,7 @@ from worker.liveness import LIVENESS, beat
 from worker.llm.engine import EngineOptions
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
+from worker.llm.native import free_native, join_decoder
 from worker.llm.pooling import (
     Pooling,
     Vector,
@@ -265,22 +266,12 @@ class EmbeddingEngine:
         """Stop the decode thread and free llama.cpp's memory (once; never while a
         decode call may still be running)."""
         self._closed.set()
-        self._thread.join(timeout=join_timeout)
-        LIVENESS.unregister(self._heartbeat)
-        if self._thread.is_alive():
-            log.error(
-                "the embedding decode thread is still running after %.1f s: llama.cpp's "
-                "memory is not freed (a context in use must not be)",
-                join_timeout,
-            )
+        if not join_decoder(self._thread, self._heartbeat, join_timeout, "embedding decode thread"):
             return
         if self._freed:
             return
         self._freed = True
-        ll = self._ll
-        ll.llama_batch_free(self._batch)
-        ll.llama_free(self._ctx)
-        ll.llama_model_free(self._model)
+        free_native(self._ll, self._batch, self._ctx, self._model)
 
     # Callers' side ---------------------------------------------------------------
     def _tokenize(self, text: str, special: bool) -> list[int]:
