@@ -12,6 +12,7 @@ import pytest
 from tests.files import make_pdf
 from worker.errors import InputError
 from worker.io.readers import Document, Record, Records, read_input, reader_for, template_variables
+from worker.io.readers.base import ReadLimits
 
 
 @pytest.mark.parametrize(
@@ -160,3 +161,11 @@ def test_html_with_an_unclosed_head_still_shows_the_body() -> None:
     page = b"<html><head><title>T</title><meta charset=utf-8><body><p>Visible.</p></body>"
     result = read_input(page, "html")
     assert isinstance(result, Document) and result.text.splitlines() == ["T", "", "Visible."]
+
+
+def test_a_csv_field_over_the_csv_modules_limit_fails_the_file_with_that_reason() -> None:
+    """One quoted field of a million characters is one record, not half a million: the
+    file fails naming the field, instead of every line of it read as a record."""
+    data = b'h\n"' + b"a\n" * 500_000 + b'"\n'
+    with pytest.raises(InputError, match=r"line 2: a CSV field is longer than \d+ characters"):
+        read_input(data, "csv", ReadLimits(10**7, 10_000))

@@ -130,6 +130,12 @@ def read_csv(data: bytes, limits: ReadLimits = NO_LIMITS) -> Records:
         except StopIteration:
             break
         except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                # Not a stray quote: reading on after the row's first line would make
+                # each line of the long field a record of its own.
+                raise InputError(
+                    f"line {start}: a CSV field is longer than {csv.field_size_limit()} characters"
+                ) from None
             _check_count(len(records) + 1, limits)
             records.append(Record(start, None, f"line {start}: not valid CSV: {exc}"))
             lines.next = start  # go on with the line after this row's first
