@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.shared import ErrorObject
 
 from tests.acceptance.conftest import StartDaemon
-from tests.acceptance.daemon import db_rows, run_cli
+from tests.acceptance.daemon import db_rows, run_cli, wait_path
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -272,5 +272,6 @@ def test_expired_cancelled_and_malformed_batches_as_openai_ends_them(
         (2, "invalid_json"),
         (3, "duplicate_custom_id"),
     ]
-    assert (data_dir / "failed" / "batch" / "broken.jsonl").exists()
+    # The batch is `failed` before its file job is, and the original moves after that.
+    wait_path(data_dir / "failed" / "batch" / "broken.jsonl")
     assert daemon.stop() == 0

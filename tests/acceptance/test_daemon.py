@@ -14,6 +14,7 @@ from tests.acceptance.conftest import DOCUMENT, StartDaemon
 from tests.acceptance.daemon import (
     db_rows,
     run_cli,
+    wait_path,
     wait_until_final,
     write_slowly,
 )
@@ -46,18 +47,18 @@ def test_files_rows_and_bad_input_then_sigterm(
     outbox = data_dir / "outbox" / "summarize"
     for name in ("before.txt", "after.md"):
         assert (outbox / f"{name}.md").read_text().strip(), f"empty result for {name}"
-        assert (data_dir / "done" / "summarize" / name).exists()
+        wait_path(data_dir / "done" / "summarize" / name)  # moved after the row is final
         assert not (inbox / name).exists()
 
     failed = data_dir / "failed" / "summarize"
+    for name in ("binary.dat", "empty.txt"):  # moved (after its .error.json) once final
+        wait_path(failed / name)
     reasons = {
         name: json.loads((failed / f"{name}.error.json").read_text())["error"]
         for name in ("binary.dat", "empty.txt")
     }
     assert reasons["binary.dat"].startswith("binary content: NUL byte at offset")
     assert reasons["empty.txt"] == "empty input: the file has no text"
-    assert (failed / "binary.dat").exists()
-    assert (failed / "empty.txt").exists()
     assert (inbox / ".hidden.txt").exists()
     assert (inbox / "upload.txt.part").exists()
 
@@ -90,7 +91,7 @@ def test_a_file_still_being_written_is_taken_only_when_complete(
     assert len(rows) == 1, rows
     assert rows[0][0] == "succeeded"
     assert f":{len(data)}:" in rows[0][1]  # the key records the complete size
-    assert (data_dir / "done" / "summarize" / "slow.txt").read_bytes() == data
+    assert wait_path(data_dir / "done" / "summarize" / "slow.txt").read_bytes() == data
     assert daemon.stop() == 0
 
 

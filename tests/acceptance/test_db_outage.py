@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import StartDaemon
-from tests.acceptance.daemon import db_rows, wait_until_final, write_pipelines
+from tests.acceptance.daemon import db_rows, wait_path, wait_until_final, write_pipelines
 from worker.queue.database import SQLITE_BUSY_TIMEOUT_MS
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,7 +63,7 @@ def test_sqlite_locked_for_long_is_waited_out_and_logged_once(
 
     rows = wait_until_final(data_dir, count=2, timeout=180)
     assert [s for _, s in rows] == ["succeeded", "succeeded"]  # the row and during.txt
-    assert (data_dir / "done" / "terse" / "during.txt").exists()
+    wait_path(data_dir / "done" / "terse" / "during.txt")  # moved after the row is final
     # The lease keeper (which also heartbeats the worker row) is alive after the outage.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

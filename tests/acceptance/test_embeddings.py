@@ -128,6 +128,8 @@ def test_a_file_gets_its_embedding_json_and_a_redrop_is_not_embedded_again(
     done.unlink()
     drop(served, "index", "library.txt", again.read_bytes())
     wait_file(output)
+    # The output is published before the row is final: wait for the row, not the file.
+    wait_job(served, "source_path = ?", "index/library.txt")
     rows = db_rows(
         served.data,
         "SELECT status, prompt_tokens FROM jobs WHERE source_path = ? ORDER BY id",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.conftest import StartDaemon
-from tests.acceptance.daemon import daemon_env, run_cli, write_pipelines
+from tests.acceptance.daemon import daemon_env, run_cli, wait_path, write_pipelines
 from tests.conftest import model_path, run_sql
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
@@ -107,6 +107,8 @@ def test_each_daemon_answers_its_own_files_and_unserved_rows_wait_with_a_reason(
         assert row.origin == instances[owner], row
         assert row.lease_owner == workers[owner], row  # answered by its own daemon
     for index, d in enumerate(("d1", "d2")):
+        for i in range(FILES):  # originals move to done/ after their rows are final
+            wait_path(tmp_path / d / "done" / "common" / f"{d}-{i}.txt")
         done = sorted(p.name for p in (tmp_path / d / "done" / "common").iterdir())
         assert done == [f"{d}-{i}.txt" for i in range(FILES)]
         assert not any("removed" in str(e.get("reason")) for e in daemons[index].events())

@@ -202,6 +202,7 @@ def still_serving(h: Setup) -> None:
     (h.inbox() / name).write_text(SENTENCE)
     after = wait_file(h.data, f"tiny/{name}")
     assert after["status"] == "succeeded", after
+    wait_path(h.data / "done" / "tiny" / name)  # moved after the row: not under the scan below
     # Nothing the daemon wrote holds the secret, and nothing was written beside the victim.
     assert sorted(p.name for p in h.victim.iterdir()) == ["secret.txt", "sweepme.txt"]
     assert sorted(p.name for p in h.root.iterdir() if p.name != "daemon.log") == [
@@ -486,6 +487,8 @@ def test_8_names_batches_nesting_csv_markup_and_modes(hostile: Setup) -> None:
     long_name = "b" * 243 + ".jsonl"  # 249 characters
     (batch_inbox / long_name).write_text(batch_line("long") + "\n")
     first_json, first_jsonl = batch_of(h, "c.json"), batch_of(h, "c.jsonl")
+    # Archived first (it moves after its row is final): the next version is a new file.
+    wait_path(data / "done" / "batch" / "c.jsonl")
     (batch_inbox / "c.jsonl").write_text(batch_line("again") + "\n")
     deadline = time.monotonic() + 60
     while len(db_rows(data, "SELECT id FROM jobs WHERE source_path = 'batch/c.jsonl'")) < 2:
@@ -568,8 +571,8 @@ def test_8_names_batches_nesting_csv_markup_and_modes(hostile: Setup) -> None:
     assert stat.S_IMODE(output.stat().st_mode) == 0o640
     assert stat.S_IMODE(output.parent.stat().st_mode) == 0o750
     assert wait_file(data, "tiny/empty.txt")["status"] == "failed"
-    assert stat.S_IMODE((data / "failed" / "tiny").stat().st_mode) == 0o750
     error_file = wait_path(data / "failed" / "tiny" / "empty.txt.error.json")
+    assert stat.S_IMODE((data / "failed" / "tiny").stat().st_mode) == 0o750
     assert stat.S_IMODE(error_file.stat().st_mode) == 0o640
     for path in (data / "outbox" / "batch").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path

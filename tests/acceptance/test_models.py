@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, daemon_env, run_cli, wait_until_final, write_pipelines
+from tests.acceptance.daemon import (
+    Daemon,
+    daemon_env,
+    run_cli,
+    wait_path,
+    wait_until_final,
+    write_pipelines,
+)
 from tests.acceptance.test_metrics_status import read_metrics
 from tests.conftest import model_path
 
@@ -128,6 +135,8 @@ def test_interleaved_files_all_succeed_with_a_load_per_forced_swap(
     daemon, env = served
     data_dir = Path(env["EDGE_WORKER_DATA_DIR"])
     for pipeline in PIPELINES:
+        for i in range(FILES):  # originals move to done/ after their rows are final
+            wait_path(data_dir / "done" / pipeline / f"q{i}.txt")
         done = sorted(p.name for p in (data_dir / "done" / pipeline).iterdir())
         assert done == [f"q{i}.txt" for i in range(FILES)], pipeline
         assert len(list((data_dir / "outbox" / pipeline).iterdir())) == FILES

@@ -140,6 +140,19 @@ class Setup:
 
         return wait(done, timeout, f"{source_path} final")  # type: ignore[no-any-return]
 
+    def archived(self, source_path: str, timeout: float = 120) -> tuple[Any, ...]:
+        """The newest job of `source_path` once final and its original moved: the daemon
+        records the outcome first and moves the file after, so `final` alone can see the
+        row in between, its archived_path still empty."""
+
+        def done() -> tuple[Any, ...] | None:
+            job = self.job_of(source_path)
+            if job is None or job[1] in ("queued", "running", "waiting"):
+                return None
+            return job if job[3] is not None else None
+
+        return wait(done, timeout, f"{source_path} archived")  # type: ignore[no-any-return]
+
     def still_serving(self) -> None:
         """The daemon runs, and a file dropped now is processed."""
         assert self.daemon.proc.poll() is None, self.daemon.log_path.read_text()
@@ -355,7 +368,7 @@ def test_5_a_name_that_is_not_utf8_costs_only_that_file(neighbours: Setup) -> No
 def test_5_retry_then_retention_never_deletes_another_jobs_original(neighbours: Setup) -> None:
     done = neighbours.data / "done" / "tiny"
     place(neighbours.inbox("tiny"), "again.txt", b"Run me twice.\n")
-    first_id, status, _, archived = neighbours.final("tiny/again.txt")
+    first_id, status, _, archived = neighbours.archived("tiny/again.txt")
     assert status == "succeeded" and archived == str(done / "again.txt")
     retried = run_cli(neighbours.env, "jobs", "retry", "--force", str(first_id))
     assert retried.returncode == 0, retried.stderr
@@ -369,7 +382,7 @@ def test_5_retry_then_retention_never_deletes_another_jobs_original(neighbours: 
         30,
         "the new version queued",
     )
-    second_id, status, _, archived = neighbours.final("tiny/again.txt")
+    second_id, status, _, archived = neighbours.archived("tiny/again.txt")
     assert second_id != first_id and status == "succeeded"
     assert archived == str(done / "again.txt")  # the same name, now the second job's
     # Retention takes the first job (finished long ago) and keeps the second's original.
@@ -388,11 +401,11 @@ def test_5_an_error_file_never_overwrites_an_archived_original(neighbours: Setup
     failed = neighbours.data / "failed" / "tiny"
     # An input literally named like the reason file of `minutes.txt`: it fails (empty).
     place(neighbours.inbox("tiny"), "minutes.txt.error.json", b"")
-    neighbours.final("tiny/minutes.txt.error.json")
+    neighbours.archived("tiny/minutes.txt.error.json")
     original = failed / "minutes.txt.error.json"
     assert original.read_bytes() == b""
     place(neighbours.inbox("tiny"), "minutes.txt", b"")
-    _, status, _, archived = neighbours.final("tiny/minutes.txt")
+    _, status, _, archived = neighbours.archived("tiny/minutes.txt")
     assert status == "failed" and archived != str(failed / "minutes.txt")
     assert original.read_bytes() == b""  # the first input is still there, untouched
     reason = json.loads(Path(archived).with_name(Path(archived).name + ".error.json").read_text())
@@ -451,7 +464,7 @@ def test_6_the_sticky_inbox_keeps_a_pending_file_from_other_submitters(neighbour
 def test_6_two_submitters_same_name_keep_both_results(neighbours: Setup) -> None:
     outbox = neighbours.data / "outbox" / "tiny"
     place(neighbours.inbox("tiny"), "report.txt", b"Alice writes about apples.\n", uid=1001)
-    assert neighbours.final("tiny/report.txt")[1] == "succeeded"
+    assert neighbours.archived("tiny/report.txt")[1] == "succeeded"
     place(neighbours.inbox("tiny"), "report.txt", b"Bob writes about boats.\n", uid=1002)
     wait(
         lambda: (outbox / "1002" / "report.txt.txt").exists(),
@@ -724,7 +737,9 @@ def test_1_a_submitter_cannot_forge_keys_jump_the_queue_or_read_neighbours(
     assert pg.final("lines/v.jsonl")[1] == "succeeded"
     gathered = (pg.data / "outbox" / "lines" / "v.jsonl.jsonl").read_text().splitlines()
     assert [json.loads(line)["status"] for line in gathered] == ["succeeded"] * 3
-    assert (pg.data / "done" / "tiny" / "report.txt").read_bytes() == body
+    archived = pg.data / "done" / "tiny" / "report.txt"
+    wait(archived.exists, 30, "report.txt moved to done/")  # after its row is final
+    assert archived.read_bytes() == body
 
     # Its own job works; it sees that one only: no file names, no hashes, no neighbours.
     ((mine,),) = pg.as_role(INSERT + " RETURNING id", ("tiny", "The river is long.", -1, "own-1"))

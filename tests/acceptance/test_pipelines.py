@@ -69,7 +69,7 @@ def test_extract_and_classify_read_every_input_format(
     # PDF -> extract: the JSON validates against the pipeline's schema
     value = json.loads((data_dir / "outbox" / "extract" / "invoice.pdf.json").read_text())
     assert not list(schema_of("extract").iter_errors(value)), value
-    assert (data_dir / "done" / "extract" / "invoice.pdf").exists()
+    wait_for_file(data_dir / "done" / "extract" / "invoice.pdf", timeout=30)  # after the row
 
     classify = schema_of("classify")
     outbox = data_dir / "outbox" / "classify"

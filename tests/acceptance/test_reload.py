@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import TINY_PIPELINE, StartDaemon
-from tests.acceptance.daemon import db_rows, write_pipelines
+from tests.acceptance.daemon import db_rows, wait_path, write_pipelines
 
 
 def job_state(data_dir: Path, pipeline: str) -> list[tuple[str, str | None]]:
@@ -53,7 +53,7 @@ def test_sighup_adds_a_pipeline_and_a_broken_file_keeps_the_old_set(
     done = daemon.wait_for("reload.done")
     assert done["pipelines"] == ["later", "tiny"]
     wait_for_state(data_dir, "later", 1, "succeeded")
-    assert (data_dir / "done" / "later" / "early.txt").exists()
+    wait_path(data_dir / "done" / "later" / "early.txt")  # moved after the row is final
 
     # A broken file: the reload is refused with the reason, the old set stays in effect.
     (pipelines / "broken.toml").write_text("prompt = [not toml")

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.acceptance.conftest import StartDaemon
-from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_until_final
+from tests.acceptance.daemon import Daemon, db_rows, run_cli, wait_path, wait_until_final
 from worker.queue.database import make_db_engine
 
 pytestmark = pytest.mark.timeout(240)
@@ -127,7 +127,7 @@ def test_a_five_second_sweep_takes_new_and_changed_files_once(
     assert (outbox / "sweeper" / "b.txt.txt").read_text().strip()
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]  # never moved
     assert (outbox / "nightly" / "n.txt.txt").exists()
-    assert (data_dir / "done" / "nightly" / "n.txt").exists()
+    wait_path(data_dir / "done" / "nightly" / "n.txt")  # moved after the row is final
 
     listing = run_cli(env, "schedules")
     assert listing.returncode == 0, listing.stderr
