@@ -15,6 +15,9 @@ from worker.io.files import FileRef, content_digest, file_key, make_inbox
 from worker.queue.jobs import JobStore
 from worker.queue.models import FINAL_STATUSES, Job, JobKind
 
+# How long `wait_keys` waits, once every job is final, for their originals to be named.
+ARCHIVE_GRACE_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class SubmittedFile:
@@ -54,9 +57,17 @@ def wait_keys(
     on_progress: Callable[[int], None] = lambda _n: None,
     poll: float = 0.5,
 ) -> dict[str, Job]:
-    """Poll until every file's job is final (or `timeout`); returns the jobs found, by key."""
+    """Poll until every file's job is final (or `timeout`); returns the jobs found, by key.
+
+    The daemon records a job's outcome, then moves its original to done/ or failed/ and
+    names it in `archived_path`: once all are final, this waits a little longer
+    (ARCHIVE_GRACE_SECONDS) for those names, so that a `jobs retry` run right after finds
+    the original to move back. A move that failed (the watcher finishes it later) does
+    not hold the wait beyond that grace.
+    """
     deadline = time.monotonic() + timeout
     found: dict[str, Job] = {}
+    all_final_at: float | None = None
     while True:
         for item in files:
             job = store.get_by_key(item.key)
@@ -64,9 +75,15 @@ def wait_keys(
             # database refuses such keys on other rows, migration 0006) is not its result.
             if job is not None and job.source_path == item.ref.source_path:
                 found[item.key] = job
-        done = sum(1 for job in found.values() if job.status in FINAL_STATUSES)
-        on_progress(done)
-        if done == len(files) or time.monotonic() >= deadline:
+        final = [job for job in found.values() if job.status in FINAL_STATUSES]
+        on_progress(len(final))
+        now = time.monotonic()
+        if len(final) == len(files):
+            all_final_at = now if all_final_at is None else all_final_at
+            archived = all(job.archived_path for job in final)
+            if archived or now - all_final_at >= ARCHIVE_GRACE_SECONDS:
+                return found
+        if now >= deadline:
             return found
         time.sleep(poll)
 
