@@ -5,7 +5,6 @@ input fails alone, long inputs can be chunked, and waits end."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,12 +141,27 @@ def test_an_empty_input_is_an_input_error(engine: EmbeddingEngine) -> None:
 
 
 def test_a_caller_that_stops_stops_waiting(engine: EmbeddingEngine) -> None:
-    started = time.monotonic()
-    with pytest.raises(GenerationInterrupted):
+    looks: list[bool] = []
+
+    def stop_after_the_first_look() -> bool:
+        looks.append(True)
+        return len(looks) > 1
+
+    before = engine.stats.sequences
+    with pytest.raises(GenerationInterrupted, match="stopped"):
+        # 100 inputs (about 1,600 tokens) take seconds on one thread; the caller stops
+        # within a wait step and its inputs not yet decoded are skipped.
+        engine.embed([SENTENCES[1]] * 100, stop_after_the_first_look)
+    # The engine still serves the next caller, and never decoded all the abandoned ones.
+    assert len(engine.embed([SENTENCES[2]], never).vectors) == 1
+    assert engine.stats.sequences - before < 101
+
+
+def test_a_caller_already_stopped_queues_nothing(engine: EmbeddingEngine) -> None:
+    before = engine.stats.sequences
+    with pytest.raises(GenerationInterrupted, match="stopped"):
         engine.embed([SENTENCES[0]] * 6, lambda: True)
-    assert time.monotonic() - started < 5
-    # The engine still serves the next caller.
-    assert len(engine.embed([SENTENCES[1]], never).vectors) == 1
+    assert engine.stats.sequences == before
 
 
 def test_close_frees_the_engine_and_later_calls_fail_cleanly(gguf: Path) -> None:
@@ -162,3 +176,57 @@ def test_close_frees_the_engine_and_later_calls_fail_cleanly(gguf: Path) -> None
     engine.close()  # twice is fine
     with pytest.raises(GenerationInterrupted, match="engine closed"):
         engine.embed([SENTENCES[0]], never)
+
+
+def whole_graph_engine(gguf: Path) -> EmbeddingEngine:
+    return EmbeddingEngine(
+        ModelFile("gemma-embed", gguf, None),
+        EngineOptions(n_ctx=N_CTX, n_threads=1),
+        EmbeddingOptions(
+            n_ctx=N_CTX, n_batch=128, max_sequences=8, pooling="mean", graph_cut=False
+        ),
+        verify=False,
+    )
+
+
+def test_the_graph_cut_is_kept_for_gemma_and_changes_no_vector(
+    engine: EmbeddingEngine, gguf: Path
+) -> None:
+    # The module's engine stops llama.cpp's graph before the logits; one that runs the
+    # whole graph gives the same vectors (bit for bit on this CPU; float noise allowed).
+    assert engine.graph_cut
+    whole = whole_graph_engine(gguf)
+    try:
+        assert not whole.graph_cut
+        expected = whole.embed(SENTENCES, never).vectors
+    finally:
+        whole.close()
+    got = engine.embed(SENTENCES, never).vectors
+    for a, b in zip(expected, got, strict=True):
+        assert np.max(np.abs(a - b)) < 1e-5
+
+
+def test_a_cut_that_changes_the_vectors_is_refused_at_load(
+    gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stopping at the first `norm` node (inside layer 0) gives other vectors: the load's
+    # probe sees it and the engine runs the whole graph, with right answers.
+    from worker.llm import graph_cut
+
+    monkeypatch.setattr(graph_cut, "TOKEN_VECTORS_NODE", b"norm")
+    wrong = EmbeddingEngine(
+        ModelFile("gemma-embed", gguf, None),
+        EngineOptions(n_ctx=N_CTX, n_threads=1),
+        EmbeddingOptions(n_ctx=N_CTX, n_batch=128, max_sequences=8, pooling="mean"),
+        verify=False,
+    )
+    monkeypatch.undo()
+    whole = whole_graph_engine(gguf)
+    try:
+        assert not wrong.graph_cut
+        a = wrong.embed([SENTENCES[2]], never).vectors[0]
+        b = whole.embed([SENTENCES[2]], never).vectors[0]
+        assert np.max(np.abs(a - b)) < 1e-5
+    finally:
+        wrong.close()
+        whole.close()

@@ -37,6 +37,7 @@ import numpy as np
 from worker.errors import GenerationInterrupted, InputError, ModelError, PromptTooLong
 from worker.liveness import LIVENESS, beat
 from worker.llm.engine import EngineOptions
+from worker.llm.graph_cut import GraphCut, vectors_agree
 from worker.llm.llama_logs import route_llama_logs
 from worker.llm.model_files import ModelFile, verify_model
 from worker.llm.native import free_native, join_decoder
@@ -67,6 +68,9 @@ class EmbeddingOptions:
     max_sequences: int = 64  # sequences per llama_decode call
     pooling: Pooling | None = None  # None: what the GGUF declares, else mean
     normalize: bool = True
+    # Stop llama.cpp's graph at the token vectors (skips the unread logits); kept only
+    # if a probe at load gives the same vectors (worker/llm/graph_cut.py).
+    graph_cut: bool = True
 
 
 @dataclass(frozen=True)
@@ -198,12 +202,52 @@ class EmbeddingEngine:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
+        # The logits of an embeddings context are never read: stop its graph before them.
+        self._cut = GraphCut(ll)
+        self._cut.install(cparams)
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ModelError(f"cannot create a llama.cpp embeddings context for {self.model.path}")
         self._mem = ll.llama_get_memory(self._ctx)  # NULL for encoder-only models (BERT)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._prefix, self._suffix = self._special_wrap()
+        self.graph_cut = embedding.graph_cut and self._verify_cut()
+
+    def _verify_cut(self) -> bool:
+        """Keep the graph cut only if a probe's token vectors come out the same with it."""
+        if not self._cut.available:
+            return False
+        probe = "Edge worker checks that a shorter graph gives the same vectors. " * 3
+        tokens = self._prefix + self._tokenize(probe, special=False) + self._suffix
+        tokens = tokens[: self.n_batch]
+        try:
+            whole = self._decode_alone(tokens)
+            self._cut.enabled = True
+            cut = self._decode_alone(tokens)
+        except ModelError as exc:  # the jobs will say what is wrong with the model
+            self._cut.enabled = False
+            log.warning("%s; embeddings compute the whole graph", exc)
+            return False
+        if not vectors_agree(whole, cut):
+            self._cut.enabled = False
+            log.warning(
+                "%s: its graph changes the vectors after the token-vector node; "
+                "embeddings compute the whole graph (logits included)",
+                self.model.path.name,
+            )
+        return self._cut.enabled
+
+    def _decode_alone(self, tokens: list[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The token vectors of one sequence, decoded by itself (at load, before the
+        decode thread starts)."""
+        self._fill([tokens])
+        try:
+            if self._ll.llama_decode(self._ctx, self._batch) != 0:
+                raise ModelError(f"{self.model.path}: llama.cpp could not decode a probe")
+            return self._rows(0, len(tokens))
+        finally:
+            if self._mem:
+                self._ll.llama_memory_clear(self._mem, True)
 
     # Public --------------------------------------------------------------------
     @property
@@ -240,6 +284,8 @@ class EmbeddingEngine:
         """
         if self._closed.is_set():
             raise GenerationInterrupted("engine closed")
+        if should_stop():  # a stopped slot queues nothing: decoding is all this costs
+            raise GenerationInterrupted("stopped by request")
         normalize = self.normalize if normalize is None else normalize
         pooling = pooling or self.pooling
         plans = [self._plan(i, text, len(texts), long_input) for i, text in enumerate(texts)]
@@ -380,19 +426,7 @@ class EmbeddingEngine:
             return
         ll = self._ll
         batch = self._batch
-        batch.n_tokens = 0
-        spans = []
-        for seq_id, seq in enumerate(packed):
-            start = batch.n_tokens
-            for pos, token in enumerate(seq.tokens):
-                i = batch.n_tokens
-                batch.token[i] = token
-                batch.pos[i] = pos
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq_id
-                batch.logits[i] = True  # embeddings mode outputs every token anyway
-                batch.n_tokens = i + 1
-            spans.append((start, batch.n_tokens))
+        spans = self._fill([seq.tokens for seq in packed])
         try:
             code = ll.llama_decode(self._ctx, batch)
             self.stats.decode_calls += 1
@@ -411,6 +445,24 @@ class EmbeddingEngine:
         self.stats.tokens += batch.n_tokens
         for seq in packed:
             seq.done.set()
+
+    def _fill(self, sequences: list[list[int]]) -> list[tuple[int, int]]:
+        """Put `sequences` into the batch, sequence i as seq_id i; their [start, end)."""
+        batch = self._batch
+        batch.n_tokens = 0
+        spans = []
+        for seq_id, tokens in enumerate(sequences):
+            start = batch.n_tokens
+            for pos, token in enumerate(tokens):
+                i = batch.n_tokens
+                batch.token[i] = token
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq_id
+                batch.logits[i] = True  # embeddings mode outputs every token anyway
+                batch.n_tokens = i + 1
+            spans.append((start, batch.n_tokens))
+        return spans
 
     def _rows(self, start: int, end: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The token vectors of batch positions [start, end)."""
