@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.llama_server import ServerOptions, running_server  # noqa: E402
+from bench.llama_server import ServerOptions, running_server, server_repack_works  # noqa: E402
 from bench.workload import documents  # noqa: E402
 
 EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
@@ -50,7 +50,13 @@ def texts(count: int) -> list[str]:
 
 
 def server_embeddings(
-    model: Path, inputs: list[str], parallel: int, threads: int, n_ctx: int, unified: bool = False
+    model: Path,
+    inputs: list[str],
+    parallel: int,
+    threads: int,
+    n_ctx: int,
+    unified: bool = False,
+    repack: bool = True,
 ) -> tuple[float, list[np.ndarray]]:
     """Seconds for llama-server to embed every text (one request each), and the vectors.
 
@@ -63,7 +69,9 @@ def server_embeddings(
     extra = ["--embeddings", "--pooling", "mean", "-b", str(n_ctx), "-ub", str(n_ctx)]
     if unified:
         extra.append("-kvu")
-    options = ServerOptions(parallel=parallel, threads=threads, n_ctx=n_ctx, extra=extra)
+    options = ServerOptions(
+        parallel=parallel, threads=threads, n_ctx=n_ctx, extra=extra, repack=repack
+    )
     vectors: list[np.ndarray | None] = [None] * len(inputs)
     with running_server(model, options) as (base, _pid):
         lock = threading.Lock()
@@ -164,11 +172,17 @@ def measure(
 ) -> dict[str, Any]:
     """Embeddings/s of llama-server (its default, and with one unified KV buffer, whose
     vectors do not depend on the batch) and of the daemon on the same texts, the ratios,
-    and how close the vectors are (cosine, the worst text)."""
+    and how close the vectors are (cosine, the worst text).
+
+    llama-server runs with its defaults (repacked weights) unless they crash here (AMX
+    machines: a general protection fault at the first decode), then `--no-repack`."""
     inputs = texts(count)
-    server_s, server_vectors = server_embeddings(model, inputs, parallel, threads, n_ctx)
+    repack, why = server_repack_works(model, ServerOptions(2, threads, n_ctx))
+    server_s, server_vectors = server_embeddings(
+        model, inputs, parallel, threads, n_ctx, repack=repack
+    )
     unified_s, unified_vectors = server_embeddings(
-        model, inputs, parallel, threads, n_ctx, unified=True
+        model, inputs, parallel, threads, n_ctx, unified=True, repack=repack
     )
     daemon_s, daemon_vectors = daemon_embeddings(model, inputs, parallel, threads, n_ctx)
     return {
@@ -176,6 +190,8 @@ def measure(
         "parallel": parallel,
         "threads": threads,
         "n_ctx": n_ctx,
+        "server_repack": repack,
+        "server_repack_reason": why,
         "llama_server_seconds": round(server_s, 2),
         "llama_server_per_s": round(count / server_s, 2),
         "llama_server_kvu_seconds": round(unified_s, 2),
