@@ -7,6 +7,7 @@ globs; `source_path` is the absolute path, read in place and never moved).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from worker.config import Settings
 from worker.errors import InputError
-from worker.io.atomic import move_durably, write_atomic
+from worker.io.atomic import fsync_dir, move_durably, write_atomic
 from worker.io.naming import error_name, free_archive_name, output_name
 from worker.io.safe_read import read_regular_file
 
@@ -143,24 +144,54 @@ def archive_original(
     """
     with _ARCHIVE_LOCK:
         source = ref.inbox_path(settings)
-        if version is not None and not _is_version(source, version, settings.max_input_bytes):
-            return None
-        return _archive(settings, ref, job_id, succeeded, error, when)
+        identity = None
+        if version is not None:
+            identity = _version_identity(source, version, settings.max_input_bytes)
+            if identity is None:
+                return None
+        return _archive(settings, ref, job_id, succeeded, error, when, identity, version)
 
 
-def _is_version(path: Path, version: FileVersion, max_bytes: int) -> bool:
+def _version_identity(path: Path, version: FileVersion, max_bytes: int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at `path` if it is `version`, else None. The file is
+    stat'ed again after its bytes are hashed: a file replaced meanwhile is not it."""
     try:
         info = os.lstat(path)
     except OSError:
-        return False
+        return None
     if not stat.S_ISREG(info.st_mode) or not version.matches(info):
-        return False
-    if version.digest == "oversize":
-        return True
+        return None
+    if version.digest != "oversize":
+        try:
+            if content_digest(read_regular_file(path, max_bytes)) != version.digest:
+                return None
+            again = os.lstat(path)
+        except (OSError, InputError):
+            return None
+        if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino) or not version.matches(again):
+            return None
+    return info.st_dev, info.st_ino
+
+
+def _put_back(moved: Path, source: Path) -> None:
+    """Return a file that `_archive` moved by mistake (a newer version that took the
+    original's name just before the move) to the inbox, where it is a job of its own.
+    If yet another file holds the name by now, this one comes back under a free name."""
     try:
-        return content_digest(read_regular_file(path, max_bytes)) == version.digest
-    except (OSError, InputError):
-        return False
+        os.link(moved, source)  # never over a file that arrived since
+    except FileExistsError:
+        stem, suffix = os.path.splitext(source.name)
+        for n in range(1, 1000):
+            try:
+                os.link(moved, source.with_name(f"{stem}.{n}{suffix}"))
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - a thousand names taken: leave it where it is
+            raise
+    os.unlink(moved)
+    fsync_dir(source.parent)
+    fsync_dir(moved.parent)
 
 
 def _archive(
@@ -170,6 +201,8 @@ def _archive(
     succeeded: bool,
     error: str | None,
     when: datetime | None,
+    identity: tuple[int, int] | None = None,
+    version: FileVersion | None = None,
 ) -> Path | None:
     source = ref.inbox_path(settings)
     if not source.is_file() or source.is_symlink():
@@ -193,6 +226,17 @@ def _archive(
         if not source.exists():
             return None
         raise
+    if identity is not None and version is not None:
+        # The rename takes whatever file holds the name at that instant. A newer version
+        # written (or renamed) into the inbox since the check is not this job's original:
+        # it goes back, to run as its own job, and this job's version is gone already.
+        info = os.lstat(target)
+        if (info.st_dev, info.st_ino) != identity or not version.matches(info):
+            _put_back(target, source)
+            if not succeeded:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / error_name(name))
+            return None
     return target
 
 

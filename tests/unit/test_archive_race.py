@@ -1,0 +1,105 @@
+"""Archiving a finished job's original never takes a newer version of the file: one
+written into the inbox between the version check and the move goes back to the inbox
+(to run as its own job), whether it replaced the old file or rewrote it in place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from worker.config import Settings
+from worker.io import files
+from worker.io.atomic import move_durably
+from worker.io.files import FileRef, FileVersion, archive_original
+
+OLD = b"the version that ran\n"
+NEW = b"a newer version, dropped while the old one finished\n"
+
+
+def version_of(path: Path) -> FileVersion:
+    info = path.stat()
+    return FileVersion(
+        info.st_size, info.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+
+
+def replace_atomically(path: Path) -> None:
+    temp = path.with_name(".incoming")
+    temp.write_bytes(NEW)
+    os.replace(temp, path)
+
+
+def rewrite_in_place(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.write(NEW)
+
+
+def racing_move(
+    monkeypatch: pytest.MonkeyPatch,
+    before: Callable[[Path], None],
+    after: Callable[[Path], object] = lambda _source: None,
+) -> None:
+    """The next move lets a writer change the file just `before` it (and `after` it)."""
+    real = move_durably
+
+    def move(source: Path, target: Path, mode: int = 0o640) -> None:
+        before(source)
+        real(source, target, mode)
+        after(source)
+
+    monkeypatch.setattr(files, "move_durably", move)
+
+
+@pytest.mark.parametrize("change", [replace_atomically, rewrite_in_place])
+@pytest.mark.parametrize("succeeded", [True, False])
+def test_a_newer_version_that_slips_in_before_the_move_goes_back(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Path], None],
+    succeeded: bool,
+) -> None:
+    inbox = settings.folder("inbox", "p")
+    inbox.mkdir(parents=True)
+    original = inbox / "report.txt"
+    original.write_bytes(OLD)
+    version = version_of(original)
+    racing_move(monkeypatch, change)
+    moved = archive_original(
+        settings, FileRef("p", "report.txt"), 1, succeeded, "bad", version=version
+    )
+    assert moved is None  # this job's version is gone: nothing of its to archive
+    assert original.read_bytes() == NEW  # the newer version waits in the inbox
+    folder = settings.folder("done" if succeeded else "failed", "p")
+    assert not folder.exists() or list(folder.iterdir()) == []  # no stray reason file
+
+
+def test_if_the_name_is_taken_again_the_newer_version_comes_back_beside_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = settings.folder("inbox", "p")
+    inbox.mkdir(parents=True)
+    original = inbox / "report.txt"
+    original.write_bytes(OLD)
+    version = version_of(original)
+    # A third version lands between the move and the put-back.
+    racing_move(
+        monkeypatch, replace_atomically, lambda path: path.write_bytes(b"a third version\n")
+    )
+    assert archive_original(settings, FileRef("p", "report.txt"), 1, True, version=version) is None
+    assert original.read_bytes() == b"a third version\n"
+    assert (inbox / "report.1.txt").read_bytes() == NEW
+
+
+def test_the_version_that_ran_is_archived_as_before(settings: Settings) -> None:
+    inbox = settings.folder("inbox", "p")
+    inbox.mkdir(parents=True)
+    original = inbox / "report.txt"
+    original.write_bytes(OLD)
+    moved = archive_original(
+        settings, FileRef("p", "report.txt"), 1, True, version=version_of(original)
+    )
+    assert moved is not None and moved.read_bytes() == OLD and not original.exists()
