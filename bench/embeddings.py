@@ -5,6 +5,9 @@ on the same texts in the same run.
   llama-cpp-python vendors (bench/llama_server.py, its build cache), `-np` parallel,
   one `/v1/embeddings` request per text from as many clients as slots; once as it
   comes, once with `-kvu` (one KV buffer: its vectors then match a text sent alone);
+- (e) the embedding engine alone, with llama.cpp's whole graph and with the graph cut
+  (worker/llm/graph_cut.py), the same texts from as many callers as slots: what the cut
+  buys, measured in the same run;
 - (d) a real `edge-worker run` daemon whose model table has the Gemma GGUF a second
   time as `kind = "embed"` (mean pooling): the texts as one JSON Lines records file
   dropped into an embedding pipeline, timed from the drop to the written
@@ -103,6 +106,46 @@ def server_embeddings(
     return seconds, [v for v in vectors if v is not None]
 
 
+def engine_embeddings(
+    model: Path, inputs: list[str], parallel: int, threads: int, n_ctx: int, graph_cut: bool
+) -> tuple[float, list[np.ndarray], bool]:
+    """The embedding engine alone, `parallel` callers taking one text at a time as the
+    daemon's slots do: seconds, the vectors, and whether the graph cut was on."""
+    from worker.llm.embedding import EmbeddingEngine, EmbeddingOptions
+    from worker.llm.engine import EngineOptions
+    from worker.llm.model_files import ModelFile
+
+    engine = EmbeddingEngine(
+        ModelFile("emb", model, None),
+        EngineOptions(n_ctx=n_ctx, n_threads=threads),
+        EmbeddingOptions(n_ctx=n_ctx, n_batch=max(512, n_ctx), pooling="mean", graph_cut=graph_cut),
+        verify=False,
+    )
+    vectors: list[np.ndarray | None] = [None] * len(inputs)
+    todo = list(range(len(inputs)))
+    lock = threading.Lock()
+
+    def caller() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                index = todo.pop(0)
+            vectors[index] = engine.embed([inputs[index]], lambda: False).vectors[0]
+
+    try:
+        started = time.monotonic()
+        callers = [threading.Thread(target=caller) for _ in range(parallel)]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join()
+        seconds = time.monotonic() - started
+    finally:
+        engine.close()
+    return seconds, [v for v in vectors if v is not None], engine.graph_cut
+
+
 def daemon_embeddings(
     model: Path, inputs: list[str], parallel: int, threads: int, n_ctx: int
 ) -> tuple[float, list[np.ndarray]]:
@@ -185,6 +228,9 @@ def measure(
         model, inputs, parallel, threads, n_ctx, unified=True, repack=repack
     )
     daemon_s, daemon_vectors = daemon_embeddings(model, inputs, parallel, threads, n_ctx)
+    # The same run's attribution: the engine alone with llama.cpp's whole graph and cut.
+    whole_s, whole_vectors, _ = engine_embeddings(model, inputs, parallel, threads, n_ctx, False)
+    cut_s, cut_vectors, cut_on = engine_embeddings(model, inputs, parallel, threads, n_ctx, True)
     return {
         "texts": count,
         "parallel": parallel,
@@ -198,6 +244,11 @@ def measure(
         "llama_server_kvu_per_s": round(count / unified_s, 2),
         "edge_worker_seconds": round(daemon_s, 2),
         "edge_worker_per_s": round(count / daemon_s, 2),
+        "engine_whole_graph_seconds": round(whole_s, 2),
+        "engine_graph_cut_seconds": round(cut_s, 2),
+        "engine_graph_cut_on": cut_on,
+        "graph_cut_speedup": round(whole_s / cut_s, 3),
+        "min_cosine_cut_vs_whole": _min_cosine(whole_vectors, cut_vectors),
         "ratio": round(server_s / daemon_s, 3),
         "ratio_kvu": round(unified_s / daemon_s, 3),
         "min_cosine": _min_cosine(server_vectors, daemon_vectors),

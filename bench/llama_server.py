@@ -250,7 +250,8 @@ def run_requests(
 
 def server_repack_works(model: Path, options: ServerOptions) -> tuple[bool, str]:
     """Can llama-server run with its defaults here? One start and one short request with
-    repacked weights; (False, why) if the server dies or fails (SIGILL on AMX)."""
+    repacked weights; (False, why) if the server dies or fails (on some AMX machines
+    it dies at the first decode: SIGILL, or SIGSEGV from a general protection fault)."""
     exits: list[int | None] = []
     try:
         with running_server(model, replace(options, repack=True), exits) as (base, _pid):

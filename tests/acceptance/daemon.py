@@ -150,18 +150,6 @@ def wait_path(path: Path, timeout: float = 30) -> Path:
     return path
 
 
-def wait_archived(data_dir: Path, job_id: int, timeout: float = 30) -> str:
-    """Wait until job `job_id` names its archived original; returns that path. The daemon
-    records the final status, then moves the original, then sets `archived_path`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ((archived,),) = db_rows(data_dir, "SELECT archived_path FROM jobs WHERE id = ?", job_id)
-        if archived is not None:
-            return str(archived)
-        assert time.monotonic() < deadline, f"job {job_id} not archived within {timeout:g}s"
-        time.sleep(0.1)
-
-
 def write_slowly(path: Path, data: bytes, chunks: int, pause: float) -> None:
     """Write a file the way a slow copy does: several writes with pauses, then close."""
     step = max(1, len(data) // chunks)

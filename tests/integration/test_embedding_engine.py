@@ -140,7 +140,14 @@ def test_an_empty_input_is_an_input_error(engine: EmbeddingEngine) -> None:
         engine.embed(["  \n"], never)
 
 
-def test_a_caller_that_stops_stops_waiting(engine: EmbeddingEngine) -> None:
+def test_a_caller_that_stops_stops_waiting(
+    engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.llm import embedding
+
+    # A caller looks at its stop flag each wait step: short steps, so that the 100
+    # inputs below outlast several of them on any machine.
+    monkeypatch.setattr(embedding, "WAIT_STEP_SECONDS", 0.01)
     looks: list[bool] = []
 
     def stop_after_the_first_look() -> bool:
@@ -149,8 +156,8 @@ def test_a_caller_that_stops_stops_waiting(engine: EmbeddingEngine) -> None:
 
     before = engine.stats.sequences
     with pytest.raises(GenerationInterrupted, match="stopped"):
-        # 100 inputs (about 1,600 tokens) take seconds on one thread; the caller stops
-        # within a wait step and its inputs not yet decoded are skipped.
+        # 100 inputs (about 1,600 tokens) take a second or more on one thread; the caller
+        # stops within a wait step and its inputs not yet decoded are skipped.
         engine.embed([SENTENCES[1]] * 100, stop_after_the_first_look)
     # The engine still serves the next caller, and never decoded all the abandoned ones.
     assert len(engine.embed([SENTENCES[2]], never).vectors) == 1
@@ -161,7 +168,8 @@ def test_a_caller_already_stopped_queues_nothing(engine: EmbeddingEngine) -> Non
     before = engine.stats.sequences
     with pytest.raises(GenerationInterrupted, match="stopped"):
         engine.embed([SENTENCES[0]] * 6, lambda: True)
-    assert engine.stats.sequences == before
+    engine.embed([SENTENCES[1]], never)  # done only after anything queued before it
+    assert engine.stats.sequences - before == 1
 
 
 def test_close_frees_the_engine_and_later_calls_fail_cleanly(gguf: Path) -> None:
@@ -209,8 +217,9 @@ def test_the_graph_cut_is_kept_for_gemma_and_changes_no_vector(
 def test_a_cut_that_changes_the_vectors_is_refused_at_load(
     gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Stopping at the first `norm` node (inside layer 0) gives other vectors: the load's
-    # probe sees it and the engine runs the whole graph, with right answers.
+    # Stopping at the first node named `norm` (an RMS norm whose weight is applied by the
+    # next node) gives other vectors: the load's probe sees it and the engine runs the
+    # whole graph, with right answers.
     from worker.llm import graph_cut
 
     monkeypatch.setattr(graph_cut, "TOKEN_VECTORS_NODE", b"norm")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from worker.config import Settings
-from worker.io import files
-from worker.io.atomic import move_durably
+from worker.io import atomic, files
+from worker.io.atomic import move_durably, rename_noreplace
 from worker.io.files import FileRef, FileVersion, archive_original
 
 OLD = b"the version that ran\n"
@@ -91,7 +91,7 @@ def test_if_the_name_is_taken_again_the_newer_version_comes_back_beside_it(
     )
     assert archive_original(settings, FileRef("p", "report.txt"), 1, True, version=version) is None
     assert original.read_bytes() == b"a third version\n"
-    assert (inbox / "report.1.txt").read_bytes() == NEW
+    assert (inbox / "report.job1.txt").read_bytes() == NEW
 
 
 def test_the_version_that_ran_is_archived_as_before(settings: Settings) -> None:
@@ -103,3 +103,38 @@ def test_the_version_that_ran_is_archived_as_before(settings: Settings) -> None:
         settings, FileRef("p", "report.txt"), 1, True, version=version_of(original)
     )
     assert moved is not None and moved.read_bytes() == OLD and not original.exists()
+
+
+def test_the_put_back_needs_no_hard_link(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With fs.protected_hardlinks, a daemon may not link a submitter's file: the put-back
+    # renames it instead.
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    inbox = settings.folder("inbox", "p")
+    inbox.mkdir(parents=True)
+    original = inbox / "report.txt"
+    original.write_bytes(OLD)
+    version = version_of(original)
+    racing_move(monkeypatch, replace_atomically)
+    assert archive_original(settings, FileRef("p", "report.txt"), 1, True, version=version) is None
+    assert original.read_bytes() == NEW
+
+
+def test_rename_noreplace_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, target = tmp_path / "a", tmp_path / "b"
+    for fallback in (False, True):
+        if fallback:  # a libc without renameat2: a check, then a rename
+            monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+        source.write_text("new")
+        target.write_text("kept")
+        with pytest.raises(FileExistsError):
+            rename_noreplace(source, target)
+        assert target.read_text() == "kept" and source.read_text() == "new"
+        target.unlink()
+        rename_noreplace(source, target)
+        assert target.read_text() == "new" and not source.exists()
+        target.unlink()

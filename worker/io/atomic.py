@@ -170,3 +170,44 @@ def move_durably(source: Path, target: Path, mode: int = DEFAULT_FILE_MODE) -> N
     fsync_dir(target.parent)
     if source.parent != target.parent:
         fsync_dir(source.parent)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _renameat2() -> Callable[..., int] | None:
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # libc without it (glibc < 2.28, musl < 1.2.5)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    function.argtypes += [ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, or FileExistsError if `target` exists: atomically with
+    renameat2(RENAME_NOREPLACE). It needs no permission on the file itself, unlike a
+    hard link (refused with fs.protected_hardlinks for another user's file). Where the
+    kernel or the file system lacks it, a check and then a rename."""
+    if _RENAMEAT2 is not None:
+        import ctypes
+
+        code = _RENAMEAT2(
+            _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
+        )
+        if code == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(error, os.strerror(error), str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)

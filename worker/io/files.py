@@ -19,7 +19,7 @@ from pathlib import Path
 
 from worker.config import Settings
 from worker.errors import InputError
-from worker.io.atomic import fsync_dir, move_durably, write_atomic
+from worker.io.atomic import fsync_dir, move_durably, rename_noreplace, write_atomic
 from worker.io.naming import error_name, free_archive_name, output_name
 from worker.io.safe_read import read_regular_file
 
@@ -173,23 +173,25 @@ def _version_identity(path: Path, version: FileVersion, max_bytes: int) -> tuple
     return info.st_dev, info.st_ino
 
 
-def _put_back(moved: Path, source: Path) -> None:
+def _put_back(moved: Path, source: Path, job_id: int) -> None:
     """Return a file that `_archive` moved by mistake (a newer version that took the
     original's name just before the move) to the inbox, where it is a job of its own.
-    If yet another file holds the name by now, this one comes back under a free name."""
-    try:
-        os.link(moved, source)  # never over a file that arrived since
-    except FileExistsError:
-        stem, suffix = os.path.splitext(source.name)
-        for n in range(1, 1000):
-            try:
-                os.link(moved, source.with_name(f"{stem}.{n}{suffix}"))
-                break
-            except FileExistsError:
-                continue
-        else:  # pragma: no cover - a thousand names taken: leave it where it is
-            raise
-    os.unlink(moved)
+    If yet another file holds the name by now, this one comes back under a free name.
+    A crash between the move and this leaves the newer file in done/ or failed/: the
+    window is the few system calls between the two renames."""
+    for _ in range(5):
+        name = source.name
+        if os.path.lexists(source):
+            name = free_archive_name(
+                source.name, job_id, lambda n: os.path.lexists(source.parent / n)
+            )
+        try:
+            rename_noreplace(moved, source.with_name(name))
+            break
+        except FileExistsError:  # taken meanwhile: pick again
+            continue
+    else:  # pragma: no cover - names taken five times over: leave it where it is
+        raise FileExistsError(f"no free name in {source.parent} to put {moved.name} back")
     fsync_dir(source.parent)
     fsync_dir(moved.parent)
 
@@ -232,7 +234,7 @@ def _archive(
         # it goes back, to run as its own job, and this job's version is gone already.
         info = os.lstat(target)
         if (info.st_dev, info.st_ino) != identity or not version.matches(info):
-            _put_back(target, source)
+            _put_back(target, source, job_id)
             if not succeeded:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(folder / error_name(name))

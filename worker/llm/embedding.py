@@ -160,9 +160,15 @@ class EmbeddingEngine:
         self._model = llama_cpp.llama_model_load_from_file(str(model.path).encode(), mparams)
         if not self._model:
             raise ModelError(f"cannot load model {model.path}: llama.cpp could not read it")
+        self._ctx: Any = None
+        self._batch: Any = None
         try:
             self._setup(options, embedding)
         except BaseException:
+            if self._batch is not None:
+                llama_cpp.llama_batch_free(self._batch)
+            if self._ctx:
+                llama_cpp.llama_free(self._ctx)
             llama_cpp.llama_model_free(self._model)
             raise
         self.load_seconds = time.monotonic() - started
@@ -202,40 +208,65 @@ class EmbeddingEngine:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
-        # The logits of an embeddings context are never read: stop its graph before them.
-        self._cut = GraphCut(ll)
-        self._cut.install(cparams)
-        self._ctx = ll.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            raise ModelError(f"cannot create a llama.cpp embeddings context for {self.model.path}")
-        self._mem = ll.llama_get_memory(self._ctx)  # NULL for encoder-only models (BERT)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._prefix, self._suffix = self._special_wrap()
-        self.graph_cut = embedding.graph_cut and self._verify_cut()
+        # The logits of an embeddings context are never read: stop its graph before them,
+        # if a probe says that changes nothing; else a context without the callback.
+        cut = GraphCut(ll)
+        self.graph_cut = False
+        if embedding.graph_cut and cut.available:
+            cut.install(cparams)
+            self._new_context(cparams)
+            self.graph_cut = self._verify_cut(cut)
+            if self.graph_cut:
+                self._cut = cut  # the callback lives as long as the context
+                return
+            ll.llama_free(self._ctx)
+            self._ctx = None
+            cparams.cb_eval = ll.ggml_backend_sched_eval_callback()  # NULL: none
+        self._new_context(cparams)
 
-    def _verify_cut(self) -> bool:
-        """Keep the graph cut only if a probe's token vectors come out the same with it."""
-        if not self._cut.available:
-            return False
+    def _new_context(self, cparams: Any) -> None:
+        self._ctx = self._ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise ModelError(f"cannot create a llama.cpp embeddings context for {self.model.path}")
+        self._mem = self._ll.llama_get_memory(self._ctx)  # NULL for encoder-only models (BERT)
+
+    def _verify_cut(self, cut: GraphCut) -> bool:
+        """Whether the cut stops the graph and leaves a probe's token vectors as they are.
+
+        The probe is decoded whole, then another text whole, then the probe cut: a cut
+        that skipped the node writing the vectors would hand back the other text's.
+        """
         probe = "Edge worker checks that a shorter graph gives the same vectors. " * 3
-        tokens = self._prefix + self._tokenize(probe, special=False) + self._suffix
-        tokens = tokens[: self.n_batch]
+        content = self._tokenize(probe, special=False)
+        tokens = (self._prefix + content + self._suffix)[: self.n_batch]
+        other = (self._prefix + content[::-1] + self._suffix)[: self.n_batch]
+        name = self.model.path.name
         try:
             whole = self._decode_alone(tokens)
-            self._cut.enabled = True
-            cut = self._decode_alone(tokens)
-        except ModelError as exc:  # the jobs will say what is wrong with the model
-            self._cut.enabled = False
-            log.warning("%s; embeddings compute the whole graph", exc)
+            self._decode_alone(other)
+            cut.enabled = True
+            cut.stopped = False
+            trimmed = self._decode_alone(tokens)
+        except Exception as exc:  # the jobs will say what is wrong with the model
+            log.warning("%s: the graph-cut probe failed (%s); the whole graph runs", name, exc)
             return False
-        if not vectors_agree(whole, cut):
-            self._cut.enabled = False
+        finally:
+            cut.enabled = False
+        if not cut.stopped:
+            log.info("%s: no token-vector node to stop at; the whole graph runs", name)
+            return False
+        if not vectors_agree(whole, trimmed):
             log.warning(
                 "%s: its graph changes the vectors after the token-vector node; "
                 "embeddings compute the whole graph (logits included)",
-                self.model.path.name,
+                name,
             )
-        return self._cut.enabled
+            return False
+        cut.enabled = True
+        log.info("%s: embeddings stop llama.cpp's graph at the token vectors", name)
+        return True
 
     def _decode_alone(self, tokens: list[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The token vectors of one sequence, decoded by itself (at load, before the
