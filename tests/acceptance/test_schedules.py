@@ -260,3 +260,28 @@ def test_a_daemon_with_a_busy_schedule_stops_cleanly(
     daemon = start_daemon({**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}, "d", ready=False)
     wait_fires(daemon, "sweeper", 2)
     assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+
+
+def test_swept_files_of_one_name_in_different_folders_keep_their_own_outputs(
+    data_dir: Path, env: dict[str, str], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    reports = tmp_path / "reports"
+    for month, line in (("2026-11", "Rain all month."), ("2026-12", "Snow all month.")):
+        (reports / month).mkdir(parents=True)
+        (reports / month / "summary.txt").write_text(line)
+    pipelines = write_pipelines(
+        tmp_path / "pipelines",
+        monthly=f'schedule = "*/3 * * * * *"\nsweep = ["{reports}/**/*.txt"]',
+    )
+    daemon = start_daemon({**env, "EDGE_WORKER_PIPELINES_DIR": str(pipelines)}, ready=False)
+    assert wait_fires(daemon, "monthly", 1)["jobs"] == 2
+    wait_until_final(data_dir, count=2)
+    outputs = {
+        str(row[0])
+        for row in db_rows(data_dir, "SELECT output_path FROM jobs WHERE source = 'sweep'")
+    }
+    outbox = data_dir / "outbox" / "monthly"
+    expected = {str(outbox / month / "summary.txt.txt") for month in ("2026-11", "2026-12")}
+    assert outputs == expected  # one output each, in the folders the inputs are in
+    assert all(Path(path).is_file() for path in expected)
+    assert daemon.stop() == 0

@@ -90,20 +90,23 @@ def test_a_zero_start_grace_recovers_at_once(settings: Settings, store: JobStore
     assert _status(store, job_id) == "queued"
 
 
-def test_stale_temps_go_from_per_submitter_outboxes_too(
+def test_stale_temps_go_from_per_submitter_and_swept_output_folders_too(
     settings: Settings, store: JobStore, tmp_path: Path
 ) -> None:
     outbox = settings.folder("outbox", "p")
     elsewhere = tmp_path / "elsewhere"
-    for folder in (outbox / "1000", outbox / "notes", elsewhere):
+    for folder in (outbox / "1000", outbox / "2026-11" / "week-1", elsewhere):
         folder.mkdir(parents=True)
     (outbox / "2000").symlink_to(elsewhere, target_is_directory=True)
-    stale = [outbox / ".a.txt.0a1b2c3d.tmp", outbox / "1000" / ".b.txt.0a1b2c3d.tmp"]
+    stale = [
+        outbox / ".a.txt.0a1b2c3d.tmp",
+        outbox / "1000" / ".b.txt.0a1b2c3d.tmp",
+        outbox / "2026-11" / "week-1" / ".c.txt.0a1b2c3d.tmp",  # a swept file's folders
+    ]
     kept = [
         outbox / "1000" / ".fresh.txt.0a1b2c3d.tmp",  # may still be written
         outbox / "1000" / "b.txt.txt",  # an output
-        outbox / "notes" / ".c.txt.0a1b2c3d.tmp",  # not a submitter's folder
-        elsewhere / ".d.txt.0a1b2c3d.tmp",  # behind a symlink named like one
+        elsewhere / ".d.txt.0a1b2c3d.tmp",  # behind a symlink
     ]
     for path in [*stale, *kept]:
         path.write_text("x")

@@ -78,7 +78,8 @@ def test_a_swept_file_is_read_in_place_and_never_moved(
     runner(settings, store, FakeEngine(), swept=tmp_path).run(once=True)
     job = store.get(job_id)
     assert job is not None and job.status == "succeeded", job and job.error
-    output = settings.folder("outbox", "any") / "q1.txt.txt"
+    # The glob is `<tmp>/**/*.txt`: the output sits in the folders below its root.
+    output = settings.folder("outbox", "any") / "reports" / "q1.txt.txt"
     assert output.read_text() == f"len={len('Q: hello')}\n"
     assert job.output_path == str(output)
     assert source.read_text() == "hello"  # still there, untouched

@@ -1,9 +1,10 @@
 """A job's own input and output files, and nothing else of the data folder.
 
-A row is untrusted: a path it names is shown only if it lies directly inside the
-folder that kind of file belongs to for the row's own pipeline (`inbox/`, `done/`,
-`failed/` for an input; `outbox/` for an output), and it is read through the one safe
-reader (no symlink, regular files only, bounded), then cut to a preview.
+A row is untrusted: a path it names is shown only if it lies inside the folder that
+kind of file belongs to for the row's own pipeline (directly in `inbox/`, `done/`,
+`failed/` for an input; anywhere below `outbox/<pipeline>/`, through no symbolic link,
+for an output), and it is read through the one safe reader (no symlink, regular files
+only, bounded), then cut to a preview.
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ def _inside(data_dir: Path, path_text: str, kinds: tuple[str, ...], pipeline: st
     allowed = {root / kind / pipeline for kind in kinds}
     if path.parent in allowed:
         return path
-    # outputs_per_submitter: outbox/<pipeline>/<uid>/<name>
-    per_owner = "outbox" in kinds and path.parent.name.isdigit()
-    return path if per_owner and path.parent.parent == root / "outbox" / pipeline else None
+    # Outputs may lie deeper: outbox/<pipeline>/<uid>/ (outputs_per_submitter) and the
+    # folders of swept files (worker.sources.sweep.output_subfolder).
+    outbox = root / "outbox" / pipeline
+    if "outbox" not in kinds or outbox not in path.parents:
+        return None
+    between = path.parent.relative_to(outbox).parts
+    if any((outbox.joinpath(*between[: i + 1])).is_symlink() for i in range(len(between))):
+        return None
+    return path
 
 
 def input_path(data_dir: Path, job: JobRow) -> Path | None:

@@ -113,23 +113,22 @@ class RecoverySweep(BackgroundLoop):
         for kind in ("outbox", "failed"):
             root = self.settings.data_dir / kind
             folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-            if kind == "outbox":  # outputs_per_submitter: outbox/<pipeline>/<uid>/
-                folders += [uid for folder in folders for uid in _submitter_folders(folder)]
+            if kind == "outbox":
+                # outputs_per_submitter: outbox/<pipeline>/<uid>/; swept files' outputs:
+                # the folders below (worker.sources.sweep.output_subfolder).
+                folders = _folders_below(folders, self.settings.sweep_max_entries)
             for folder in folders:
                 for path in remove_stale_temps(folder, self.settings.lease_seconds, now):
                     event("sweep.temp_removed", path=str(path))
 
 
-def _submitter_folders(folder: Path) -> list[Path]:
-    """The per-submitter output folders in a pipeline's outbox (`<uid>/`, see
-    `worker.io.files.output_folder`): digit names only, never through a symlink (a
-    submitter's link must not send the sweep into someone else's folder)."""
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [
-        Path(entry.path)
-        for entry in entries
-        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir(follow_symlinks=False)
-    ]
+def _folders_below(tops: list[Path], max_folders: int) -> list[Path]:
+    """`tops` and every folder below them, never through a symbolic link (a link must
+    not send the temp sweep into someone else's folder), at most `max_folders`."""
+    found: list[Path] = []
+    for top in tops:
+        for folder, _subfolders, _files in os.walk(top, followlinks=False):
+            found.append(Path(folder))
+            if len(found) >= max_folders:
+                return found
+    return found

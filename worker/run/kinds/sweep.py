@@ -22,7 +22,7 @@ from worker.run.kinds.base import (
     publish,
     read_version,
 )
-from worker.sources.sweep import swept_root
+from worker.sources.sweep import output_subfolder, swept_root
 
 
 def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> tuple[Path, Path]:
@@ -43,6 +43,17 @@ def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> t
     return path, root
 
 
+def check_no_links(top: Path, folder: Path) -> None:
+    """Refuse to write below `top` through a symbolic link: every existing folder from
+    `top` down to `folder` must be a real folder (the outbox is the daemon's own, so a
+    link there is planted, and would send an output elsewhere)."""
+    current = top
+    for part in folder.relative_to(top).parts:
+        current = current / part
+        if current.is_symlink():
+            raise InputError(f"{current} is a symbolic link: no output is written through it")
+
+
 class SweptFile:
     """The pipeline on one swept file."""
 
@@ -60,8 +71,12 @@ class SweptFile:
         document = parsing.read_input(data, reader, limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
+        owner = file_owner(path)
+        below = output_subfolder(path, pipeline.sweep, settings.data_dir)
         if embeds(settings, pipeline):
-            output = embed.file_output(self.context, pipeline, path.name, file_owner(path))
+            output = embed.file_output(self.context, pipeline, path.name, owner)
+            output = output.parent / below / output.name
+            check_no_links(output_folder(settings, pipeline.name, owner), output.parent)
             return embed.embed_file(
                 self.context,
                 pipeline,
@@ -73,7 +88,9 @@ class SweptFile:
         run = self.context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
         name = output_name(path.name, pipeline.output_format)
-        output = output_folder(settings, pipeline.name, file_owner(path)) / name
+        folder = output_folder(settings, pipeline.name, owner)
+        output = folder / below / name
+        check_no_links(folder, output.parent)
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
