@@ -299,7 +299,7 @@ def test_a_batch_file_mixes_chat_completion_and_embedding_lines(
     assert failed["long"]["code"] == "context_length_exceeded"
 
 
-def test_embeddings_go_to_the_submitters_folder_with_outputs_per_submitter(
+def test_embeddings_and_batch_results_go_to_the_submitters_folder_with_outputs_per_submitter(
     emb_settings: Settings, store: JobStore, embedder: FakeEmbedder
 ) -> None:
     settings = emb_settings.model_copy(update={"outputs_per_submitter": True})
@@ -307,8 +307,15 @@ def test_embeddings_go_to_the_submitters_folder_with_outputs_per_submitter(
     drop(settings, store, "index", "doc.txt", b"one document")
     drop(settings, store, "index", "docs.jsonl", json.dumps({"text": "a record"}).encode())
     drop(settings, store, "npy", "rows.jsonl", json.dumps({"text": "a row"}).encode())
+    line = request("emb", "/v1/embeddings", model="emb", input="hello")
+    drop(settings, store, "batch", "lines.jsonl", line.encode())
     run(settings, store, embedder, FakeEngine())
-    assert [job.status for job in store.list_jobs() if job.parent_id is None] == ["succeeded"] * 3
+    assert [job.status for job in store.list_jobs() if job.parent_id is None] == ["succeeded"] * 4
+    # OpenAI Batch result files too: no other submitter of the group reads them.
+    batch = settings.folder("outbox", "batch")
+    assert sorted(p.name for p in batch.iterdir()) == [uid]
+    suffixes = sorted(p.name.split(".", 3)[-1] for p in (batch / uid).iterdir())
+    assert suffixes == ["batch.json", "errors.jsonl", "output.jsonl"]
     index, npy = settings.folder("outbox", "index"), settings.folder("outbox", "npy")
     assert sorted(p.name for p in index.iterdir()) == [uid]
     assert sorted(p.name for p in (index / uid).iterdir()) == [

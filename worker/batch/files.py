@@ -16,6 +16,7 @@ from typing import Any
 from worker.batch.fidelity import decode_meta, error_line, parse_error
 from worker.batch.request import stable_id
 from worker.config import Settings
+from worker.io.files import output_folder
 from worker.io.naming import fit_name
 from worker.queue.models import Batch, Job, JobStatus
 
@@ -29,9 +30,12 @@ class BatchFiles:
     batch: Path
 
 
-def batch_files(settings: Settings, pipeline: str, input_name: str, batch_id: str) -> BatchFiles:
+def batch_files(
+    settings: Settings, pipeline: str, input_name: str, batch_id: str, owner: int | None = None
+) -> BatchFiles:
     """`outbox/<pipeline>/<input name>.<batch id>.output.jsonl`, `.errors.jsonl` and
-    `.batch.json`.
+    `.batch.json` (in `outbox/<pipeline>/<uid>/` of the input's `owner` with
+    outputs_per_submitter, like every other output).
 
     The whole input name and the batch id: `c.json` and `c.jsonl` never share result
     files, and a name used again never overwrites an earlier batch's. A long input name
@@ -40,7 +44,7 @@ def batch_files(settings: Settings, pipeline: str, input_name: str, batch_id: st
     tail = f".{batch_id}"
     longest = max(BATCH_SUFFIXES, key=lambda suffix: len(suffix.encode()))
     head = fit_name(input_name, tail + longest).removesuffix(tail + longest)
-    folder = settings.folder("outbox", pipeline)
+    folder = output_folder(settings, pipeline, owner)
     output, errors, batch = (folder / f"{head}{tail}{suffix}" for suffix in BATCH_SUFFIXES)
     return BatchFiles(output, errors, batch)
 

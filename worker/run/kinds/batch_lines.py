@@ -143,7 +143,7 @@ def expand(
     ):
         raise GenerationInterrupted("lease lost before the batch lines were queued")
     context.record(lambda: context.store.wake_parent(job.id))  # every line was invalid
-    write_status(context, pipeline.name, batch.id)
+    write_status(context, pipeline.name, batch.id, owner=ref.owner(context.settings))
 
 
 def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str] | None]:
@@ -184,7 +184,7 @@ def fail_validation(
     meta = BatchMeta(errors=problems, completion_window=window, metadata=metadata)
     batch_id = batch_id_for(job.id)
     context.store.add_failed_batch(job.id, NewBatch(batch_id, ref.name, CHAT, meta.encode(), 0))
-    write_status(context, pipeline.name, batch_id)
+    write_status(context, pipeline.name, batch_id, owner=ref.owner(context.settings))
     first = problems[0]
     raise InputError(
         f"batch file failed validation: {len(problems)} error(s); "
@@ -294,7 +294,8 @@ def gather(
         store.update_batch(batch.id, status="finalizing", finalizing_at=now)
     children = store.children(job.id)
     outputs, errors = result_lines(batch.id, children)
-    files = batch_files(context.settings, pipeline.name, batch.input_name, batch.id)
+    owner = ref.owner(context.settings)
+    files = batch_files(context.settings, pipeline.name, batch.input_name, batch.id, owner)
     mode = context.settings.output_mode
     publish(still_leased, files.output, jsonl(outputs).decode(), mode)
     publish(still_leased, files.errors, jsonl(errors).decode(), mode)
@@ -307,7 +308,7 @@ def gather(
     }
     final.update(final_state(batch, children, now))
     store.update_batch(batch.id, (), **final)
-    text = write_status(context, pipeline.name, batch.id, still_leased)
+    text = write_status(context, pipeline.name, batch.id, still_leased, owner)
     prompt_tokens = sum(c.prompt_tokens or 0 for c in children)
     completion_tokens = sum(c.completion_tokens or 0 for c in children)
     return JobResult(text, prompt_tokens, completion_tokens, files.output)
@@ -341,15 +342,20 @@ def live_object(context: JobContext, batch_id: str) -> dict[str, object] | None:
 
 
 def write_status(
-    context: JobContext, pipeline: str, batch_id: str, still_leased: StillLeased = lambda: True
+    context: JobContext,
+    pipeline: str,
+    batch_id: str,
+    still_leased: StillLeased = lambda: True,
+    owner: int | None = None,
 ) -> str:
-    """Write `<name>.<batch id>.batch.json` as the batch is now; returns its text."""
+    """Write `<name>.<batch id>.batch.json` as the batch is now (in the input's `owner`'s
+    folder with outputs_per_submitter); returns its text."""
     value = live_object(context, batch_id)
     assert value is not None
     text = json.dumps(value, indent=2) + "\n"
     publish(
         still_leased,
-        batch_files(context.settings, pipeline, str(value["input_file_id"]), batch_id).batch,
+        batch_files(context.settings, pipeline, str(value["input_file_id"]), batch_id, owner).batch,
         text,
         context.settings.output_mode,
     )
