@@ -9,8 +9,10 @@ per job, and never unloads a model while a job of it runs.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from tests.acceptance.daemon import (
     Daemon,
     daemon_env,
+    db_rows,
     run_cli,
     wait_path,
     wait_until_final,
@@ -61,16 +64,27 @@ def config_file(folder: Path) -> Path:
     return path
 
 
-def pipelines_folder(folder: Path) -> Path:
+def pipelines_folder(folder: Path, window: str = "") -> Path:
+    """The three pipelines; with `window` (`window = "..."` line), claimed only in it."""
     return write_pipelines(
         folder / "pipelines",
         **{
-            p: f'model = "{m}"\n'
-            if MODELS[m][0] == "embed"
-            else QUESTION.format(model=m) + GENERATION
+            p: window
+            + (
+                f'model = "{m}"\n'
+                if MODELS[m][0] == "embed"
+                else QUESTION.format(model=m) + GENERATION
+            )
             for p, m in PIPELINES.items()
         },
     )
+
+
+def closed_window() -> str:
+    """A run window that is not open now (it opens in two hours, UTC)."""
+    now = datetime.now(UTC)
+    start, end = (now + timedelta(hours=2)).hour, (now + timedelta(hours=3)).hour
+    return f'window = "{start:02d}:00-{end:02d}:00"\n'
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +95,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, d
         root / "data",
         model_path().parent,
         config=config_file(root),
-        pipelines_dir=pipelines_folder(root),
+        pipelines_dir=pipelines_folder(root, closed_window()),
         model="short",
         memory_budget=BUDGET,
         model_max_wait=60,
         metrics_interval=0.5,
         **SETTINGS,
     )
-    # Every file is in its inbox before the daemon starts, so the whole mix is queued at
-    # once: dropped while it runs, a pipeline whose files had not arrived yet is drained
-    # (nothing queued) and may rightly make room, and its files arriving later force a
-    # load that no count over the claim order alone can foresee.
+    # The whole mix is queued before anything is claimed: the pipelines start with a run
+    # window that is closed, and open (a reload without it) once all 12 files have rows.
+    # Claimed as they are queued, a pipeline whose files had not been queued yet is
+    # drained (nothing queued) and may rightly make room, and its files queued later
+    # force a load that no count over the claim order alone can foresee (CI saw it: the
+    # first scan queued the vectors files, then the roomy ones, then the terse ones).
     inbox = root / "data" / "inbox"
     for i in range(FILES):
         for pipeline in PIPELINES:
@@ -103,7 +119,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, d
     daemon = Daemon(env, root / "daemon.log")
     try:
         daemon.wait_for("daemon.ready", timeout=120)
-        wait_until_final(root / "data", FILES * len(PIPELINES), timeout=240)
+        total = FILES * len(PIPELINES)
+        deadline = time.monotonic() + 60
+        while db_rows(root / "data", "SELECT count(*) FROM jobs WHERE source = 'file'") != [
+            (total,)
+        ]:
+            assert time.monotonic() < deadline, "the files were not all queued"
+            time.sleep(0.2)
+        assert db_rows(root / "data", "SELECT count(*) FROM jobs WHERE status != 'queued'") == [
+            (0,)
+        ]
+        pipelines_folder(root)  # the same pipelines, without the window
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("reload.done")
+        wait_until_final(root / "data", total, timeout=240)
         yield daemon, env
     finally:
         daemon.kill()
@@ -149,9 +178,9 @@ def test_interleaved_files_all_succeed_with_a_load_per_forced_swap(
     # Claimed model by model, not in the drop order: served in the drop order, even the
     # best choice of the model to unload needs 7 loads for the 12 jobs (and least recently
     # used one per job). The loads the claimed mix forces, from the model loaded at start
-    # on, are the fewest any scheduler needs with two resident at a time; which pipeline's
-    # files are queued first is up to the scan. The first two loads fill the budget, each
-    # later one is a swap: a drained model unloaded to make room.
+    # on, are the fewest any scheduler needs with two resident at a time (the fixture
+    # queues the whole mix before the first claim). The first two loads fill the budget,
+    # each later one is a swap: a drained model unloaded to make room.
     forced = fewest_loads([loads[0], *claimed], FITS)
     assert len(loads) <= forced <= 4, (loads, claimed)
     assert 1 <= len(swaps) <= 2, swaps
