@@ -189,3 +189,26 @@ def test_the_sandboxed_checks_and_the_daemons_finish_give_what_one_pass_did() ->
         return [(x.line, x.custom_id, x.request, str(x.error)) for x in lines]
 
     assert shown(finished) == shown(read_batch(data, resolve, 10))
+
+
+def test_the_recorded_owner_round_trips_and_is_never_shown() -> None:
+    from datetime import UTC, datetime
+
+    from worker.batch.fidelity import BatchMeta, decode_meta
+    from worker.batch.files import batch_object
+    from worker.queue.models import Batch
+
+    meta = BatchMeta(model="m", owner=1001).but(usage={"total_tokens": 3})
+    assert decode_meta(meta.encode()).owner == 1001  # kept through later updates
+    assert decode_meta('{"owner": "1001; rm -rf"}').owner is None  # only an integer
+    batch = Batch(
+        id="batch_1",
+        job_id=1,
+        input_name="a.jsonl",
+        endpoint="/v1/chat/completions",
+        status="completed",
+        errors_json=meta.encode(),
+        created_at=datetime.now(UTC),
+    )
+    assert "owner" not in batch_object(batch, {"total": 0, "completed": 0, "failed": 0})
+    assert "1001" not in str(batch_object(batch, {"total": 0, "completed": 0, "failed": 0}))

@@ -311,7 +311,7 @@ def test_embeddings_and_batch_results_go_to_the_submitters_folder_with_outputs_p
     drop(settings, store, "batch", "lines.jsonl", line.encode())
     run(settings, store, embedder, FakeEngine())
     assert [job.status for job in store.list_jobs() if job.parent_id is None] == ["succeeded"] * 4
-    # OpenAI Batch result files too: no other submitter of the group reads them.
+    # OpenAI Batch result files too: all of a submitter's results in one folder.
     batch = settings.folder("outbox", "batch")
     assert sorted(p.name for p in batch.iterdir()) == [uid]
     suffixes = sorted(p.name.split(".", 3)[-1] for p in (batch / uid).iterdir())

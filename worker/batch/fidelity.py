@@ -114,6 +114,9 @@ class BatchMeta:
     model: str | None = None
     usage: dict[str, Any] | None = None
     expired_at: int | None = None
+    # The input file's owner when its lines were queued: where the result files go with
+    # outputs_per_submitter, whatever happens to the file later. Never shown.
+    owner: int | None = None
 
     @property
     def window(self) -> timedelta:
@@ -131,6 +134,7 @@ class BatchMeta:
                 "model": self.model,
                 "usage": self.usage,
                 "expired_at": self.expired_at,
+                "owner": self.owner,
             }
         )
 
@@ -153,6 +157,7 @@ def decode_meta(text: str | None) -> BatchMeta:
         model=value.get("model"),
         usage=value.get("usage"),
         expired_at=value.get("expired_at"),
+        owner=value["owner"] if isinstance(value.get("owner"), int) else None,
     )
 
 

@@ -9,6 +9,8 @@ import re
 import secrets
 import stat
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,7 +102,8 @@ def write_atomic(
     file is removed and `path` is untouched; a name the file system refuses (too long)
     is an InputError.
     """
-    make_folder(path.parent, folder_mode(mode))
+    with name_errors_are_input_errors(path.parent):
+        make_folder(path.parent, folder_mode(mode))
     tmp = path.parent / temp_name(path.name)
     with _writing_lock:
         _writing.add(tmp.name)
@@ -141,22 +144,59 @@ def remove_stale_temps(folder: Path, max_age: float, now: float) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for entry in entries:
-        if _TEMP_NAME.fullmatch(entry.name) is None:  # cheap: failed/ may hold many files
-            continue
-        with _writing_lock:
-            if entry.name in _writing:
-                continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if entry.is_file(follow_symlinks=False) and is_stale_temp(
-            entry.name, info.st_mtime, now, max_age
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+        if _remove_if_stale(entry, max_age, now):
+            removed.append(Path(entry.path))
     return removed
+
+
+def remove_stale_temps_below(
+    tops: list[Path], max_age: float, now: float, max_entries: int, max_seconds: float
+) -> tuple[list[Path], bool]:
+    """`remove_stale_temps` in `tops` and every folder below them, breadth first (all the
+    tops before anything deeper), one listing per folder, never through a symbolic link,
+    within `max_entries` entries and `max_seconds`. Returns what was removed and whether
+    the walk was cut short."""
+    removed: list[Path] = []
+    waiting = deque(tops)
+    seen = 0
+    started = time.monotonic()
+    while waiting:
+        folder = waiting.popleft()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > max_entries or time.monotonic() - started > max_seconds:
+                return removed, True
+            if entry.is_dir(follow_symlinks=False):
+                waiting.append(Path(entry.path))
+            elif _remove_if_stale(entry, max_age, now):
+                removed.append(Path(entry.path))
+    return removed, False
+
+
+def _remove_if_stale(entry: os.DirEntry[str], max_age: float, now: float) -> bool:
+    if _TEMP_NAME.fullmatch(entry.name) is None:  # cheap: a folder may hold many files
+        return False
+    with _writing_lock:
+        if entry.name in _writing:
+            return False
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not (
+        entry.is_file(follow_symlinks=False)
+        and is_stale_temp(entry.name, info.st_mtime, now, max_age)
+    ):
+        return False
+    try:
+        os.unlink(entry.path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def move_durably(source: Path, target: Path, mode: int = DEFAULT_FILE_MODE) -> None:

@@ -15,15 +15,13 @@ from a dead one. (Its own previous process's jobs need no wait: `requeue_suspect
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from worker.background import BackgroundLoop
 from worker.config import Settings
-from worker.io.atomic import remove_stale_temps
+from worker.io.atomic import remove_stale_temps, remove_stale_temps_below
 from worker.logs import event
 from worker.queue.jobs import JobStore, RecoveredJob
 from worker.queue.outage import DatabaseUnavailable
@@ -110,25 +108,24 @@ class RecoverySweep(BackgroundLoop):
     def _remove_stale_temps(self) -> None:
         # Temp files of a process killed mid-write (this one's previous life, or another's).
         now = time.time()
-        for kind in ("outbox", "failed"):
-            root = self.settings.data_dir / kind
-            folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-            if kind == "outbox":
-                # outputs_per_submitter: outbox/<pipeline>/<uid>/; swept files' outputs:
-                # the folders below (worker.sources.sweep.output_subfolder).
-                folders = _folders_below(folders, self.settings.sweep_max_entries)
-            for folder in folders:
-                for path in remove_stale_temps(folder, self.settings.lease_seconds, now):
-                    event("sweep.temp_removed", path=str(path))
-
-
-def _folders_below(tops: list[Path], max_folders: int) -> list[Path]:
-    """`tops` and every folder below them, never through a symbolic link (a link must
-    not send the temp sweep into someone else's folder), at most `max_folders`."""
-    found: list[Path] = []
-    for top in tops:
-        for folder, _subfolders, _files in os.walk(top, followlinks=False):
-            found.append(Path(folder))
-            if len(found) >= max_folders:
-                return found
-    return found
+        max_age = self.settings.lease_seconds
+        failed = self.settings.data_dir / "failed"
+        for folder in [p for p in failed.iterdir() if p.is_dir()] if failed.is_dir() else []:
+            for path in remove_stale_temps(folder, max_age, now):
+                event("sweep.temp_removed", path=str(path))
+        # Outputs lie deeper: outbox/<pipeline>/<uid>/ (outputs_per_submitter) and the
+        # folders of swept files' outputs (worker.sources.sweep.output_subfolder).
+        outbox = self.settings.data_dir / "outbox"
+        tops = [p for p in outbox.iterdir() if p.is_dir()] if outbox.is_dir() else []
+        removed, cut_short = remove_stale_temps_below(
+            tops, max_age, now, self.settings.sweep_max_entries, self.settings.sweep_max_seconds
+        )
+        for path in removed:
+            event("sweep.temp_removed", path=str(path))
+        if cut_short:
+            event(
+                "sweep.temp_truncated",
+                logging.WARNING,
+                max_entries=self.settings.sweep_max_entries,
+                max_seconds=self.settings.sweep_max_seconds,
+            )

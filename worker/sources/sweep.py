@@ -74,15 +74,13 @@ def swept_root(path: str, patterns: Sequence[str], data_dir: Path) -> Path | Non
 
 def output_subfolder(path: Path, patterns: Sequence[str], data_dir: Path) -> Path:
     """The folders of a swept file's output below `outbox/<pipeline>/`: where the file
-    lies below the common root of all the pipeline's globs. `reports/**/*.txt` puts the
+    lies below the literal root of the first glob it matches. `reports/**/*.txt` puts the
     output of `reports/2026-11/summary.txt` under `2026-11/`, so files of one name in
-    different folders never share an output; a flat glob (`/srv/share/*.md`) gives none."""
-    roots = [split_root(absolute_pattern(pattern, data_dir))[0] for pattern in patterns]
-    common = Path(os.path.commonpath(roots)) if roots else path.parent
-    try:
-        return path.parent.relative_to(common)
-    except ValueError:  # not below the globs (they changed): the file's own name only
-        return Path()
+    different folders of a tree never share an output; a flat glob (`/srv/share/*.md`)
+    gives none. Only the glob the file matches counts, so adding another glob to the
+    pipeline moves no output."""
+    root = swept_root(str(path), patterns, data_dir)
+    return path.parent.relative_to(root) if root is not None else Path()
 
 
 def matching_files(

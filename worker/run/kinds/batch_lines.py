@@ -136,14 +136,17 @@ def expand(
         )
     valid = [line.request for line in lines if line.request is not None]
     endpoint = str(valid[0]["url"]) if valid else CHAT
-    meta = BatchMeta(completion_window=window, metadata=metadata, model=context.settings.model)
+    owner = ref.owner(context.settings)
+    meta = BatchMeta(
+        completion_window=window, metadata=metadata, model=context.settings.model, owner=owner
+    )
     batch = NewBatch(batch_id_for(job.id), ref.name, endpoint, meta.encode(), len(lines))
     if not context.store.expand(
         job.id, job.lease_token, pipeline.name, JobKind.BATCH, children, batch
     ):
         raise GenerationInterrupted("lease lost before the batch lines were queued")
     context.record(lambda: context.store.wake_parent(job.id))  # every line was invalid
-    write_status(context, pipeline.name, batch.id, owner=ref.owner(context.settings))
+    write_status(context, pipeline.name, batch.id, owner=owner)
 
 
 def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str] | None]:
@@ -181,10 +184,11 @@ def fail_validation(
 ) -> NoReturn:
     """Record the batch as `failed` with its `errors.data`, write its batch object, and
     fail the file job (its original goes to failed/ with the reason)."""
-    meta = BatchMeta(errors=problems, completion_window=window, metadata=metadata)
+    owner = ref.owner(context.settings)
+    meta = BatchMeta(errors=problems, completion_window=window, metadata=metadata, owner=owner)
     batch_id = batch_id_for(job.id)
     context.store.add_failed_batch(job.id, NewBatch(batch_id, ref.name, CHAT, meta.encode(), 0))
-    write_status(context, pipeline.name, batch_id, owner=ref.owner(context.settings))
+    write_status(context, pipeline.name, batch_id, owner=owner)
     first = problems[0]
     raise InputError(
         f"batch file failed validation: {len(problems)} error(s); "
@@ -294,7 +298,8 @@ def gather(
         store.update_batch(batch.id, status="finalizing", finalizing_at=now)
     children = store.children(job.id)
     outputs, errors = result_lines(batch.id, children)
-    owner = ref.owner(context.settings)
+    # The owner recorded when the lines were queued: the file may be gone or replaced now.
+    owner = decode_meta(batch.errors_json).owner
     files = batch_files(context.settings, pipeline.name, batch.input_name, batch.id, owner)
     mode = context.settings.output_mode
     publish(still_leased, files.output, jsonl(outputs).decode(), mode)

@@ -43,15 +43,22 @@ def swept_path(source_path: str | None, pipeline: Pipeline, data_dir: Path) -> t
     return path, root
 
 
-def check_no_links(top: Path, folder: Path) -> None:
-    """Refuse to write below `top` through a symbolic link: every existing folder from
-    `top` down to `folder` must be a real folder (the outbox is the daemon's own, so a
-    link there is planted, and would send an output elsewhere)."""
+def check_output_place(top: Path, output: Path) -> None:
+    """Refuse an output below `top` that would go through a symbolic link (the outbox is
+    the daemon's own: a link there is planted, and would send an output elsewhere) or
+    whose folders or name are taken by something else (a folder `x.txt.txt/` mirrored
+    from a swept tree where the output of `x.txt` goes): InputError, which no retry
+    cures."""
     current = top
-    for part in folder.relative_to(top).parts:
+    for part in output.relative_to(top).parts:
         current = current / part
         if current.is_symlink():
             raise InputError(f"{current} is a symbolic link: no output is written through it")
+        if current == output:
+            if current.is_dir():
+                raise InputError(f"the output {current} is taken by a folder of that name")
+        elif current.exists() and not current.is_dir():
+            raise InputError(f"{current} is a file: the output's folders cannot be made")
 
 
 class SweptFile:
@@ -76,7 +83,7 @@ class SweptFile:
         if embeds(settings, pipeline):
             output = embed.file_output(self.context, pipeline, path.name, owner)
             output = output.parent / below / output.name
-            check_no_links(output_folder(settings, pipeline.name, owner), output.parent)
+            check_output_place(output_folder(settings, pipeline.name, owner), output)
             return embed.embed_file(
                 self.context,
                 pipeline,
@@ -90,7 +97,7 @@ class SweptFile:
         name = output_name(path.name, pipeline.output_format)
         folder = output_folder(settings, pipeline.name, owner)
         output = folder / below / name
-        check_no_links(folder, output.parent)
+        check_output_place(folder, output)
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 
