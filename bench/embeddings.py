@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -39,7 +38,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.llama_server import ServerOptions, running_server, server_repack_works  # noqa: E402
+from bench.llama_server import (  # noqa: E402
+    ServerOptions,
+    in_parallel,
+    running_server,
+    server_repack_works,
+)
 from bench.workload import documents  # noqa: E402
 
 EDGE_WORKER = str(Path(sys.executable).parent / "edge-worker")
@@ -75,32 +79,18 @@ def server_embeddings(
     options = ServerOptions(
         parallel=parallel, threads=threads, n_ctx=n_ctx, extra=extra, repack=repack
     )
-    vectors: list[np.ndarray | None] = [None] * len(inputs)
     with running_server(model, options) as (base, _pid):
-        lock = threading.Lock()
-        todo = list(range(len(inputs)))
 
-        def client() -> None:
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    index = todo.pop(0)
-                body = json.dumps({"input": inputs[index], "model": "gemma"}).encode()
-                request = urllib.request.Request(
-                    f"{base}/v1/embeddings", body, {"Content-Type": "application/json"}
-                )
-                with urllib.request.urlopen(request, timeout=600) as response:
-                    answer = json.loads(response.read())
-                vectors[index] = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
+        def embed(index: int) -> np.ndarray:
+            body = json.dumps({"input": inputs[index], "model": "gemma"}).encode()
+            request = urllib.request.Request(
+                f"{base}/v1/embeddings", body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=600) as response:
+                answer = json.loads(response.read())
+            return np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
 
-        started = time.monotonic()
-        clients = [threading.Thread(target=client) for _ in range(parallel)]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join()
-        seconds = time.monotonic() - started
+        seconds, vectors = in_parallel(len(inputs), parallel, embed)
     if any(v is None for v in vectors):
         raise RuntimeError("llama-server left texts without an embedding")
     return seconds, [v for v in vectors if v is not None]
@@ -121,26 +111,12 @@ def engine_embeddings(
         EmbeddingOptions(n_ctx=n_ctx, n_batch=max(512, n_ctx), pooling="mean", graph_cut=graph_cut),
         verify=False,
     )
-    vectors: list[np.ndarray | None] = [None] * len(inputs)
-    todo = list(range(len(inputs)))
-    lock = threading.Lock()
-
-    def caller() -> None:
-        while True:
-            with lock:
-                if not todo:
-                    return
-                index = todo.pop(0)
-            vectors[index] = engine.embed([inputs[index]], lambda: False).vectors[0]
-
     try:
-        started = time.monotonic()
-        callers = [threading.Thread(target=caller) for _ in range(parallel)]
-        for thread in callers:
-            thread.start()
-        for thread in callers:
-            thread.join()
-        seconds = time.monotonic() - started
+        seconds, vectors = in_parallel(
+            len(inputs),
+            parallel,
+            lambda i: engine.embed([inputs[i]], lambda: False).vectors[0],
+        )
     finally:
         engine.close()
     return seconds, [v for v in vectors if v is not None], engine.graph_cut

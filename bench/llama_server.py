@@ -23,12 +23,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-worker"
 TARGETS = ("llama-server", "llama-batched-bench", "llama-bench")
@@ -218,30 +220,36 @@ def complete(base: str, body: dict[str, Any]) -> Answered:
     )
 
 
-def run_requests(
-    base: str, bodies: Sequence[dict[str, Any]], concurrency: int
-) -> tuple[float, list[Answered]]:
-    """Every body posted by `concurrency` clients at once; (seconds, answers in order)."""
-    answers: list[Answered | None] = [None] * len(bodies)
+def in_parallel(count: int, workers: int, work: Callable[[int], T]) -> tuple[float, list[T | None]]:
+    """`work(i)` for every i < count, by `workers` threads that each take the next i as
+    they finish (as clients or slots do); (seconds, results in order)."""
+    results: list[T | None] = [None] * count
     lock = threading.Lock()
     next_index = [0]
 
-    def client() -> None:
+    def worker() -> None:
         while True:
             with lock:
                 index = next_index[0]
                 next_index[0] += 1
-            if index >= len(bodies):
+            if index >= count:
                 return
-            answers[index] = complete(base, bodies[index])
+            results[index] = work(index)
 
     started = time.monotonic()
-    clients = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in clients:
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
         thread.start()
-    for thread in clients:
+    for thread in threads:
         thread.join()
-    seconds = time.monotonic() - started
+    return time.monotonic() - started, results
+
+
+def run_requests(
+    base: str, bodies: Sequence[dict[str, Any]], concurrency: int
+) -> tuple[float, list[Answered]]:
+    """Every body posted by `concurrency` clients at once; (seconds, answers in order)."""
+    seconds, answers = in_parallel(len(bodies), concurrency, lambda i: complete(base, bodies[i]))
     done = [a for a in answers if a is not None]
     if len(done) != len(bodies):
         raise RuntimeError(f"{len(bodies) - len(done)} requests got no answer")
