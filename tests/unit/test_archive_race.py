@@ -27,10 +27,28 @@ def version_of(path: Path) -> FileVersion:
     )
 
 
+@pytest.fixture
+def original(settings: Settings) -> Path:
+    """`inbox/p/report.txt`, the version that ran."""
+    inbox = settings.folder("inbox", "p")
+    inbox.mkdir(parents=True)
+    path = inbox / "report.txt"
+    path.write_bytes(OLD)
+    return path
+
+
 def replace_atomically(path: Path) -> None:
     temp = path.with_name(".incoming")
     temp.write_bytes(NEW)
     os.replace(temp, path)
+
+
+def replace_with_a_link(path: Path) -> None:
+    target = path.parent.parent / "elsewhere.txt"
+    target.write_bytes(NEW)
+    link = path.with_name(".link")
+    link.symlink_to(target)
+    os.replace(link, path)
 
 
 def rewrite_in_place(path: Path) -> None:
@@ -54,18 +72,15 @@ def racing_move(
     monkeypatch.setattr(files, "move_durably", move)
 
 
-@pytest.mark.parametrize("change", [replace_atomically, rewrite_in_place])
+@pytest.mark.parametrize("change", [replace_atomically, rewrite_in_place, replace_with_a_link])
 @pytest.mark.parametrize("succeeded", [True, False])
 def test_a_newer_version_that_slips_in_before_the_move_goes_back(
     settings: Settings,
+    original: Path,
     monkeypatch: pytest.MonkeyPatch,
     change: Callable[[Path], None],
     succeeded: bool,
 ) -> None:
-    inbox = settings.folder("inbox", "p")
-    inbox.mkdir(parents=True)
-    original = inbox / "report.txt"
-    original.write_bytes(OLD)
     version = version_of(original)
     racing_move(monkeypatch, change)
     moved = archive_original(
@@ -78,12 +93,9 @@ def test_a_newer_version_that_slips_in_before_the_move_goes_back(
 
 
 def test_if_the_name_is_taken_again_the_newer_version_comes_back_beside_it(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, original: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inbox = settings.folder("inbox", "p")
-    inbox.mkdir(parents=True)
-    original = inbox / "report.txt"
-    original.write_bytes(OLD)
+    inbox = original.parent
     version = version_of(original)
     # A third version lands between the move and the put-back.
     racing_move(
@@ -94,11 +106,7 @@ def test_if_the_name_is_taken_again_the_newer_version_comes_back_beside_it(
     assert (inbox / "report.job1.txt").read_bytes() == NEW
 
 
-def test_the_version_that_ran_is_archived_as_before(settings: Settings) -> None:
-    inbox = settings.folder("inbox", "p")
-    inbox.mkdir(parents=True)
-    original = inbox / "report.txt"
-    original.write_bytes(OLD)
+def test_the_version_that_ran_is_archived_as_before(settings: Settings, original: Path) -> None:
     moved = archive_original(
         settings, FileRef("p", "report.txt"), 1, True, version=version_of(original)
     )
@@ -106,7 +114,7 @@ def test_the_version_that_ran_is_archived_as_before(settings: Settings) -> None:
 
 
 def test_the_put_back_needs_no_hard_link(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, original: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With fs.protected_hardlinks, a daemon may not link a submitter's file: the put-back
     # renames it instead.
@@ -114,10 +122,6 @@ def test_the_put_back_needs_no_hard_link(
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", refused)
-    inbox = settings.folder("inbox", "p")
-    inbox.mkdir(parents=True)
-    original = inbox / "report.txt"
-    original.write_bytes(OLD)
     version = version_of(original)
     racing_move(monkeypatch, replace_atomically)
     assert archive_original(settings, FileRef("p", "report.txt"), 1, True, version=version) is None
