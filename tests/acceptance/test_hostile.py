@@ -29,7 +29,14 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.daemon import Daemon, daemon_env, db_rows, run_cli, write_pipelines
+from tests.acceptance.daemon import (
+    Daemon,
+    daemon_env,
+    db_rows,
+    run_cli,
+    wait_path,
+    write_pipelines,
+)
 from tests.acceptance.poison_daemon import POISON_MARKER
 from tests.conftest import run_sql
 from tests.files import make_expanding_pdf, make_pdf
@@ -183,15 +190,6 @@ def file_job_id(data: Path, source_path: str, timeout: float = 60) -> int:
 
 def wait_file(data: Path, source_path: str, timeout: float = 120) -> dict[str, Any]:
     return wait_ids(data, [file_job_id(data, source_path)], timeout)[0]
-
-
-def wait_path(path: Path, timeout: float = 30) -> Path:
-    """Wait for `path` to exist (originals and error files move right after the row)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.1)
-    return path
 
 
 def still_serving(h: Setup) -> None:

@@ -16,28 +16,35 @@ from worker.errors import InputError
 from worker.io.atomic import remove_stale_temps_below
 from worker.queue.snapshot_reads import JobRow
 from worker.run.kinds.sweep import check_output_place
-from worker.sources.sweep import output_subfolder
+from worker.sources.sweep import output_subfolder, swept_root
+
+
+def below(path: Path, globs: list[str], data_dir: Path) -> Path:
+    """Where the daemon puts `path`'s output: below the root of the glob it matches."""
+    root = swept_root(str(path), globs, data_dir)
+    assert root is not None
+    return output_subfolder(path, root)
 
 
 def test_a_flat_glob_keeps_outputs_flat(tmp_path: Path) -> None:
     share = tmp_path / "share"
-    assert output_subfolder(share / "a.md", [f"{share}/*.md"], tmp_path) == Path()
+    assert below(share / "a.md", [f"{share}/*.md"], tmp_path) == Path()
 
 
 def test_a_recursive_glob_mirrors_the_folders_below_its_root(tmp_path: Path) -> None:
     globs = ["reports/**/*.txt"]  # relative: under the data folder
     november = tmp_path / "reports" / "2026-11" / "summary.txt"
     december = tmp_path / "reports" / "2026-12" / "summary.txt"
-    assert output_subfolder(november, globs, tmp_path) == Path("2026-11")
-    assert output_subfolder(december, globs, tmp_path) == Path("2026-12")
+    assert below(november, globs, tmp_path) == Path("2026-11")
+    assert below(december, globs, tmp_path) == Path("2026-12")
 
 
 def test_only_the_glob_a_file_matches_places_its_output(tmp_path: Path) -> None:
     november = tmp_path / "reports" / "2026-11" / "summary.txt"
-    alone = output_subfolder(november, ["reports/**/*.txt"], tmp_path)
+    alone = below(november, ["reports/**/*.txt"], tmp_path)
     # Another glob added to the pipeline (before or after) moves no output.
     for globs in (["reports/**/*.txt", "/srv/share/*.md"], ["/srv/share/*.md", "reports/**/*.txt"]):
-        assert output_subfolder(november, globs, tmp_path) == alone == Path("2026-11")
+        assert below(november, globs, tmp_path) == alone == Path("2026-11")
 
 
 def test_no_output_is_written_through_a_link_or_over_a_folder(tmp_path: Path) -> None:

@@ -72,15 +72,14 @@ def swept_root(path: str, patterns: Sequence[str], data_dir: Path) -> Path | Non
     return None
 
 
-def output_subfolder(path: Path, patterns: Sequence[str], data_dir: Path) -> Path:
+def output_subfolder(path: Path, root: Path) -> Path:
     """The folders of a swept file's output below `outbox/<pipeline>/`: where the file
-    lies below the literal root of the first glob it matches. `reports/**/*.txt` puts the
-    output of `reports/2026-11/summary.txt` under `2026-11/`, so files of one name in
-    different folders of a tree never share an output; a flat glob (`/srv/share/*.md`)
-    gives none. Only the glob the file matches counts, so adding another glob to the
-    pipeline moves no output."""
-    root = swept_root(str(path), patterns, data_dir)
-    return path.parent.relative_to(root) if root is not None else Path()
+    lies below `root`, the literal root of the first glob it matches (`swept_root`).
+    `reports/**/*.txt` puts the output of `reports/2026-11/summary.txt` under `2026-11/`,
+    so files of one name in different folders of a tree never share an output; a flat
+    glob (`/srv/share/*.md`) gives none. Only the glob the file matches counts, so adding
+    another glob to the pipeline moves no output."""
+    return path.parent.relative_to(root)
 
 
 def matching_files(

@@ -79,7 +79,7 @@ class SweptFile:
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
         owner = file_owner(path)
-        below = output_subfolder(path, pipeline.sweep, settings.data_dir)
+        below = output_subfolder(path, root)
         if embeds(settings, pipeline):
             output = embed.file_output(self.context, pipeline, path.name, owner)
             output = output.parent / below / output.name
