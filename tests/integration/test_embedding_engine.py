@@ -214,15 +214,16 @@ def test_the_graph_cut_is_kept_for_gemma_and_changes_no_vector(
         assert np.max(np.abs(a - b)) < 1e-5
 
 
-def test_a_cut_that_changes_the_vectors_is_refused_at_load(
-    gguf: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("node", [b"norm", b"no-such-node"])
+def test_a_cut_that_changes_the_vectors_or_never_stops_is_refused_at_load(
+    gguf: Path, monkeypatch: pytest.MonkeyPatch, node: bytes
 ) -> None:
     # Stopping at the first node named `norm` (an RMS norm whose weight is applied by the
-    # next node) gives other vectors: the load's probe sees it and the engine runs the
-    # whole graph, with right answers.
+    # next node) gives other vectors; a graph with no node of the name never stops. The
+    # load's probe sees either, and the engine runs the whole graph, with right answers.
     from worker.llm import graph_cut
 
-    monkeypatch.setattr(graph_cut, "TOKEN_VECTORS_NODE", b"norm")
+    monkeypatch.setattr(graph_cut, "TOKEN_VECTORS_NODE", node)
     wrong = EmbeddingEngine(
         ModelFile("gemma-embed", gguf, None),
         EngineOptions(n_ctx=N_CTX, n_threads=1),
