@@ -44,11 +44,15 @@ def test_disk_full_is_retryable_and_succeeds_once_space_is_freed(
     full = True
 
     def write(
-        path: Path, data: bytes, before_replace: Callable[[], None] | None = None, mode: int = 0o640
-    ) -> None:
+        path: Path,
+        data: bytes,
+        before_replace: Callable[[], None] | None = None,
+        mode: int = 0o640,
+        keep: Callable[[Path], bool] | None = None,
+    ) -> bool:
         if full:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        write_atomic(path, data, before_replace, mode)
+        return write_atomic(path, data, before_replace, mode, keep)
 
     monkeypatch.setattr("worker.run.kinds.base.write_atomic", write)
     runner = make_runner(settings, store, FakeEngine())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,64 @@ def test_submitting_a_file_with_a_255_byte_name_works(tmp_path: Path) -> None:
     assert submitted.ref.name == name
     assert (settings.folder("inbox", "summarize") / name).read_text() == "hello"
     assert [p.name for p in settings.folder("inbox", "summarize").iterdir()] == [name]
+
+
+def test_a_guarded_write_keeps_the_file_its_check_says_to_keep(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_bytes(b"final")
+    assert not write_atomic(target, b"stale", keep=lambda path: path.read_bytes() == b"final")
+    assert target.read_bytes() == b"final"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # no temp left
+    assert write_atomic(target, b"newer", keep=lambda path: False)
+    assert target.read_bytes() == b"newer"
+
+
+def test_guarded_writes_check_and_rename_one_at_a_time(tmp_path: Path) -> None:
+    # A stale writer checks (nothing final there yet) and is slow to rename; a final write
+    # meanwhile must wait for it, not land in between and then be overwritten.
+    target = tmp_path / "status.json"
+    checked, go_on = threading.Event(), threading.Event()
+
+    def check_then_stall(path: Path) -> bool:
+        final_there = path.exists() and path.read_bytes() == b"final"
+        checked.set()
+        assert go_on.wait(5)
+        return final_there
+
+    stale = threading.Thread(
+        target=write_atomic, args=(target, b"stale"), kwargs={"keep": check_then_stall}
+    )
+    final = threading.Thread(
+        target=write_atomic, args=(target, b"final"), kwargs={"keep": lambda path: False}
+    )
+    stale.start()
+    assert checked.wait(5)
+    final.start()
+    final.join(0.3)
+    assert final.is_alive()  # waits for the stale write's check and rename
+    go_on.set()
+    stale.join(5)
+    final.join(5)
+    assert target.read_bytes() == b"final"
+
+
+def test_a_guarded_write_waits_for_another_holder_of_the_folder_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another open of the folder holds its flock, as another process would.
+    target = tmp_path / "status.json"
+    target.write_bytes(b"old")
+    monkeypatch.setattr("worker.io.atomic.FOLDER_LOCK_SECONDS", 0.2)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError):
+            write_atomic(target, b"new", keep=lambda path: False)
+        assert target.read_bytes() == b"old"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+        write_atomic(target, b"unguarded")  # writes without `keep` take no lock
+        assert target.read_bytes() == b"unguarded"
+    finally:
+        os.close(fd)
+    assert write_atomic(target, b"new", keep=lambda path: False)
+    assert target.read_bytes() == b"new"

@@ -16,11 +16,17 @@ from typing import Any
 from worker.batch.fidelity import decode_meta, error_line, parse_error
 from worker.batch.request import stable_id
 from worker.config import Settings
+from worker.errors import InputError
 from worker.io.files import output_folder
 from worker.io.naming import fit_name
+from worker.io.safe_read import read_regular_file
 from worker.queue.models import Batch, Job, JobStatus
 
 BATCH_SUFFIXES = (".output.jsonl", ".errors.jsonl", ".batch.json")
+# The statuses a batch never leaves.
+FINAL_BATCH = frozenset({"completed", "failed", "expired", "cancelled"})
+# The most of a `.batch.json` read back (its errors.data has a line per bad line).
+MAX_STATUS_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,17 @@ def batch_files(
     folder = output_folder(settings, pipeline, owner)
     output, errors, batch = (folder / f"{head}{tail}{suffix}" for suffix in BATCH_SUFFIXES)
     return BatchFiles(output, errors, batch)
+
+
+def holds_final_status(path: Path) -> bool:
+    """Whether the `.batch.json` at `path` says the batch is final (completed, failed,
+    expired, cancelled). Read as untrusted (the owner's folder): anything but a regular
+    file of at most MAX_STATUS_BYTES holding a JSON object is not final."""
+    try:
+        value = json.loads(read_regular_file(path, MAX_STATUS_BYTES))
+    except (OSError, InputError, ValueError):  # gone, unreadable, not ours, not JSON
+        return False
+    return isinstance(value, dict) and value.get("status") in FINAL_BATCH
 
 
 def error_of(child: Job) -> tuple[str, str, str | None]:

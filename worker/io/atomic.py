@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -23,6 +24,8 @@ TEMP_NAME_HEAD_BYTES = 100
 DEFAULT_FILE_MODE = 0o640
 # errno values that say a file name itself is unusable: an input error, not retried.
 NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ})
+# How long a guarded write (`write_atomic(keep=...)`) waits for another one in its folder.
+FOLDER_LOCK_SECONDS = 10.0
 
 
 def folder_mode(file_mode: int) -> int:
@@ -88,12 +91,54 @@ def temp_name(name: str) -> str:
     return f".{head}.{secrets.token_hex(4)}.tmp"
 
 
+# Threads of this process doing a guarded write: one at a time, also where flock fails.
+_guarded = threading.Lock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive flock(2) on `folder` itself (and this process's lock of guarded
+    writes): guarded writes in one folder, by threads or processes, happen one at a time.
+
+    Where the file system has no flock (some network file systems), the process's lock
+    alone. TimeoutError (an OSError) if another holder keeps it past `timeout` seconds
+    (default FOLDER_LOCK_SECONDS).
+    """
+    timeout = FOLDER_LOCK_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    if not _guarded.acquire(timeout=timeout):
+        raise TimeoutError(errno.ETIMEDOUT, "a guarded write waits too long", str(folder))
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            errno.ETIMEDOUT, "another process holds the folder", str(folder)
+                        ) from None
+                    time.sleep(0.005)
+                except OSError as exc:
+                    if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP):
+                        raise
+                    break  # no flock here: this process's lock alone
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+    finally:
+        _guarded.release()
+
+
 def write_atomic(
     path: Path,
     data: bytes,
     before_replace: Callable[[], None] | None = None,
     mode: int = DEFAULT_FILE_MODE,
-) -> None:
+    keep: Callable[[Path], bool] | None = None,
+) -> bool:
     """Write `data` to `path`: temp file in the same folder, fsync, rename, fsync the folder.
 
     The file gets exactly `mode`, and folders created for it `folder_mode(mode)`, whatever
@@ -101,6 +146,11 @@ def write_atomic(
     if it raises, nothing is published. On any error (disk full, permissions) the temp
     file is removed and `path` is untouched; a name the file system refuses (too long)
     is an InputError.
+
+    With `keep` (a guarded write), the check and the rename happen under `folder_lock`:
+    if `keep(path)` says the file there now must stay, nothing is written and the result
+    is False. Every writer of a file that must never go back (e.g. a final batch status)
+    passes `keep`, so no other guarded write can land between its check and its rename.
     """
     with name_errors_are_input_errors(path.parent):
         make_folder(path.parent, folder_mode(mode))
@@ -117,7 +167,15 @@ def write_atomic(
                 os.fsync(handle.fileno())
             if before_replace is not None:
                 before_replace()
-            os.replace(tmp, path)
+            if keep is None:
+                os.replace(tmp, path)
+            else:
+                with folder_lock(path.parent):
+                    if keep(path):
+                        with contextlib.suppress(OSError):  # else a stale temp, swept later
+                            tmp.unlink()
+                        return False
+                    os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -126,6 +184,7 @@ def write_atomic(
         with _writing_lock:
             _writing.discard(tmp.name)
     fsync_dir(path.parent)
+    return True
 
 
 def is_stale_temp(name: str, mtime: float, now: float, max_age: float) -> bool:

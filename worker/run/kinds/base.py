@@ -191,8 +191,15 @@ class JobContext:
         )
 
 
-def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None:
-    """Write an output atomically with file `mode`, unless this worker's lease is gone."""
+def publish(
+    still_leased: StillLeased,
+    path: Path,
+    text: str,
+    mode: int,
+    keep: Callable[[Path], bool] | None = None,
+) -> bool:
+    """Write an output atomically with file `mode`, unless this worker's lease is gone.
+    With `keep`, a guarded write (`write_atomic`): False if the file there was kept."""
 
     def confirm() -> None:
         # Checked after the slow part (writing and fsyncing the temp file), right before
@@ -200,7 +207,7 @@ def publish(still_leased: StillLeased, path: Path, text: str, mode: int) -> None
         if not still_leased():
             raise GenerationInterrupted("lease lost before publishing")
 
-    write_atomic(path, text.encode("utf-8"), before_replace=confirm, mode=mode)
+    return write_atomic(path, text.encode("utf-8"), before_replace=confirm, mode=mode, keep=keep)
 
 
 def read_version(path: Path, key: str | None, max_bytes: int, root: Path | None = None) -> bytes:

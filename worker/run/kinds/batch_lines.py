@@ -27,9 +27,11 @@ from worker.batch.fidelity import (
     validation_errors,
 )
 from worker.batch.files import (
+    FINAL_BATCH,
     batch_files,
     batch_object,
     error_of,
+    holds_final_status,
     jsonl,
     request_counts,
     result_lines,
@@ -51,6 +53,7 @@ from worker.io.readers import too_many_records
 from worker.io.safe_read import read_regular_file
 from worker.llm.chat import ChatError
 from worker.llm.grammar import UnsupportedSchema
+from worker.logs import event
 from worker.pipelines.inference import ResultInvalid, generate
 from worker.pipelines.models import UnknownModel, model_kind, resolve_model_name
 from worker.pipelines.spec import Pipeline
@@ -354,14 +357,24 @@ def write_status(
     owner: int | None = None,
 ) -> str:
     """Write `<name>.<batch id>.batch.json` as the batch is now (in the input's `owner`'s
-    folder with outputs_per_submitter); returns its text."""
+    folder with outputs_per_submitter); returns its text.
+
+    A final status is never replaced by one that is not: a writer that read the batch
+    before another slot's gather finished it (`expand` once its lines are queued) keeps
+    the final file. Every write here is guarded (`write_atomic`'s `keep`), final ones
+    too, so no status lands between another's check and its rename."""
     value = live_object(context, batch_id)
     assert value is not None
     text = json.dumps(value, indent=2) + "\n"
-    publish(
+    final = value["status"] in FINAL_BATCH
+    files = batch_files(context.settings, pipeline, str(value["input_file_id"]), batch_id, owner)
+    written = publish(
         still_leased,
-        batch_files(context.settings, pipeline, str(value["input_file_id"]), batch_id, owner).batch,
+        files.batch,
         text,
         context.settings.output_mode,
+        keep=lambda existing: not final and holds_final_status(existing),
     )
+    if not written:
+        event("batch.status_kept", batch_id=batch_id, stale=value["status"])
     return text
