@@ -33,10 +33,11 @@ COUNTS = (
 )
 
 
-def one(method: str, count: int, variant: dict[str, Any]) -> dict[str, Any]:
+def one(method: str, count: int, variant: dict[str, Any], repack: bool) -> dict[str, Any]:
     """One engine run of `method` with the BatchOptions changes in `variant`."""
     command = [sys.executable, RUN, "--one", method, "--count", str(count)]
-    command += ["--server-repack", "0", "--engine-repack", "0", "--variant", json.dumps(variant)]
+    flag = str(int(repack))
+    command += ["--server-repack", flag, "--engine-repack", flag, "--variant", json.dumps(variant)]
     env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -52,12 +53,13 @@ def main() -> int:
     parser.add_argument("--b", default="{}", help="BatchOptions changes of B (JSON)")
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repack", action="store_true", help="repacked weights (if they work)")
     args = parser.parse_args()
     variants = {"A": json.loads(args.a), "B": json.loads(args.b)}
     jobs: dict[str, list[float]] = {"A": [], "B": []}
     for i in range(args.repeats):
         for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
-            found = one(args.method, args.count, variants[name])
+            found = one(args.method, args.count, variants[name], args.repack)
             jobs[name].append(found["jobs"] / found["seconds"])
             counts = {k: round(found["engine"][k], 2) for k in COUNTS}
             grammar = found["engine"]["grammar"]
