@@ -113,3 +113,47 @@ def test_a_status_file_is_final_only_as_a_regular_file_of_ours(tmp_path: Path) -
 
     threading.Thread(target=check, daemon=True).start()
     assert done.wait(5)
+
+
+def test_a_status_file_the_machine_cannot_read_is_not_taken_for_not_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EIO, EMFILE...: unsure is not "not final"; the write that asked is not made.
+    from worker.io.safe_read import TransientReadError
+
+    path = tmp_path / "a.batch.json"
+    path.write_text(json.dumps({"status": "completed"}))
+
+    def failing(path: Path, max_bytes: int) -> bytes:
+        raise TransientReadError(5, "cannot read input: Input/output error")
+
+    monkeypatch.setattr("worker.batch.files.read_regular_file", failing)
+    with pytest.raises(TransientReadError):
+        holds_final_status(path)
+
+
+def test_a_status_write_that_fails_once_the_lines_are_queued_loses_nothing(
+    settings: Settings,
+    store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    events: Callable[[str], list[logging.LogRecord]],
+) -> None:
+    # The lease is given back with the lines: nothing could retry the file job then. The
+    # lines run, and gather writes the status file.
+    parent = drop(settings, store, "batch", "req.jsonl", jsonl([request("ok0"), request("ok1")]))
+    real = batch_lines.write_status
+    calls: list[str] = []
+
+    def first_write_fails(*args: object, **kwargs: object) -> str:
+        calls.append("write")
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch_lines, "write_status", first_write_fails)
+    runner(settings, store, FakeEngine(echo_last_line)).run(once=True)
+    job = store.get(parent)
+    assert job is not None and job.status == "succeeded"
+    assert json.loads(status_file(settings).read_text())["status"] == "completed"
+    (unwritten,) = events("batch.status_unwritten")
+    assert unwritten.__dict__["fields"]["batch_id"] == f"batch_{parent}"

@@ -143,33 +143,67 @@ def test_guarded_writes_check_and_rename_one_at_a_time(tmp_path: Path) -> None:
         target=write_atomic, args=(target, b"final"), kwargs={"keep": lambda path: False}
     )
     stale.start()
-    assert checked.wait(5)
-    final.start()
-    final.join(0.3)
-    assert final.is_alive()  # waits for the stale write's check and rename
-    go_on.set()
-    stale.join(5)
-    final.join(5)
+    try:
+        assert checked.wait(5)
+        final.start()
+        final.join(0.3)
+        assert final.is_alive()  # waits for the stale write's check and rename
+    finally:
+        go_on.set()
+        stale.join(5)
+        if final.ident is not None:
+            final.join(5)
+    assert not stale.is_alive() and not final.is_alive()
     assert target.read_bytes() == b"final"
 
 
-def test_a_guarded_write_waits_for_another_holder_of_the_folder_within_a_bound(
+def test_a_guarded_write_waits_for_its_folder_within_a_bound_and_only_for_its_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Another open of the folder holds its flock, as another process would.
-    target = tmp_path / "status.json"
+    from worker.io.atomic import folder_lock
+
+    target = tmp_path / "a" / "status.json"
+    target.parent.mkdir()
     target.write_bytes(b"old")
+    monkeypatch.setattr("worker.io.atomic.FOLDER_LOCK_SECONDS", 0.2)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with folder_lock(target.parent):
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        with pytest.raises(TimeoutError):
+            write_atomic(target, b"new", keep=lambda path: False)
+        assert target.read_bytes() == b"old"
+        assert sorted(p.name for p in target.parent.iterdir()) == ["status.json"]
+        write_atomic(target, b"unguarded")  # writes without `keep` take no lock
+        assert target.read_bytes() == b"unguarded"
+        other = tmp_path / "b" / "status.json"  # another folder: not held up
+        assert write_atomic(other, b"other", keep=lambda path: False)
+    finally:
+        release.set()
+        holder.join(5)
+    assert not holder.is_alive()
+    assert write_atomic(target, b"new", keep=lambda path: False)
+    assert target.read_bytes() == b"new"
+
+
+def test_a_folder_a_submitter_holds_open_or_locked_does_not_stall_guarded_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Outbox folders are group-readable: anyone allowed to read results can open one and
+    # flock it. The guard must not depend on that lock.
+    target = tmp_path / "status.json"
     monkeypatch.setattr("worker.io.atomic.FOLDER_LOCK_SECONDS", 0.2)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(TimeoutError):
-            write_atomic(target, b"new", keep=lambda path: False)
-        assert target.read_bytes() == b"old"
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
-        write_atomic(target, b"unguarded")  # writes without `keep` take no lock
-        assert target.read_bytes() == b"unguarded"
+        assert write_atomic(target, b"new", keep=lambda path: False)
     finally:
         os.close(fd)
-    assert write_atomic(target, b"new", keep=lambda path: False)
     assert target.read_bytes() == b"new"

@@ -58,10 +58,12 @@ def batch_files(
 def holds_final_status(path: Path) -> bool:
     """Whether the `.batch.json` at `path` says the batch is final (completed, failed,
     expired, cancelled). Read as untrusted (the owner's folder): anything but a regular
-    file of at most MAX_STATUS_BYTES holding a JSON object is not final."""
+    file of at most MAX_STATUS_BYTES holding a JSON object is not final. A read the
+    machine failed (TransientReadError: EIO, EMFILE...) raises: unsure is not "not final",
+    and the write that asked must not replace the file on a guess."""
     try:
         value = json.loads(read_regular_file(path, MAX_STATUS_BYTES))
-    except (OSError, InputError, ValueError):  # gone, unreadable, not ours, not JSON
+    except (FileNotFoundError, InputError, ValueError):  # gone, not ours, not JSON
         return False
     return isinstance(value, dict) and value.get("status") in FINAL_BATCH
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import secrets
@@ -91,45 +90,28 @@ def temp_name(name: str) -> str:
     return f".{head}.{secrets.token_hex(4)}.tmp"
 
 
-# Threads of this process doing a guarded write: one at a time, also where flock fails.
-_guarded = threading.Lock()
+# Guarded writes (`write_atomic(keep=...)`), one lock per folder. In-process locks are
+# enough: one daemon writes a data dir's outbox (its running marker), and the CLI never
+# writes the guarded files. A lock of the folder itself (flock) would not do: submitters
+# may open outbox folders (group-readable), and one that held a flock would stall every
+# status write.
+_folder_locks: dict[str, threading.Lock] = {}
+_folder_locks_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold an exclusive flock(2) on `folder` itself (and this process's lock of guarded
-    writes): guarded writes in one folder, by threads or processes, happen one at a time.
-
-    Where the file system has no flock (some network file systems), the process's lock
-    alone. TimeoutError (an OSError) if another holder keeps it past `timeout` seconds
-    (default FOLDER_LOCK_SECONDS).
-    """
-    timeout = FOLDER_LOCK_SECONDS if timeout is None else timeout
-    deadline = time.monotonic() + timeout
-    if not _guarded.acquire(timeout=timeout):
+    """Hold this process's lock of guarded writes in `folder`: they check and rename one
+    at a time. TimeoutError (an OSError) if another thread keeps it past `timeout`
+    seconds (default FOLDER_LOCK_SECONDS); writes in other folders never wait for it."""
+    with _folder_locks_lock:
+        lock = _folder_locks.setdefault(os.fspath(folder), threading.Lock())
+    if not lock.acquire(timeout=FOLDER_LOCK_SECONDS if timeout is None else timeout):
         raise TimeoutError(errno.ETIMEDOUT, "a guarded write waits too long", str(folder))
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(
-                            errno.ETIMEDOUT, "another process holds the folder", str(folder)
-                        ) from None
-                    time.sleep(0.005)
-                except OSError as exc:
-                    if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP):
-                        raise
-                    break  # no flock here: this process's lock alone
-            yield
-        finally:
-            os.close(fd)  # releases the flock
+        yield
     finally:
-        _guarded.release()
+        lock.release()
 
 
 def write_atomic(

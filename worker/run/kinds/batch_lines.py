@@ -5,6 +5,7 @@ mix chat, completion and embedding lines: each goes to the engine of its own mod
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -149,7 +150,12 @@ def expand(
     ):
         raise GenerationInterrupted("lease lost before the batch lines were queued")
     context.record(lambda: context.store.wake_parent(job.id))  # every line was invalid
-    write_status(context, pipeline.name, batch.id, owner=owner)
+    try:
+        write_status(context, pipeline.name, batch.id, owner=owner)
+    except OSError as exc:
+        # The lines are queued and the lease is given back: there is nothing to retry or
+        # fail. The file appears at gather, which writes the final status.
+        event("batch.status_unwritten", logging.WARNING, batch_id=batch.id, error=str(exc))
 
 
 def read_sidecar(context: JobContext, ref: FileRef) -> tuple[str, dict[str, str] | None]:
