@@ -14,7 +14,8 @@ so this measures, on hidden states at generated positions of real summary jobs:
     .venv/bin/python bench/output_layer.py [--jobs 6] [--tokens 64]
 
 Loads the model twice (generation, then per-token embeddings) and holds a float32 copy of
-the layer (671 MB): run it alone on the machine. Findings: docs/performance.md, round 4.
+the layer (671 MB) and its temporaries (2.5-3 GB at the peak): run it alone on the
+machine. Findings: docs/performance.md, round 4.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def output_layer(model: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
         raise SystemExit("this study reads a Q8_0 token_embd.weight (Gemma 3 270M Q4_K_M)")
     n_embd, n_vocab = tensor.shape
     blocks_per_row = n_embd // Q8_0_BLOCK
-    raw = np.memmap(model, np.uint8, "r", header.data_offset + tensor.offset, (tensor.nbytes,))
+    size = n_vocab * blocks_per_row * (2 + Q8_0_BLOCK)  # nbytes may include padding
+    raw = np.memmap(model, np.uint8, "r", header.data_offset + tensor.offset, (size,))
     blocks = raw.reshape(n_vocab, blocks_per_row, 2 + Q8_0_BLOCK)
     scales = blocks[:, :, :2].copy().view(np.float16).astype(np.float32)
     values = blocks[:, :, 2:].copy().view(np.int8).astype(np.float32)

@@ -157,3 +157,4 @@ def test_a_status_write_that_fails_once_the_lines_are_queued_loses_nothing(
     assert json.loads(status_file(settings).read_text())["status"] == "completed"
     (unwritten,) = events("batch.status_unwritten")
     assert unwritten.__dict__["fields"]["batch_id"] == f"batch_{parent}"
+    assert not events("job.abandoned")  # before: reported as a lease lost

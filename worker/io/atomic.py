@@ -91,10 +91,11 @@ def temp_name(name: str) -> str:
 
 
 # Guarded writes (`write_atomic(keep=...)`), one lock per folder. In-process locks are
-# enough: one daemon writes a data dir's outbox (its running marker), and the CLI never
-# writes the guarded files. A lock of the folder itself (flock) would not do: submitters
-# may open outbox folders (group-readable), and one that held a flock would stall every
-# status write.
+# enough: only a file job writes the guarded files, file jobs run on the daemon of the
+# data dir they came from, and one daemon per data dir is the deployment rule (the
+# running marker detects a second one; it does not stop it). The CLI never writes them.
+# A lock of the folder itself (flock) would not do: submitters may open outbox folders
+# (group-readable), and one that held a flock would stall every status write.
 _folder_locks: dict[str, threading.Lock] = {}
 _folder_locks_lock = threading.Lock()
 

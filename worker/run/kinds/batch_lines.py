@@ -152,7 +152,7 @@ def expand(
     context.record(lambda: context.store.wake_parent(job.id))  # every line was invalid
     try:
         write_status(context, pipeline.name, batch.id, owner=owner)
-    except OSError as exc:
+    except (OSError, InputError) as exc:
         # The lines are queued and the lease is given back: there is nothing to retry or
         # fail. The file appears at gather, which writes the final status.
         event("batch.status_unwritten", logging.WARNING, batch_id=batch.id, error=str(exc))
