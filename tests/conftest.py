@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,13 @@ def run_sql(url: str, sql: str, **params: Any) -> list[Any]:
             return list(result.all()) if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def events(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], list[logging.LogRecord]]]:
+    """The `edge_worker` events logged during the test, by name."""
+    monkeypatch.setattr(logging.getLogger("edge_worker"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="edge_worker"):
+        yield lambda name: [r for r in caplog.records if r.getMessage() == name]

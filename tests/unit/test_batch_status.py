@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,16 +21,6 @@ from worker.config import Settings
 from worker.queue.jobs import JobStore
 from worker.run.kinds import batch_lines
 from worker.run.kinds.base import JobContext
-
-
-@pytest.fixture
-def events(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[str], list[logging.LogRecord]]]:
-    """The `edge_worker` events logged during the test, by name."""
-    monkeypatch.setattr(logging.getLogger("edge_worker"), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="edge_worker"):
-        yield lambda name: [r for r in caplog.records if r.getMessage() == name]
 
 
 def gather_elsewhere_first(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,6 @@ from worker.queue.jobs import JobStore, NewJob, utcnow
 from worker.queue.outage import DatabaseUnavailable
 from worker.run.stop import StopFlags
 from worker.sandbox import ChildKilled, Sandbox
-
-
-@pytest.fixture
-def events(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[str], list[logging.LogRecord]]]:
-    """The `edge_worker` events logged during the test, by name."""
-    monkeypatch.setattr(logging.getLogger("edge_worker"), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="edge_worker"):
-        yield lambda name: [r for r in caplog.records if r.getMessage() == name]
 
 
 def test_disk_full_is_retryable_and_succeeds_once_space_is_freed(

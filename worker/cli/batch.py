@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from worker.batch.files import FINAL_BATCH
 from worker.batch.ids import batch_id_for, job_id_of
 from worker.cli import common
 from worker.queue.models import FINAL_STATUSES, JobStatus
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from worker.queue.jobs import JobStore
 
 batch_app = typer.Typer(help="OpenAI Batch API files (inbox/batch/).", no_args_is_help=True)
-FINAL_BATCH = ("completed", "cancelled", "failed", "expired")
 
 
 def describe(store: JobStore, batch_id: str) -> dict[str, Any] | None:
