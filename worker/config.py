@@ -258,7 +258,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _waits_fit_the_stall_bound(self) -> Settings:
         # A heartbeat at work (the dispatcher's round, a slot's job) is a stall once silent
-        # for stall_seconds, and one database call does not beat while it waits. So every
+        # for stall_seconds, and one database call does not beat while it waits (each
+        # beats as it starts and as it fails: worker.queue.database.beating). So every
         # wait that is legal by these settings must end within stall_seconds, or the
         # watchdog restarts a daemon that was only waiting on a legal query:
         # - the dispatcher waits poll_interval between rounds (idle) but a round is busy;

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from worker import liveness
+
 # Re-exported: callers read the busy timeout here, beside the engine that sets it.
 from worker.config import SQLITE_BUSY_TIMEOUT_MS as SQLITE_BUSY_TIMEOUT_MS
 
@@ -66,7 +68,7 @@ def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) 
             args = {**_postgres_connect_args(bounds), **kwargs.pop("connect_args", {})}
             kwargs["connect_args"] = args
             kwargs.setdefault("pool_timeout", bounds.connect)
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        return beating(create_engine(url, pool_pre_ping=True, **kwargs))
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +90,28 @@ def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) 
         # Take the write lock up front: two claimers never both read the same queued row.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+    return beating(engine)
+
+
+def beating(engine: Engine) -> Engine:
+    """Beat the calling thread's heartbeat (`worker.liveness`) as each connection is
+    made or checked out, as each statement starts and as each error comes back.
+
+    One statement waits at most its bound (SQLite's busy timeout; PostgreSQL's connect
+    and statement timeouts), and the settings keep that under stall_seconds. A thread
+    that makes several calls in a row through an outage (a read that fails, then the
+    release that follows it) must not add those waits up into a stall: measured, a slot
+    whose input read and release each waited out the busy timeout went 20 s without a
+    beat, and the watchdog stopped pinging a daemon that was only waiting.
+    """
+
+    def beat(*_args: Any, **_kwargs: Any) -> None:
+        liveness.beat()
+
+    event.listen(engine, "do_connect", beat)
+    event.listen(engine, "checkout", beat)
+    event.listen(engine, "before_cursor_execute", beat)
+    event.listen(engine, "handle_error", beat)
     return engine
 
 
