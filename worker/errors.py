@@ -8,13 +8,6 @@ class InputError(Exception):
     """The input cannot be processed as it is; retrying will not help."""
 
 
-class OutputPlaceTaken(InputError, OSError):
-    """Something else holds an output's place: a folder where the file goes, a file
-    where one of its folders goes. No retry clears it (an operator must), so a job
-    fails with it as an input error; it is an OSError too, so callers that treat file
-    system trouble as such (a metrics file, a pause flag) still catch it."""
-
-
 class InputTooCostly(InputError):
     """Parsing the input ran past a limit of the sandbox (CPU time, memory, wall clock, or
     a size bound of a reader), or crashed the parser. The message starts `input too

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from worker.cli import app as cli
+from worker.io.safe_read import InputRead
 from worker.run.kinds import document
 from worker.sources.inbox import InboxWatcher
 
@@ -33,7 +34,9 @@ def _enqueue(self: InboxWatcher, path: Path, info: os.stat_result) -> int | None
     return _real_enqueue(self, path, info)
 
 
-def _read_version(path: Path, key: str | None, max_bytes: int, root: Path | None = None) -> bytes:
+def _read_version(
+    path: Path, key: str | None, max_bytes: int, root: Path | None = None
+) -> InputRead:
     if path.name.startswith("swaprun-"):
         swap_in_fifo(path)
     return _real_read_version(path, key, max_bytes, root)

@@ -16,7 +16,7 @@ from tests.files import make_expanding_pdf, make_pdf
 from worker.batch.files import batch_files
 from worker.batch.lines import read_batch
 from worker.config import Settings
-from worker.errors import InputError, OutputPlaceTaken
+from worker.errors import InputError
 from worker.io import jsontext
 from worker.io.atomic import folder_mode, move_durably, write_atomic
 from worker.io.naming import NAME_MAX_BYTES, archive_name, error_name, fit_name, output_name
@@ -133,36 +133,6 @@ def test_a_name_the_file_system_refuses_is_an_input_error_not_retried(tmp_path: 
     with pytest.raises(InputError, match="file name too long"):
         move_durably(source, tmp_path / ("m" * 300))
     assert source.exists()
-
-
-def test_an_output_place_held_by_something_else_is_an_input_error(tmp_path: Path) -> None:
-    """A folder named like the output, or a file named like one of its folders: no retry
-    clears it. The error says which path, is an InputError (the job fails, not retried)
-    and still an OSError (callers that log file trouble keep doing so)."""
-    folder = tmp_path / "outbox" / "p" / "report.txt"
-    (folder / "inside").mkdir(parents=True)
-    with pytest.raises(OutputPlaceTaken, match="a folder of that name is in its place") as info:
-        write_atomic(folder, b"x")
-    assert isinstance(info.value, InputError) and isinstance(info.value, OSError)
-    assert str(folder) in str(info.value)
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["report.txt"]  # no temp left
-    assert [p.name for p in folder.iterdir()] == ["inside"]
-
-    blocker = tmp_path / "outbox" / "q"
-    blocker.write_text("a file where a folder goes")
-    for target in [blocker / "out.txt", blocker / "deeper" / "out.txt"]:
-        with pytest.raises(OutputPlaceTaken, match="a file is in the place of one of its"):
-            write_atomic(target, b"x")
-    assert blocker.read_text() == "a file where a folder goes"
-    assert stat.S_IMODE(blocker.stat().st_mode) != 0o750  # not taken for a folder
-
-    source = tmp_path / "a.txt"
-    source.write_text("x")
-    with pytest.raises(OutputPlaceTaken):
-        move_durably(source, folder)
-    with pytest.raises(OutputPlaceTaken):
-        move_durably(source, blocker / "a.txt")
-    assert source.read_text() == "x"
 
 
 def test_other_write_errors_stay_os_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

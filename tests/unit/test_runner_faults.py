@@ -64,23 +64,6 @@ def test_disk_full_is_retryable_and_succeeds_once_space_is_freed(
     assert not (settings.folder("inbox", "echo") / "a.txt").exists()
 
 
-def test_a_folder_in_the_outputs_place_fails_the_job_once_and_keeps_the_input(
-    settings: Settings, store: JobStore
-) -> None:
-    """No retry clears a folder named like the output: the job fails at its first
-    attempt with the path in its error (a full disk, above, is retried)."""
-    job_id = drop(settings, store, "a.txt", b"hello")
-    taken = settings.folder("outbox", "echo") / "a.txt.txt"
-    taken.mkdir(parents=True)
-    make_runner(settings, store, FakeEngine()).run(once=True)
-    job = store.get(job_id)
-    assert job is not None and (job.status, job.attempts) == ("failed", 1), job
-    assert job.error == f"cannot write {taken}: a folder of that name is in its place"
-    assert taken.is_dir() and list(taken.iterdir()) == []
-    failed = settings.folder("failed", "echo")
-    assert [p.read_bytes() for p in failed.iterdir() if p.name.endswith("a.txt")] == [b"hello"]
-
-
 class TakeoverEngine(FakeEngine):
     """While "generating", the lease expires and another worker claims the job, faster than
     this worker's lease keeper notices: as after a long pause (SIGSTOP, a frozen VM)."""

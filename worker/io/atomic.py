@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from worker.errors import InputError, OutputPlaceTaken
+from worker.errors import InputError
 
 # `.<start of the name>.<8 hex>.tmp`: what write_atomic leaves behind if the process dies.
 _TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{8}\.tmp", re.DOTALL)
@@ -33,24 +33,13 @@ def folder_mode(file_mode: int) -> int:
     return file_mode | ((file_mode & 0o444) >> 2)
 
 
-# errno values that say something else holds the place: EISDIR renaming a file onto a
-# folder, ENOTDIR making a folder (or a file) below a file.
-PLACE_ERRNOS = {
-    errno.EISDIR: "a folder of that name is in its place",
-    errno.ENOTDIR: "a file is in the place of one of its folders",
-}
-
-
 @contextlib.contextmanager
 def name_errors_are_input_errors(path: Path) -> Iterator[None]:
     """Turn an OSError about the name of `path` (too long, bytes the file system refuses)
-    into an InputError, and one that says something else holds its place into
-    OutputPlaceTaken: retrying cannot help, unlike a full disk."""
+    into an InputError: retrying cannot help, unlike a full disk."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in PLACE_ERRNOS:
-            raise OutputPlaceTaken(f"cannot write {path}: {PLACE_ERRNOS[exc.errno]}") from None
         if exc.errno not in NAME_ERRNOS:
             raise
         reason = "file name too long" if exc.errno == errno.ENAMETOOLONG else exc.strerror
@@ -139,15 +128,14 @@ def write_atomic(
     the umask. `before_replace` runs after the data is durable and just before the rename;
     if it raises, nothing is published. On any error (disk full, permissions) the temp
     file is removed and `path` is untouched; a name the file system refuses (too long)
-    is an InputError, and a place held by something else (a folder named like the file,
-    a file named like one of its folders) is OutputPlaceTaken.
+    is an InputError.
 
     With `keep` (a guarded write), the check and the rename happen under `folder_lock`:
     if `keep(path)` says the file there now must stay, nothing is written and the result
     is False. Every writer of a file that must never go back (e.g. a final batch status)
     passes `keep`, so no other guarded write can land between its check and its rename.
     """
-    with name_errors_are_input_errors(path):
+    with name_errors_are_input_errors(path.parent):
         make_folder(path.parent, folder_mode(mode))
     tmp = path.parent / temp_name(path.name)
     with _writing_lock:
@@ -258,8 +246,8 @@ def move_durably(source: Path, target: Path, mode: int = DEFAULT_FILE_MODE) -> N
 
     A missing target folder is created with `folder_mode(mode)`; the file keeps its mode.
     """
+    make_folder(target.parent, folder_mode(mode))
     with name_errors_are_input_errors(target):
-        make_folder(target.parent, folder_mode(mode))
         os.replace(source, target)
     fsync_dir(target.parent)
     if source.parent != target.parent:

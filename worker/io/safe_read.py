@@ -17,6 +17,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from worker.errors import InputError
@@ -65,7 +66,16 @@ def _classified(what: str) -> Iterator[None]:
         raise InputError(f"cannot {what} input: {reason}") from None
 
 
-def _read_fd(fd: int, max_bytes: int) -> bytes:
+@dataclass(frozen=True)
+class InputRead:
+    """One read of an input file: its bytes, and its owner's uid taken from the same open
+    file (a second look at the name may find another file there by then)."""
+
+    data: bytes
+    owner: int
+
+
+def _read_fd(fd: int, max_bytes: int) -> InputRead:
     with os.fdopen(fd, "rb") as handle, _classified("read"):
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -75,7 +85,7 @@ def _read_fd(fd: int, max_bytes: int) -> bytes:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise InputError(f"input is over {max_bytes} bytes; max_input_bytes allows {max_bytes}")
-    return data
+    return InputRead(data, info.st_uid)
 
 
 def read_regular_file(path: Path, max_bytes: int) -> bytes:
@@ -85,6 +95,14 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     FIFO, a device, a folder, or a file over the limit; TransientReadError if the
     machine failed the read (out of descriptors, an I/O error...).
     """
+    return read_input_file(path, max_bytes).data
+
+
+def read_input_file(path: Path, max_bytes: int, root: Path | None = None) -> InputRead:
+    """`read_regular_file` (with `root`: `read_beneath` of `path` below it), with the
+    owner of the file that was read."""
+    if root is not None:
+        return _read_beneath(root, str(path.relative_to(root)), max_bytes)
     with _classified("open"):
         fd = os.open(path, _OPEN_FLAGS)
     return _read_fd(fd, max_bytes)
@@ -97,6 +115,10 @@ def read_beneath(root: Path, relative: str, max_bytes: int) -> bytes:
     folder swapped for a link between a check and the read is refused, not followed.
     `root` itself is the administrator's (it may be reached through links).
     """
+    return _read_beneath(root, relative, max_bytes).data
+
+
+def _read_beneath(root: Path, relative: str, max_bytes: int) -> InputRead:
     parts = PurePosixPath(relative).parts
     if not parts or any(part in ("", ".", "..", "/") for part in parts):
         raise InputError(f"invalid path below {root}: {relative!r}")

@@ -19,7 +19,7 @@ from worker.config import Settings
 from worker.errors import GenerationInterrupted, ModelError
 from worker.io.atomic import write_atomic
 from worker.io.files import content_digest, digest_of_key
-from worker.io.safe_read import read_beneath, read_regular_file
+from worker.io.safe_read import InputRead, read_input_file
 from worker.llm.chat import ChatTemplate, chat_template_for
 from worker.llm.embedders import Embedders
 from worker.llm.embedding import Embedder
@@ -210,24 +210,24 @@ def publish(
     return write_atomic(path, text.encode("utf-8"), before_replace=confirm, mode=mode, keep=keep)
 
 
-def read_version(path: Path, key: str | None, max_bytes: int, root: Path | None = None) -> bytes:
-    """The bytes of a file job's input, checked against the version that was queued.
+def read_version(
+    path: Path, key: str | None, max_bytes: int, root: Path | None = None
+) -> InputRead:
+    """The bytes of a file job's input, checked against the version that was queued, and
+    the owner of that file (whose folder gets the output with outputs_per_submitter).
 
     With `root`, no link below it is followed (a swept tree). A read that failed for a
     reason that may pass (EMFILE, EIO...) raises TransientReadError, an OSError: the job
     is retried, not failed for good.
     """
     try:
-        if root is None:
-            data = read_regular_file(path, max_bytes)
-        else:
-            data = read_beneath(root, str(path.relative_to(root)), max_bytes)
+        read = read_input_file(path, max_bytes, root)
     except FileNotFoundError:
         raise JobVanished("input file was removed before it was processed") from None
     expected = digest_of_key(key)
-    if expected not in (None, "oversize") and expected != content_digest(data):
+    if expected not in (None, "oversize") and expected != content_digest(read.data):
         raise JobVanished("input file changed after it was queued; the new version runs")
-    return data
+    return read
 
 
 def wake_parent(context: JobContext, job: ClaimedJob) -> None:

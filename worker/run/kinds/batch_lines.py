@@ -112,11 +112,13 @@ def expand(
     pipeline: Pipeline,
     ref: FileRef,
     checked: list[CheckedLine],
+    owner: int | None,
 ) -> None:
     """Queue the valid lines (`checked` in the sandbox, see `worker.batch.lines`) as child
     jobs, record the bad ones as failed (each with its HTTP-style error). A file that
     breaks the format fails at `validating` and none of its lines runs
-    (`fail_validation`). InputError past max_records_per_file."""
+    (`fail_validation`). InputError past max_records_per_file. `owner`: the uid owning
+    the file that was read, recorded for its result files' folder."""
     limit = context.settings.max_records_per_file
     if len(checked) > limit:
         raise too_many_records(limit)
@@ -124,7 +126,7 @@ def expand(
     window, metadata = read_sidecar(context, ref)
     problems = file_problems(lines)
     if problems:
-        fail_validation(context, job, pipeline, ref, problems, window, metadata)
+        fail_validation(context, job, pipeline, ref, problems, window, metadata, owner)
     children = []
     for line in lines:
         if line.error is None:
@@ -140,7 +142,6 @@ def expand(
         )
     valid = [line.request for line in lines if line.request is not None]
     endpoint = str(valid[0]["url"]) if valid else CHAT
-    owner = ref.owner(context.settings)
     meta = BatchMeta(
         completion_window=window, metadata=metadata, model=context.settings.model, owner=owner
     )
@@ -190,10 +191,10 @@ def fail_validation(
     problems: list[dict[str, Any]],
     window: str,
     metadata: dict[str, str] | None,
+    owner: int | None,
 ) -> NoReturn:
     """Record the batch as `failed` with its `errors.data`, write its batch object, and
     fail the file job (its original goes to failed/ with the reason)."""
-    owner = ref.owner(context.settings)
     meta = BatchMeta(errors=problems, completion_window=window, metadata=metadata, owner=owner)
     batch_id = batch_id_for(job.id)
     context.store.add_failed_batch(job.id, NewBatch(batch_id, ref.name, CHAT, meta.encode(), 0))

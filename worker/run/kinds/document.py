@@ -47,11 +47,13 @@ class DocumentFile:
                 return embed.gather(context, job, pipeline, ref, attempt.still_leased)
             return records.gather(context, job, pipeline, ref, attempt.still_leased)
         path = ref.inbox_path(settings)
-        data = read_version(path, job.idempotency_key, settings.max_input_bytes)
+        read = read_version(path, job.idempotency_key, settings.max_input_bytes)
+        data = read.data
         kind = reader_for(ref.name, pipeline.reader)
         parsing = context.parsing(attempt)
         if kind == "openai-batch":
-            batch_lines.expand(context, job, pipeline, ref, parsing.check_lines(data, None))
+            lines = parsing.check_lines(data, None)
+            batch_lines.expand(context, job, pipeline, ref, lines, read.owner)
             return EXPANDED
         document = parsing.read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
@@ -62,11 +64,11 @@ class DocumentFile:
             records.expand(context, job, pipeline, document)
             return EXPANDED
         if embeds(settings, pipeline):
-            output = embed.file_output(context, pipeline, ref.name, ref.owner(settings))
+            output = embed.file_output(context, pipeline, ref.name, read.owner)
             return embed.run_document(context, attempt, ref, document.text, output)
         run = context.pipeline_run(pipeline, parsing)
         answer = run.run(document.text, document.variables, attempt.should_stop)
-        output = ref.output_path(settings, pipeline.output_format, ref.owner(settings))
+        output = ref.output_path(settings, pipeline.output_format, read.owner)
         publish(attempt.still_leased, output, answer.text + "\n", self.context.settings.output_mode)
         return JobResult(answer.text, answer.prompt_tokens, answer.completion_tokens, output)
 

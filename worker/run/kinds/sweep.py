@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.errors import InputError
-from worker.io.files import file_owner, output_folder
+from worker.io.files import output_folder
 from worker.io.naming import output_name
 from worker.io.readers import Records, limits_of, reader_for
 from worker.pipelines.models import embeds
@@ -72,13 +72,15 @@ class SweptFile:
     def run(self, attempt: Attempt) -> JobResult:
         job, pipeline, settings = attempt.job, attempt.pipeline, self.context.settings
         path, root = swept_path(job.source_path, pipeline, settings.data_dir)
-        data = read_version(path, job.idempotency_key, settings.max_input_bytes, root=root)
+        read = read_version(path, job.idempotency_key, settings.max_input_bytes, root=root)
         parsing = self.context.parsing(attempt)
         reader = reader_for(path.name, pipeline.reader)
-        document = parsing.read_input(data, reader, limits_of(settings))
+        document = parsing.read_input(read.data, reader, limits_of(settings))
         if isinstance(document, Records):
             raise InputError("swept files are read as one document; put row files in an inbox")
-        owner = file_owner(path)
+        # The owner of the bytes that were read: the name may hold another's file by now
+        # (a swept folder has no sticky bit to stop a swap).
+        owner = read.owner
         below = output_subfolder(path, root)
         if embeds(settings, pipeline):
             output = embed.file_output(self.context, pipeline, path.name, owner)
