@@ -290,6 +290,14 @@ class Settings(BaseSettings):
                     f"({self.db_statement_timeout:g}) must be less than stall_seconds "
                     f"({self.stall_seconds:g}): one database call may wait that long"
                 )
+            # A wait for a pooled connection, then the check of a dead one: both bounded
+            # by db_connect_timeout, with no beat between them.
+            if 2 * self.db_connect_timeout >= self.stall_seconds:
+                raise ValueError(
+                    f"twice db_connect_timeout ({self.db_connect_timeout:g}) must be less than "
+                    f"stall_seconds ({self.stall_seconds:g}): a wait for a pooled connection "
+                    "and the check of a dead one may take that long"
+                )
         elif backend == "sqlite":
             busy = SQLITE_BUSY_TIMEOUT_MS / 1000
             if self.stall_seconds <= busy:

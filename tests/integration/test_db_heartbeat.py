@@ -79,3 +79,32 @@ def test_calls_in_a_row_through_an_outage_each_beat(
     finally:
         liveness.bind(None)
         store.db.dispose()
+
+
+@pytest.mark.timeout(60)
+def test_calls_in_a_row_waiting_for_a_pooled_connection_each_beat(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pooled connection is taken (held by calls waiting out an outage): each call
+    waits at most the pool's bound, and beats as it starts and as it gives up."""
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", int(WAIT * 1000))
+    upgrade(db_url)
+    engine = make_db_engine(
+        db_url, DbTimeouts(connect=WAIT), pool_size=1, max_overflow=0, pool_timeout=WAIT
+    )
+    store = JobStore(engine)
+    heartbeat = liveness.Heartbeat("slot-0", STALL)
+    heartbeat.busy()
+    liveness.bind(heartbeat)
+    held = engine.connect()  # the pool's only connection
+    try:
+        started = time.monotonic()
+        for _ in range(3):
+            with pytest.raises(DatabaseUnavailable):
+                store.claimed_input(1)
+            assert not heartbeat.stalled(), f"silent for {heartbeat.silent_for():.2f} s"
+        assert time.monotonic() - started >= 3 * WAIT * 0.9
+    finally:
+        held.close()
+        liveness.bind(None)
+        engine.dispose()

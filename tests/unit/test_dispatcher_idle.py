@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from worker import liveness
 from worker.config import load_settings
 from worker.liveness import Liveness
 from worker.queue.outage import DatabaseUnavailable
@@ -41,6 +42,7 @@ class Store:
 
     def __init__(self, down: bool) -> None:
         self.down = down
+        self.beats: list[str | None] = []  # whose heartbeat a store call would beat
 
     def clock(self) -> datetime:
         return datetime.now(UTC)
@@ -49,6 +51,8 @@ class Store:
         return False
 
     def claim(self, *_: Any, **__: Any) -> list[Any]:
+        heartbeat = liveness.current()
+        self.beats.append(heartbeat.name if heartbeat is not None else None)
         if self.down:
             raise DatabaseUnavailable("connection refused")
         return []
@@ -61,9 +65,10 @@ def test_the_heartbeat_is_idle_while_the_dispatcher_waits(down: bool) -> None:
     watched = Watched(registry, stop)
     if down:  # the outage backoff waits on the stop flag
         stop.soft = watched
+    store = Store(down)
     dispatcher = Dispatcher(
         load_settings(poll_interval=0.01),
-        Store(down),  # type: ignore[arg-type]
+        store,  # type: ignore[arg-type]
         {},
         "w1",
         lambda job: None,
@@ -73,6 +78,10 @@ def test_the_heartbeat_is_idle_while_the_dispatcher_waits(down: bool) -> None:
     )
     dispatcher.run()
     assert watched.busy_at_wait == [False, False, False]
+    # A round's store calls beat the dispatcher's heartbeat (bound to its thread), so
+    # calls in a row through an outage never add up to a stall; unbound after the run.
+    assert store.beats and set(store.beats) == {"dispatcher"}
+    assert liveness.current() is None
 
 
 def test_a_slot_that_outlives_the_shutdown_timeout_keeps_the_engines() -> None:

@@ -193,6 +193,40 @@ def test_a_guarded_write_waits_for_its_folder_within_a_bound_and_only_for_its_fo
     assert target.read_bytes() == b"new"
 
 
+def test_a_guarded_write_beats_its_heartbeat_while_it_waits_for_its_folder(
+    tmp_path: Path,
+) -> None:
+    """The wait follows a database call (the lease check) with no beat between them: it
+    beats as it waits, so the two never add up to a stall."""
+    from worker import liveness
+    from worker.io.atomic import folder_lock
+
+    folder = tmp_path / "a"
+    folder.mkdir()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with folder_lock(folder):
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    heartbeat = liveness.Heartbeat("slot-0", 1.5)
+    heartbeat.busy()
+    liveness.bind(heartbeat)
+    try:
+        assert held.wait(5)
+        threading.Timer(2.5, release.set).start()
+        with folder_lock(folder, timeout=10):
+            assert not heartbeat.stalled(), f"silent for {heartbeat.silent_for():.2f} s"
+            assert heartbeat.silent_for() < 1.5
+    finally:
+        liveness.bind(None)
+        release.set()
+        holder.join(5)
+
+
 def test_a_folder_a_submitter_holds_open_or_locked_does_not_stall_guarded_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

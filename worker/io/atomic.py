@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from worker import liveness
 from worker.errors import InputError
 
 # `.<start of the name>.<8 hex>.tmp`: what write_atomic leaves behind if the process dies.
@@ -107,8 +108,13 @@ def folder_lock(folder: Path, timeout: float | None = None) -> Iterator[None]:
     seconds (default FOLDER_LOCK_SECONDS); writes in other folders never wait for it."""
     with _folder_locks_lock:
         lock = _folder_locks.setdefault(os.fspath(folder), threading.Lock())
-    if not lock.acquire(timeout=FOLDER_LOCK_SECONDS if timeout is None else timeout):
-        raise TimeoutError(errno.ETIMEDOUT, "a guarded write waits too long", str(folder))
+    deadline = time.monotonic() + (FOLDER_LOCK_SECONDS if timeout is None else timeout)
+    # A bounded wait beats the caller's heartbeat (it follows a database call: the lease
+    # check of `before_replace`), so it never adds up with that call into a stall.
+    while not lock.acquire(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+        liveness.beat()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, "a guarded write waits too long", str(folder))
     try:
         yield
     finally:

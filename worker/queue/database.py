@@ -72,7 +72,11 @@ def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) 
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
+    busy = SQLITE_BUSY_TIMEOUT_MS / 1000
+    # A wait for a pooled connection (every one held by a call waiting out the lock) is
+    # bounded like the lock wait itself, not by the pool's default 30 s.
+    kwargs.setdefault("pool_timeout", busy)
+    engine = create_engine(url, connect_args={"timeout": busy}, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -95,7 +99,8 @@ def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) 
 
 def beating(engine: Engine) -> Engine:
     """Beat the calling thread's heartbeat (`worker.liveness`) as each connection is
-    made or checked out, as each statement starts and as each error comes back.
+    made or checked out, as each statement starts and as each error comes back (and
+    every store call beats as it starts and ends: `worker.queue.outage`).
 
     One statement waits at most its bound (SQLite's busy timeout; PostgreSQL's connect
     and statement timeouts), and the settings keep that under stall_seconds. A thread

@@ -15,6 +15,7 @@ from typing import ParamSpec, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from worker import liveness
 from worker.logs import event
 
 # SQLite "database is locked" after busy_timeout, PostgreSQL restarting or unreachable,
@@ -38,11 +39,17 @@ class DatabaseUnavailable(Exception):
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
     @wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        # A call beats the caller's heartbeat as it starts and as it ends, whatever its
+        # end: calls in a row through an outage (each waits out a bounded timeout, for a
+        # pooled connection or a lock) are each one wait, never a stall added up.
+        liveness.beat()
         try:
             return method(*args, **kwargs)
         except OUTAGE_ERRORS as exc:
             first = (str(exc).splitlines() or [repr(exc)])[0][:500]
             raise DatabaseUnavailable(first) from exc
+        finally:
+            liveness.beat()
 
     return call
 
