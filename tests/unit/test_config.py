@@ -77,6 +77,10 @@ PG = "postgresql+psycopg://edge@db/jobs"
             {"database_url": PG, "stall_seconds": 70},
             r"db_connect_timeout \(10\) \+ db_statement_timeout \(60\) .* stall_seconds \(70\)",
         ),
+        (  # a pool wait, then the check of a dead connection: each up to connect
+            {"database_url": PG, "stall_seconds": 15, "db_statement_timeout": 3},
+            r"twice db_connect_timeout \(10\) .* stall_seconds \(15\)",
+        ),
     ],
 )
 def test_a_wait_the_settings_allow_must_end_before_the_watchdog_calls_it_a_stall(
