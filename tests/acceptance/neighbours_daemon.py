@@ -20,7 +20,6 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from watchdog.observers.api import BaseObserver
 
 import worker.sources.schedules as schedules
 from worker.cli import app as cli
-from worker.io.safe_read import TransientReadError
+from worker.io import safe_read
+from worker.io.safe_read import InputRead, TransientReadError
 from worker.queue.fires import Fire, FireStore
 from worker.queue.outage import DatabaseUnavailable
 from worker.run.kinds import base
@@ -37,7 +37,6 @@ from worker.sources.walk import Found
 
 _real_consider = Sweeper._consider
 _real_schedule = BaseObserver.schedule
-_real_read: Callable[[Path, int], bytes] = getattr(base, "read_regular_file")  # noqa: B009
 _real_last_fire = FireStore.last_fire
 _failed_once: set[Path] = set()
 _never = threading.Event()
@@ -55,11 +54,11 @@ def _schedule(self: BaseObserver, handler: Any, path: str, **kwargs: Any) -> Any
     return _real_schedule(self, handler, path, **kwargs)
 
 
-def _read(path: Path, max_bytes: int) -> bytes:
+def _read(path: Path, max_bytes: int, root: Path | None = None) -> InputRead:
     if path.name.startswith("eio-") and path not in _failed_once:
         _failed_once.add(path)
         raise TransientReadError(errno.EIO, "cannot read input: Input/output error")
-    return _real_read(path, max_bytes)
+    return safe_read.read_input_file(path, max_bytes, root)
 
 
 def _last_fire(self: FireStore, pipeline: str) -> Fire | None:
@@ -84,7 +83,7 @@ if __name__ == "__main__":
     schedules.STOP_WAIT_SECONDS = 1.0
     FireStore.last_fire = _last_fire  # type: ignore[method-assign]
     setattr(BaseObserver, "schedule", _schedule)  # noqa: B010
-    setattr(base, "read_regular_file", _read)  # noqa: B010
+    setattr(base, "read_input_file", _read)  # noqa: B010  (the runner's read of a queued file)
     if os.environ.get("EW_TEST_NO_INET"):
         socket.socket = _NoInet  # type: ignore[misc]
     sys.argv = ["edge-worker", *sys.argv[1:]]

@@ -24,12 +24,14 @@ ADDED_TABLES = {
     "0008": {"swept_files"},
     "0009": set(),  # columns only
     "0010": {"pipeline_claim_locks"},
+    "0011": set(),  # a column only
 }
 ADDED_JOB_COLUMNS = {
     "0005": {"parent_id", "item_index"},
     "0006": {"claimed_alone"},
     "0007": {"submitted_by"},
     "0009": {"origin", "model"},
+    "0011": {"input_owner"},
 }
 
 

@@ -108,3 +108,20 @@ def test_calls_in_a_row_waiting_for_a_pooled_connection_each_beat(
         held.close()
         liveness.bind(None)
         engine.dispose()
+
+
+def test_a_statement_beats_as_it_starts(db_url: str) -> None:
+    """Below the store: the engine's own events beat (a statement, a connection), so a
+    wait inside one store call (a pooled connection, then a lock) is cut in two."""
+    engine = make_db_engine(db_url)
+    heartbeat = liveness.Heartbeat("slot-0", 60.0)
+    liveness.bind(heartbeat)
+    try:
+        with engine.connect() as conn:
+            for _ in range(2):
+                heartbeat._beat_at -= 100  # as if silent for long
+                conn.exec_driver_sql("SELECT 1")
+                assert heartbeat.silent_for() < 5
+    finally:
+        liveness.bind(None)
+        engine.dispose()

@@ -74,3 +74,25 @@ def test_an_inbox_files_output_follows_the_owner_of_what_was_read(
     outbox = settings.folder("outbox", "echo")
     assert job.output_path == str(outbox / str(READ_OWNER) / "a.txt.txt")
     assert not (outbox / str(SWAPPER)).exists()
+
+
+def test_a_row_files_output_follows_the_owner_of_what_was_read(
+    settings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records are gathered long after the file was read: the owner read from the open
+    file is recorded when the job expands, and the gather writes to that owner's folder
+    (the name held another user's file by then)."""
+    settings = settings.model_copy(update={"outputs_per_submitter": True})
+    job_id = drop(settings, store, "rows.jsonl", b'{"text": "a"}\n{"text": "b"}\n')
+    source = settings.folder("inbox", "echo") / "rows.jsonl"
+    os.chown(source, READ_OWNER, READ_OWNER)
+    swap_after_read(monkeypatch, source)
+    make_runner(settings, store, FakeEngine()).run(once=True)
+    job = store.get(job_id)
+    assert job is not None and job.status == "succeeded", job and job.error
+    assert job.input_owner == READ_OWNER
+    assert job.output_path is not None
+    outbox = settings.folder("outbox", "echo")
+    assert Path(job.output_path).parent == outbox / str(READ_OWNER)
+    assert len(Path(job.output_path).read_text().splitlines()) == 2
+    assert not (outbox / str(SWAPPER)).exists()

@@ -70,12 +70,13 @@ def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) 
             kwargs.setdefault("pool_timeout", bounds.connect)
         return beating(create_engine(url, pool_pre_ping=True, **kwargs))
 
+    busy = SQLITE_BUSY_TIMEOUT_MS / 1000
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    busy = SQLITE_BUSY_TIMEOUT_MS / 1000
-    # A wait for a pooled connection (every one held by a call waiting out the lock) is
-    # bounded like the lock wait itself, not by the pool's default 30 s.
-    kwargs.setdefault("pool_timeout", busy)
+        # A wait for a pooled connection (every one held by a call waiting out the lock)
+        # is bounded like the lock wait itself, not by the pool's default 30 s. (A
+        # database in memory has one connection per thread: no pool to wait for.)
+        kwargs.setdefault("pool_timeout", busy)
     engine = create_engine(url, connect_args={"timeout": busy}, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -118,11 +118,13 @@ class FamilyStore(StoreBase):
         children: Sequence[NewChild],
         batch: NewBatch | None = None,
         chunk_rows: int = EXPAND_CHUNK_ROWS,
+        owner: int | None = None,
     ) -> bool:
         """Turn a running file job into a waiting parent with `children`; False if lease lost.
 
         Children go in `chunk_rows` at a time (short transactions), held until the last
-        transaction releases them and moves the parent to `waiting`.
+        transaction releases them and moves the parent to `waiting`. `owner`: the uid
+        owning the input as it was read, kept for the gather (`input_owner`).
         """
         now = self._db_time()
         try:
@@ -161,6 +163,7 @@ class FamilyStore(StoreBase):
                         lease_owner=None,
                         lease_token=None,
                         lease_expires_at=None,
+                        input_owner=owner,
                         updated_at=now,
                     )
                 )
@@ -174,6 +177,14 @@ class FamilyStore(StoreBase):
             postgresql.insert if self.db.dialect.name == "postgresql" else sqlite.insert
         )
         return dialect_insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+
+    def input_owner(self, job_id: int) -> int | None:
+        """The uid owning a file job's input when it was read (recorded at `expand`)."""
+        with self.db.connect() as conn:
+            owner: int | None = conn.execute(
+                select(Job.input_owner).where(Job.id == job_id)
+            ).scalar_one_or_none()
+        return owner
 
     def has_children(self, job_id: int) -> bool:
         """Whether this job was expanded (its children exist and were released; held

@@ -123,6 +123,9 @@ class Job(Base):
     # which a submitter role cannot override); row-level security shows a submitter
     # its own rows only (both from migration 0007). NULL on SQLite.
     submitted_by: Mapped[str | None] = mapped_column(String(200))
+    # A file job that expanded: the uid owning its input as it was read (its outputs go
+    # to that owner's folder with outputs_per_submitter). NULL: not recorded.
+    input_owner: Mapped[int | None] = mapped_column(Integer)
     # File and sweep jobs: the instance (data folder, `<data_dir>/instance-id`) that saw
     # the file; only a daemon of that instance claims them. NULL: any daemon.
     origin: Mapped[str | None] = mapped_column(String(64))

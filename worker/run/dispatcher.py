@@ -98,6 +98,7 @@ class Dispatcher:
         heartbeat = self.heartbeat = self.registry.register(
             "dispatcher", self.settings.stall_seconds
         )
+        outer = liveness.current()
         liveness.bind(heartbeat)  # the store's calls in a round beat it
         try:
             while not self.stop.soft.is_set():
@@ -107,7 +108,7 @@ class Dispatcher:
                 if not going_on:
                     break
         finally:
-            liveness.bind(None)
+            liveness.bind(outer)
             self.registry.unregister(heartbeat)
             self._close_slots()
         if self._crashed:

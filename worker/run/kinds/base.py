@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from worker.config import Settings
 from worker.errors import GenerationInterrupted, ModelError
 from worker.io.atomic import write_atomic
-from worker.io.files import content_digest, digest_of_key
+from worker.io.files import FileRef, content_digest, digest_of_key
 from worker.io.safe_read import InputRead, read_input_file
 from worker.llm.chat import ChatTemplate, chat_template_for
 from worker.llm.embedders import Embedders
@@ -228,6 +228,15 @@ def read_version(
     if expected not in (None, "oversize") and expected != content_digest(read.data):
         raise JobVanished("input file changed after it was queued; the new version runs")
     return read
+
+
+def input_owner(context: JobContext, job: ClaimedJob, ref: FileRef) -> int | None:
+    """The uid whose folder gets a gathered file's outputs: the owner of the file as it
+    was read, recorded when the job expanded (the name may be gone by now, or hold
+    another user's file); for a parent expanded before that was recorded, the owner of
+    the file in the inbox now."""
+    recorded = context.record(lambda: context.store.input_owner(job.id))
+    return recorded if recorded is not None else ref.owner(context.settings)
 
 
 def wake_parent(context: JobContext, job: ClaimedJob) -> None:

@@ -147,7 +147,7 @@ def expand(
     )
     batch = NewBatch(batch_id_for(job.id), ref.name, endpoint, meta.encode(), len(lines))
     if not context.store.expand(
-        job.id, job.lease_token, pipeline.name, JobKind.BATCH, children, batch
+        job.id, job.lease_token, pipeline.name, JobKind.BATCH, children, batch, owner=owner
     ):
         raise GenerationInterrupted("lease lost before the batch lines were queued")
     context.record(lambda: context.store.wake_parent(job.id))  # every line was invalid

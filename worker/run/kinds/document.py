@@ -21,6 +21,7 @@ from worker.run.kinds.base import (
     FinalOutcome,
     JobContext,
     JobResult,
+    input_owner,
     publish,
     read_version,
 )
@@ -44,7 +45,8 @@ class DocumentFile:
             if context.record(lambda: context.store.batch_of_job(job.id)) is not None:
                 return batch_lines.gather(context, job, pipeline, ref, attempt.still_leased)
             if embeds(settings, pipeline):
-                return embed.gather(context, job, pipeline, ref, attempt.still_leased)
+                owner = input_owner(context, job, ref)
+                return embed.gather(context, job, pipeline, ref, attempt.still_leased, owner)
             return records.gather(context, job, pipeline, ref, attempt.still_leased)
         path = ref.inbox_path(settings)
         read = read_version(path, job.idempotency_key, settings.max_input_bytes)
@@ -58,10 +60,10 @@ class DocumentFile:
         document = parsing.read_input(data, kind, limits_of(settings))
         if isinstance(document, Records):
             if embeds(settings, pipeline):
-                reused = embed.reuse_records(context, attempt, ref)
+                reused = embed.reuse_records(context, attempt, ref, read.owner)
                 if reused is not None:
                     return reused
-            records.expand(context, job, pipeline, document)
+            records.expand(context, job, pipeline, document, read.owner)
             return EXPANDED
         if embeds(settings, pipeline):
             output = embed.file_output(context, pipeline, ref.name, read.owner)

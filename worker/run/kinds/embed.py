@@ -235,18 +235,19 @@ def _line(index: int, child: Job) -> tuple[dict[str, Any], Vector | None]:
     return line, None
 
 
-def reuse_records(context: JobContext, attempt: Attempt, ref: FileRef) -> JobResult | None:
+def reuse_records(
+    context: JobContext, attempt: Attempt, ref: FileRef, owner: int
+) -> JobResult | None:
     """A records file whose same bytes were embedded before with the same settings: its
-    outputs written again from that job's records, nothing embedded. None otherwise."""
+    outputs written again from that job's records (into `owner`'s folder: the uid owning
+    the file just read), nothing embedded. None otherwise."""
     fingerprint = settings_fingerprint(context, attempt.pipeline)
     earlier = earlier_result(context, attempt, ref, fingerprint)
     if earlier is None or "records" not in earlier[1]:
         return None
     job_id = earlier[0]
     event("embedding.reused", job_id=attempt.job.id, from_job=job_id, file=ref.name)
-    return gather(
-        context, attempt.job, attempt.pipeline, ref, attempt.still_leased, records_of=job_id
-    )
+    return gather(context, attempt.job, attempt.pipeline, ref, attempt.still_leased, owner, job_id)
 
 
 def gather(
@@ -255,13 +256,14 @@ def gather(
     pipeline: Pipeline,
     ref: FileRef,
     still_leased: StillLeased,
+    owner: int | None,
     records_of: int | None = None,
 ) -> JobResult:
     """Every record's vector, in input order, into `<name>.embeddings.jsonl` (or `.npy`
-    and its ids file), in the input owner's folder with outputs_per_submitter.
+    and its ids file), in the input `owner`'s folder with outputs_per_submitter.
     `records_of`: the job whose records to write (default: this one's)."""
     settings = context.settings
-    folder = output_folder(settings, pipeline.name, ref.owner(settings))
+    folder = output_folder(settings, pipeline.name, owner)
     mode = settings.output_mode
     texts: list[str] = []
     vectors: list[Vector] = []

@@ -26,13 +26,17 @@ from worker.run.kinds.base import (
     JobContext,
     JobResult,
     StillLeased,
+    input_owner,
     publish,
 )
 from worker.run.kinds.embed import embed_text
 
 
-def expand(context: JobContext, job: ClaimedJob, pipeline: Pipeline, records: Records) -> None:
-    """Turn the file job into a waiting parent with one child per record.
+def expand(
+    context: JobContext, job: ClaimedJob, pipeline: Pipeline, records: Records, owner: int
+) -> None:
+    """Turn the file job into a waiting parent with one child per record (`owner`: the
+    uid owning the file that was read, recorded for the gather).
 
     InputError (nothing queued) if there are more records than max_records_per_file.
     """
@@ -46,7 +50,9 @@ def expand(context: JobContext, job: ClaimedJob, pipeline: Pipeline, records: Re
         for r in records.records
     ]
     store = context.store
-    if not store.expand(job.id, job.lease_token, pipeline.name, JobKind.ITEM, children):
+    if not store.expand(
+        job.id, job.lease_token, pipeline.name, JobKind.ITEM, children, owner=owner
+    ):
         raise GenerationInterrupted("lease lost before the records were queued")
     context.record(lambda: store.wake_parent(job.id))  # every record was bad: gather at once
 
@@ -97,7 +103,7 @@ def gather(
             "record": fields,
         }
         lines.append(json.dumps(line, ensure_ascii=False))
-    folder = output_folder(context.settings, pipeline.name, ref.owner(context.settings))
+    folder = output_folder(context.settings, pipeline.name, input_owner(context, job, ref))
     output = folder / output_name(ref.name, "jsonl")
     publish(
         still_leased, output, "".join(f"{line}\n" for line in lines), context.settings.output_mode
