@@ -125,3 +125,14 @@ def test_a_statement_beats_as_it_starts(db_url: str) -> None:
     finally:
         liveness.bind(None)
         engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_a_database_in_memory_gets_no_pool_timeout(url: str) -> None:
+    """One connection per thread: no pool to wait for, and no pool_timeout to pass."""
+    engine = make_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        engine.dispose()

@@ -43,7 +43,8 @@ LIST_KEYS = (
     "started_at",
     "finished_at",
 )
-# Stable keys of `jobs show --json`: every column but the lease token (a write credential).
+# Stable keys of `jobs show --json`: the job's columns but the lease token (a write
+# credential) and the guards' bookkeeping (claimed_alone, submitted_by).
 SHOW_KEYS = (
     "id",
     "pipeline",
@@ -72,6 +73,7 @@ SHOW_KEYS = (
     "finished_at",
     "origin",
     "model",
+    "input_owner",
 )
 # Stable keys of one `jobs export` line: a finished job and its result.
 EXPORT_KEYS = (

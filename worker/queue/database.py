@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
 
 from worker import liveness
 
@@ -73,6 +74,9 @@ def make_db_engine(url: str, timeouts: DbTimeouts | None = None, **kwargs: Any) 
     busy = SQLITE_BUSY_TIMEOUT_MS / 1000
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    dialect: Any = parsed.get_dialect()  # pysqlite's picks the pool by the URL
+    pool = kwargs.get("poolclass") or dialect.get_pool_class(parsed)
+    if issubclass(pool, QueuePool):
         # A wait for a pooled connection (every one held by a call waiting out the lock)
         # is bounded like the lock wait itself, not by the pool's default 30 s. (A
         # database in memory has one connection per thread: no pool to wait for.)

@@ -124,8 +124,9 @@ class Job(Base):
     # its own rows only (both from migration 0007). NULL on SQLite.
     submitted_by: Mapped[str | None] = mapped_column(String(200))
     # A file job that expanded: the uid owning its input as it was read (its outputs go
-    # to that owner's folder with outputs_per_submitter). NULL: not recorded.
-    input_owner: Mapped[int | None] = mapped_column(Integer)
+    # to that owner's folder with outputs_per_submitter). NULL: not recorded. BigInteger:
+    # uids go up to 2**32 - 2.
+    input_owner: Mapped[int | None] = mapped_column(BigInteger)
     # File and sweep jobs: the instance (data folder, `<data_dir>/instance-id`) that saw
     # the file; only a daemon of that instance claims them. NULL: any daemon.
     origin: Mapped[str | None] = mapped_column(String(64))

@@ -24,7 +24,7 @@ def upgrade() -> None:
     # Nullable, no default: other programs' INSERTs are unchanged, and a parent expanded
     # before this revision falls back to the owner of the file in the inbox.
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("input_owner", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("input_owner", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
