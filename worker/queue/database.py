@@ -110,9 +110,9 @@ def beating(engine: Engine) -> Engine:
     One statement waits at most its bound (SQLite's busy timeout; PostgreSQL's connect
     and statement timeouts), and the settings keep that under stall_seconds. A thread
     that makes several calls in a row through an outage (a read that fails, then the
-    release that follows it) must not add those waits up into a stall: measured, a slot
-    whose input read and release each waited out the busy timeout went 20 s without a
-    beat, and the watchdog stopped pinging a daemon that was only waiting.
+    release that follows it) must not add those waits up into a stall: CI saw the
+    watchdog stop pinging a daemon that only waited out a locked SQLite, a heartbeat
+    silent for about two busy timeouts in a row.
     """
 
     def beat(*_args: Any, **_kwargs: Any) -> None:
