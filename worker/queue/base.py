@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from worker.queue.models import Job
 
 
 def utcnow() -> datetime:
@@ -48,6 +50,11 @@ class StoreBase:
         with self.db.connect() as conn:
             value: datetime = conn.execute(select(func.now())).scalar_one()
         return value
+
+    def _job_value(self, column: InstrumentedAttribute[Any], job_id: int) -> Any:
+        """One column of one job (None if there is no such job)."""
+        with self.db.connect() as conn:
+            return conn.execute(select(column).where(Job.id == job_id)).scalar_one_or_none()
 
     def _read(self, stmt: Any) -> list[Any]:
         # Detached ORM objects: attributes stay readable after the session is closed.

@@ -232,10 +232,7 @@ class ClaimStore(StoreBase):
 
     def claimed_input(self, job_id: int) -> str | None:
         """The `input_text` of one job (the runner reads it after checking its size)."""
-        with self.db.connect() as conn:
-            value: str | None = conn.execute(
-                select(Job.input_text).where(Job.id == job_id)
-            ).scalar_one_or_none()
+        value: str | None = self._job_value(Job.input_text, job_id)
         return value
 
     def _claim_uncapped(

@@ -180,10 +180,7 @@ class FamilyStore(StoreBase):
 
     def input_owner(self, job_id: int) -> int | None:
         """The uid owning a file job's input when it was read (recorded at `expand`)."""
-        with self.db.connect() as conn:
-            owner: int | None = conn.execute(
-                select(Job.input_owner).where(Job.id == job_id)
-            ).scalar_one_or_none()
+        owner: int | None = self._job_value(Job.input_owner, job_id)
         return owner
 
     def has_children(self, job_id: int) -> bool:

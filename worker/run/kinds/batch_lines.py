@@ -112,7 +112,7 @@ def expand(
     pipeline: Pipeline,
     ref: FileRef,
     checked: list[CheckedLine],
-    owner: int | None,
+    owner: int,
 ) -> None:
     """Queue the valid lines (`checked` in the sandbox, see `worker.batch.lines`) as child
     jobs, record the bad ones as failed (each with its HTTP-style error). A file that
@@ -191,7 +191,7 @@ def fail_validation(
     problems: list[dict[str, Any]],
     window: str,
     metadata: dict[str, str] | None,
-    owner: int | None,
+    owner: int,
 ) -> NoReturn:
     """Record the batch as `failed` with its `errors.data`, write its batch object, and
     fail the file job (its original goes to failed/ with the reason)."""
